@@ -1,0 +1,5 @@
+//! mlx-sidecar: real MLX inference for Rust programs, served by a supervised Python worker.
+//!
+//! (Theory of operation: filled in as the crate grows.)
+
+pub mod proto;

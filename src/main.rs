@@ -1,0 +1,3 @@
+//! The `mlx-sidecar` command line.
+
+fn main() {}
