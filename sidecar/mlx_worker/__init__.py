@@ -1,0 +1,1 @@
+"""The mlx-sidecar Python worker: MLX inference served over gRPC on a Unix socket."""

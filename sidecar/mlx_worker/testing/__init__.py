@@ -1,0 +1,1 @@
+"""Helpers for tests: a tiny random-weight model (see tiny_model)."""
