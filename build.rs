@@ -6,6 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // src/env/bundle.rs embeds these with include_dir, which cannot tell cargo to watch them.
+    for dir in [
+        "sidecar/mlx_worker",
+        "sidecar/mlx_sidecar",
+        "sidecar/requirements",
+    ] {
+        println!("cargo:rerun-if-changed={dir}");
+    }
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

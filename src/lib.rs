@@ -2,4 +2,5 @@
 //!
 //! (Theory of operation: filled in as the crate grows.)
 
+pub mod env;
 pub mod proto;
