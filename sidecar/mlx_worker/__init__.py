@@ -1,1 +1,22 @@
-"""The mlx-sidecar Python worker: MLX inference served over gRPC on a Unix socket."""
+"""The mlx-sidecar Python worker: MLX inference served over gRPC on a Unix socket.
+
+How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
+
+- ``__main__``: parses the command line (``config``), sets up JSON-lines logging on stderr
+  (``logging_json``), reads test-only fault injection (``faults``), checks the socket path
+  (``socket_guard``), then runs the ``server``.
+- ``server.Worker``: binds the grpc.aio server to the Unix socket only (owner-only, 0600),
+  answers health NOT_SERVING at once, starts the engine thread, turns health SERVING once the
+  model is loaded and warmed up, watches the engine's heartbeat, drains on SIGTERM and stops on
+  EOF of stdin.
+- ``servicer.InferenceServicer``: the RPC handlers. ``validation`` turns a request into
+  ``params`` (or INVALID_ARGUMENT / RESOURCE_EXHAUSTED naming the field); Generate hands the
+  params to the engine and relays what comes back through its ``streams.ResponseStream``.
+- ``engine.Engine``: the one thread that owns all MLX state. It loads the model
+  (``mlx_worker.model``), runs mlx-lm's BatchGenerator (continuous batching), builds per-request
+  samplers and logits processors (``sampling``), turns tokens into text (``detokenize``: no
+  partial UTF-8, exact stop strings), times each request (``timings``), and hands each step's
+  output to the event loop in one ``call_soon_threadsafe``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""The worker's command line, parsed into one frozen :class:`WorkerConfig`.
+
+Only the standard library is imported here: the command line is parsed before anything slow
+(gRPC, MLX) is imported, so that a bad flag fails fast and start-up stays short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEQUANTIZE_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything the worker was told on its command line (and by its environment)."""
+
+    socket_path: Path
+    model: str | None
+    cache_dir: Path
+    max_batch: int = 32
+    max_queue: int = 256
+    grace_seconds: float = 10.0
+    log_level: str = "info"
+    dequantize: str = "auto"
+    stall_seconds: float = 30.0
+    prefill_step_size: int = 512
+    stdin_watch: bool = True
+    default_max_tokens: int = 256
+
+
+def default_cache_dir() -> Path:
+    """$MLX_SIDECAR_CACHE_DIR, else $XDG_CACHE_HOME/mlx-sidecar, else ~/.cache/mlx-sidecar."""
+    explicit = os.environ.get("MLX_SIDECAR_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "mlx-sidecar"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its --help is the worker's command-line reference)."""
+    p = argparse.ArgumentParser(
+        prog="python -m mlx_worker",
+        description="Serve one MLX model over gRPC on a Unix domain socket.",
+    )
+    p.add_argument(
+        "--socket",
+        required=True,
+        type=Path,
+        help="Unix socket path to bind; its directory must not be writable by group or others",
+    )
+    p.add_argument(
+        "--model", default=None, help="model directory or GGUF file (default: SmolLM2-135M)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where converted models are kept (default: $MLX_SIDECAR_CACHE_DIR, "
+        "else $XDG_CACHE_HOME/mlx-sidecar, else ~/.cache/mlx-sidecar)",
+    )
+    p.add_argument(
+        "--max-batch", type=_positive_int, default=32, help="most sequences decoded together"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_non_negative_int,
+        default=256,
+        help="most requests waiting beyond --max-batch; more get RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=_seconds,
+        default=10.0,
+        help="on SIGTERM, how long in-flight requests may run before they are cancelled",
+    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="least level logged")
+    p.add_argument(
+        "--dequantize",
+        choices=DEQUANTIZE_MODES,
+        default="auto",
+        help="expand quantized weights to floats at load (auto: on CPU with a fast BLAS)",
+    )
+    p.add_argument(
+        "--stall-seconds",
+        type=_positive_seconds,
+        default=30.0,
+        help="health turns NOT_SERVING when the engine makes no progress for this long",
+    )
+    p.add_argument(
+        "--prefill-step-size",
+        type=_positive_int,
+        default=512,
+        help="prompt tokens processed per engine step (bounds how long a cancel waits)",
+    )
+    p.add_argument(
+        "--no-stdin-watch",
+        action="store_true",
+        help="don't exit when stdin reaches EOF (stdin is only watched when it is a pipe "
+        "or a socket, as the supervisor gives; a terminal or /dev/null is never watched)",
+    )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
+    """Parses the command line (exits with status 2 and a usage message on a bad flag)."""
+    ns = build_parser().parse_args(argv)
+    return WorkerConfig(
+        socket_path=ns.socket,
+        model=ns.model,
+        cache_dir=ns.cache_dir if ns.cache_dir is not None else default_cache_dir(),
+        max_batch=ns.max_batch,
+        max_queue=ns.max_queue,
+        grace_seconds=ns.grace_seconds,
+        log_level=ns.log_level,
+        dequantize=ns.dequantize,
+        stall_seconds=ns.stall_seconds,
+        prefill_step_size=ns.prefill_step_size,
+        stdin_watch=not ns.no_stdin_watch,
+    )

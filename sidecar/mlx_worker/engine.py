@@ -1,0 +1,540 @@
+"""The engine thread: the one thread that owns all MLX state.
+
+It imports MLX and mlx-lm, loads the model, warms it up, then loops:
+
+1. take every command waiting in its queue (``submit`` a request, ``cancel`` one, cancel all,
+   stop); when idle, block on the queue (waking every second to beat the heartbeat);
+2. run one step of mlx-lm's ``BatchGenerator`` (one decode step for the running sequences plus
+   at most one prefill chunk of ``prefill_step_size`` tokens for the ones being prompted);
+3. turn the step's tokens into messages (detokenize, stop strings, logprobs, finish) and hand
+   the whole step's output to the event loop with ONE ``call_soon_threadsafe``.
+
+A cancelled request is removed from the batch (``BatchGenerator.remove``) at the next command
+check, whether it is queued, in prefill or decoding. An error in one request fails that
+request (INTERNAL); an error in a whole step fails that step's requests and replaces the
+BatchGenerator; the thread keeps serving. If the thread dies anyway, every request it held
+fails with UNAVAILABLE and the health watchdog sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from mlx_sidecar.v1 import inference_pb2 as pb
+
+from .config import WorkerConfig
+from .detokenize import IncrementalDetokenizer, StopStringFilter
+from .errors import RequestFailure
+from .faults import Faults
+from .params import GenerateParams, SamplingSettings
+from .streams import ResponseStream, dispatch
+from .timings import RequestClock, now
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+_CANCEL_ALL = object()
+
+
+class EngineUnavailable(Exception):
+    """The engine thread is not running (it stopped or died)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One Generate request handed to the engine (identity is the key)."""
+
+    params: GenerateParams
+    stream: ResponseStream
+    clock: RequestClock
+
+
+@dataclass
+class StartupReport:
+    """What start-up took, in seconds (the "startup" log event)."""
+
+    delay_s: float
+    import_s: float
+    load_s: float
+    warmup_s: float
+
+
+@dataclass(eq=False)
+class _Active:
+    """Engine-side state of one request in the BatchGenerator."""
+
+    job: Job
+    uid: int
+    detok: IncrementalDetokenizer
+    stops: StopStringFilter
+    generated: int = 0
+    events: list[Any] = field(default_factory=list)
+
+
+class Engine:
+    """Owns the engine thread; its public methods are called from the event loop."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        faults: Faults,
+        loop: asyncio.AbstractEventLoop,
+        on_ready: Callable[[Any, StartupReport], None],
+        on_failed: Callable[[BaseException], None],
+        on_died: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._faults = faults
+        self._loop = loop
+        self._on_ready = on_ready
+        self._on_failed = on_failed
+        self._on_died = on_died
+        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self.heartbeat = time.monotonic()
+        self.steps = 0
+        # Engine-thread state.
+        self._loaded: Any = None
+        self._bg: Any = None
+        self._by_job: dict[Job, _Active] = {}
+        self._by_uid: dict[int, _Active] = {}
+        self._out: list[tuple[ResponseStream, list[Any]]] = []
+
+    # ---- event-loop side -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def seconds_since_heartbeat(self) -> float:
+        return time.monotonic() - self.heartbeat
+
+    def submit(self, params: GenerateParams, stream: ResponseStream, clock: RequestClock) -> Job:
+        """Queues a request; raises EngineUnavailable if the engine has stopped."""
+        job = Job(params, stream, clock)
+        with self._lock:
+            if not self._accepting:
+                raise EngineUnavailable("the engine has stopped")
+            self._commands.put(job)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Removes a request from the batch (the caller went away); no message is sent."""
+        self._commands.put(("cancel", job))
+
+    def cancel_all(self) -> None:
+        """Ends every request with finish reason CANCELLED (used at the end of a drain)."""
+        self._commands.put(_CANCEL_ALL)
+
+    def stop(self, timeout: float) -> None:
+        """Stops the thread after the commands queued before this one."""
+        self._commands.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- engine thread ---------------------------------------------------------------
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        # A closed loop means the process is exiting.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
+        try:
+            report = self._start_up()
+        except BaseException as e:
+            with self._lock:
+                self._accepting = False
+            self._post(self._on_failed, e)
+            return
+        self._post(self._on_ready, self._loaded, report)
+        try:
+            self._serve()
+        except BaseException:
+            log.critical("engine thread died", exc_info=True)
+        finally:
+            self._die()
+
+    def _start_up(self) -> StartupReport:
+        t0 = now()
+        if self._faults.startup_delay:
+            time.sleep(self._faults.startup_delay)
+        if self._faults.startup_hang:
+            log.warning("fault injection: startup_hang")
+            threading.Event().wait()
+        t1 = now()
+        # The model package first: it prepares the CPU BLAS before MLX is first imported.
+        from .model import load_model  # noqa: I001
+
+        import mlx_lm.generate  # noqa: F401  (BatchGenerator; it imports transformers)
+
+        from . import sampling  # noqa: F401
+
+        t2 = now()
+        if self._faults.load_error:
+            raise RuntimeError("fault injection: load_error")
+        self._loaded = load_model(
+            self._config.model,
+            cache_dir=self._config.cache_dir,
+            dequantize=self._config.dequantize,
+        )
+        t3 = now()
+        self._bg = self._new_batch_generator()
+        self._warm_up()
+        t4 = now()
+        self.heartbeat = time.monotonic()
+        return StartupReport(delay_s=t1 - t0, import_s=t2 - t1, load_s=t3 - t2, warmup_s=t4 - t3)
+
+    def _new_batch_generator(self) -> Any:
+        from mlx_lm.generate import BatchGenerator
+
+        cfg = self._config
+        return BatchGenerator(
+            self._loaded.model,
+            completion_batch_size=cfg.max_batch,
+            prefill_batch_size=min(8, cfg.max_batch),
+            prefill_step_size=cfg.prefill_step_size,
+        )
+
+    def _warm_up(self) -> None:
+        """One tiny generation, greedy and sampled, so the first request pays no first-use cost."""
+        from mlx_lm.generate import StopSequences
+
+        from .sampling import make_request_processors, make_request_sampler
+
+        tok = self._loaded.tokenizer
+        first = (
+            tok.bos_token_id if tok.bos_token_id is not None else min(tok.eos_token_ids, default=0)
+        )
+        vocab = self._loaded.description.vocab_size
+        sampled = SamplingSettings(temperature=0.7, top_p=0.9, top_k=5, min_p=0.01, seed=0)
+        greedy = SamplingSettings()
+        uids = self._bg.insert(
+            [[first, first], [first, first]],
+            max_tokens=[2, 2],
+            samplers=[make_request_sampler(s, vocab) for s in (greedy, sampled)],
+            logits_processors=[make_request_processors(s) for s in (greedy, sampled)],
+            stop_sequences=[StopSequences(), StopSequences()],
+        )
+        pending = set(uids)
+        for _ in range(100):
+            _, generated = self._bg.next()
+            for r in generated:
+                if r.finish_reason is not None:
+                    pending.discard(r.uid)
+            if not pending:
+                return
+        raise RuntimeError("warm-up generation did not finish")
+
+    def _serve(self) -> None:
+        idle_wait = min(1.0, self._config.stall_seconds / 4)
+        commands = self._commands
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                cmd = commands.get_nowait() if self._by_uid else commands.get(timeout=idle_wait)
+            except queue.Empty:
+                cmd = None
+            while cmd is not None:
+                if cmd is _STOP:
+                    self._flush()
+                    return
+                self._command(cmd)
+                try:
+                    cmd = commands.get_nowait()
+                except queue.Empty:
+                    cmd = None
+            if self._by_uid:
+                self._step()
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self._post(dispatch, out)
+
+    def _command(self, cmd: Any) -> None:
+        if isinstance(cmd, Job):
+            self._insert(cmd)
+        elif cmd is _CANCEL_ALL:
+            for a in list(self._by_uid.values()):
+                self._remove(a, "shutdown")
+                self._finish(a, pb.FINISH_REASON_CANCELLED, now())
+                self._emit(a)
+        else:
+            _, job = cmd
+            a = self._by_job.get(job)
+            if a is not None:
+                self._remove(a, "client_cancelled")
+
+    def _insert(self, job: Job) -> None:
+        from mlx_lm.generate import StopSequences
+
+        from .sampling import make_request_processors, make_request_sampler
+
+        p = job.params
+        try:
+            vocab = self._loaded.description.vocab_size
+            (uid,) = self._bg.insert(
+                [p.prompt_ids],
+                max_tokens=[p.max_tokens],
+                samplers=[make_request_sampler(p.sampling, vocab)],
+                logits_processors=[make_request_processors(p.sampling)],
+                stop_sequences=[StopSequences([(t,) for t in sorted(p.stop_token_ids)])],
+            )
+        except Exception as e:
+            log.exception("cannot start request", extra={"fields": {"request_id": p.request_id}})
+            self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(e))]))
+            return
+        a = _Active(
+            job=job,
+            uid=uid,
+            detok=IncrementalDetokenizer(self._loaded.tokenizer, p.prompt_ids),
+            stops=StopStringFilter(p.stop_strings),
+        )
+        self._by_job[job] = a
+        self._by_uid[uid] = a
+
+    def _remove(self, a: _Active, reason: str) -> None:
+        """Takes a request out of the batch (and out of the engine's books)."""
+        self._by_uid.pop(a.uid, None)
+        self._by_job.pop(a.job, None)
+        self._bg.remove([a.uid])
+        if reason != "finished" and log.isEnabledFor(logging.DEBUG):
+            clock = a.job.clock
+            stage = (
+                "decode"
+                if clock.first_token is not None
+                else "prefill"
+                if clock.prefill_start is not None
+                else "queued"
+            )
+            log.debug(
+                "request removed",
+                extra={
+                    "fields": {
+                        "request_id": a.job.params.request_id,
+                        "reason": reason,
+                        "stage": stage,
+                        "completion_tokens": a.generated,
+                        "since_arrival_ms": round((now() - clock.arrival) * 1e3, 3),
+                    }
+                },
+            )
+
+    def _step(self) -> None:
+        self.steps += 1
+        self._maybe_inject_engine_fault()
+        t0 = now()
+        try:
+            prompt_responses, generated = self._bg.next()
+        except Exception:
+            log.exception("engine step failed; failing its requests and resetting the batch")
+            self._fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
+            self._bg = self._new_batch_generator()
+            return
+        t1 = now()
+        self.heartbeat = time.monotonic()
+        by_uid = self._by_uid
+        for r in prompt_responses:
+            a = by_uid.get(r.uid)
+            if a is not None and a.job.clock.prefill_start is None:
+                a.job.clock.prefill_start = t0
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "prefill started",
+                        extra={
+                            "fields": {
+                                "request_id": a.job.params.request_id,
+                                "prompt_tokens": len(a.job.params.prompt_ids),
+                            }
+                        },
+                    )
+        if not generated:
+            return
+        logprobs = self._logprobs(generated)
+        for r in generated:
+            a = by_uid.get(r.uid)
+            if a is None:
+                continue
+            try:
+                self._on_token(a, r, logprobs.get(r.uid), t1)
+            except Exception as e:
+                log.exception(
+                    "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
+                )
+                if r.finish_reason is None:
+                    self._remove(a, "error")
+                else:
+                    self._by_uid.pop(a.uid, None)
+                    self._by_job.pop(a.job, None)
+                self._out.append(
+                    (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
+                )
+
+    def _maybe_inject_engine_fault(self) -> None:
+        f = self._faults
+        if f.engine_stall_after_steps is not None and self.steps > f.engine_stall_after_steps:
+            log.warning("fault injection: engine stalls", extra={"fields": {"steps": self.steps}})
+            threading.Event().wait()
+        if f.engine_crash_after_steps is not None and self.steps > f.engine_crash_after_steps:
+            raise RuntimeError(f"fault injection: engine crash after {self.steps - 1} steps")
+
+    def _logprobs(self, generated: list[Any]) -> dict[int, pb.TokenLogprob]:
+        """Log-probabilities (and top alternatives) for the requests that asked, in one eval."""
+        wanted = []
+        for r in generated:
+            a = self._by_uid.get(r.uid)
+            if a is not None and a.job.params.logprobs and r.finish_reason != "stop":
+                wanted.append((r, a.job.params.top_logprobs))
+        if not wanted:
+            return {}
+        import mlx.core as mx
+
+        arrays = []
+        for r, top_n in wanted:
+            lp = r.logprobs
+            arrays.append(lp[r.token])
+            if top_n:
+                idx = mx.argpartition(-lp, kth=top_n - 1)[:top_n]
+                arrays.extend((idx, lp[idx]))
+        mx.eval(arrays)
+        token_text = self._loaded.tokenizer.token_text
+        out: dict[int, pb.TokenLogprob] = {}
+        i = 0
+        for r, top_n in wanted:
+            entry = pb.TokenLogprob(token_id=r.token, logprob=arrays[i].item())
+            i += 1
+            if top_n:
+                ids, values = arrays[i].tolist(), arrays[i + 1].tolist()
+                i += 2
+                for v, t in sorted(zip(values, ids, strict=True), reverse=True):
+                    entry.top.add(token_id=t, logprob=v, text=token_text(t))
+            out[r.uid] = entry
+        return out
+
+    def _on_token(self, a: _Active, r: Any, logprob: pb.TokenLogprob | None, t: float) -> None:
+        clock = a.job.clock
+        if clock.first_token is None:
+            clock.first_token = t
+        clock.last_token = t
+        a.generated += 1
+        finish = None
+        stop_token = None
+        ids: list[int] = []
+        if r.finish_reason == "stop":  # an end-of-sequence or stop token id: not text
+            finish = pb.FINISH_REASON_STOP
+            stop_token = r.token
+            text = a.detok.flush()
+        else:
+            ids.append(r.token)
+            text = a.detok.add(ids)
+            if r.finish_reason == "length":
+                finish = pb.FINISH_REASON_LENGTH
+                text += a.detok.flush()
+        text, matched = a.stops.feed(text) if text else ("", None)
+        if matched is not None:
+            finish = pb.FINISH_REASON_STOP
+            stop_token = None
+        elif finish is not None:
+            text += a.stops.flush()
+        if text or ids:
+            chunk = pb.GenerateChunk(text=text, token_ids=ids)
+            if logprob is not None:
+                chunk.logprobs.append(logprob)
+            a.events.append(pb.GenerateResponse(chunk=chunk))
+        if finish is not None:
+            if r.finish_reason is None:
+                self._remove(a, "finished")  # a stop string: the batch doesn't know
+            else:
+                self._by_uid.pop(a.uid, None)
+                self._by_job.pop(a.job, None)
+            self._finish(a, finish, t, matched=matched, stop_token=stop_token)
+        self._emit(a)
+
+    def _finish(
+        self,
+        a: _Active,
+        reason: int,
+        t: float,
+        *,
+        matched: str | None = None,
+        stop_token: int | None = None,
+    ) -> None:
+        p = a.job.params
+        end = now()
+        timings = a.job.clock.to_proto(len(p.prompt_ids), a.generated, end)
+        finished = pb.GenerateFinished(
+            finish_reason=reason,
+            usage=pb.Usage(prompt_tokens=len(p.prompt_ids), completion_tokens=a.generated),
+            timings=timings,
+            matched_stop=matched or "",
+            request_id=p.request_id,
+        )
+        if stop_token is not None:
+            finished.stop_token_id = stop_token
+        a.events.append(pb.GenerateResponse(finished=finished))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request finished",
+                extra={
+                    "fields": {
+                        "request_id": p.request_id,
+                        "finish_reason": pb.FinishReason.Name(reason),
+                        "prompt_tokens": len(p.prompt_ids),
+                        "completion_tokens": a.generated,
+                        "queue_wait_ms": round(timings.queue_wait_ms, 3),
+                        "ttft_ms": round(timings.time_to_first_token_ms, 3),
+                        "decode_tps": round(timings.decode_tokens_per_second, 2),
+                        "total_ms": round(timings.total_ms, 3),
+                    }
+                },
+            )
+
+    def _emit(self, a: _Active) -> None:
+        if a.events:
+            events, a.events = a.events, []
+            self._out.append((a.job.stream, events))
+
+    def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
+        for a in list(self._by_uid.values()):
+            self._out.append((a.job.stream, [RequestFailure(code, message)]))
+        self._by_uid.clear()
+        self._by_job.clear()
+
+    def _die(self) -> None:
+        """The thread is ending: fail everything it holds or was sent, tell the loop."""
+        with self._lock:
+            self._accepting = False
+        self._fail_all(grpc.StatusCode.UNAVAILABLE, "the worker's engine has stopped")
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(cmd, Job):
+                self._out.append(
+                    (cmd.stream, [RequestFailure(grpc.StatusCode.UNAVAILABLE, "engine stopped")])
+                )
+        self._flush()
+        self._post(self._on_died)
+
+    @property
+    def loaded(self) -> Any:
+        """The LoadedModel, once start-up has finished."""
+        return self._loaded

@@ -1,0 +1,240 @@
+"""The mlx_sidecar.v1.Inference handlers (they run on the event loop).
+
+Generate validates and tokenizes the request here, hands it to the engine thread, then relays
+what the engine pushes into the request's ResponseStream. If the call ends early (the client
+cancelled or went away, or its deadline passed), grpc.aio cancels the handler and the
+``finally`` tells the engine to drop the sequence at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
+import platform
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from mlx_sidecar.v1 import inference_pb2 as pb
+from mlx_sidecar.v1 import inference_pb2_grpc as pb_grpc
+
+from . import __version__
+from .engine import EngineUnavailable
+from .errors import RequestFailure
+from .streams import ResponseStream
+from .timings import RequestClock, now
+from .validation import ModelLimits, detokenize_request, tokenize_request, validate_generate
+
+if TYPE_CHECKING:
+    from .config import WorkerConfig
+    from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def _merge(items: list[Any]) -> list[Any]:
+    """Merges consecutive chunks into one (a client that fell behind gets one message)."""
+    out: list[Any] = []
+    for item in items:
+        if (
+            out
+            and isinstance(item, pb.GenerateResponse)
+            and item.HasField("chunk")
+            and isinstance(out[-1], pb.GenerateResponse)
+            and out[-1].HasField("chunk")
+        ):
+            prev = out[-1].chunk
+            prev.text += item.chunk.text
+            prev.token_ids.extend(item.chunk.token_ids)
+            prev.logprobs.extend(item.chunk.logprobs)
+        else:
+            out.append(item)
+    return out
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    """Serves the loaded model; answers UNAVAILABLE until it is ready and while draining."""
+
+    def __init__(self, config: WorkerConfig, engine: Engine) -> None:
+        self._config = config
+        self._engine = engine
+        self._limits: ModelLimits | None = None
+        self._info: pb.ModelInfoResponse | None = None
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.engine_healthy = True
+
+    def set_ready(self, loaded: Any, load_seconds: float) -> None:
+        """Called once the engine has loaded and warmed up the model."""
+        d = loaded.description
+        tok = loaded.tokenizer
+        self._limits = ModelLimits(
+            tokenizer=tok,
+            vocab_size=d.vocab_size,
+            context_length=d.context_length,
+            eos_token_ids=frozenset(tok.eos_token_ids),
+            default_max_tokens=self._config.default_max_tokens,
+        )
+        self._info = _static_model_info(loaded, self._config, load_seconds)
+
+    async def wait_idle(self) -> None:
+        """Returns once no Generate call is in flight."""
+        await self._idle.wait()
+
+    def _available(self) -> ModelLimits:
+        if self.draining:
+            raise RequestFailure(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down")
+        if self._limits is None:
+            raise RequestFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        if not self.engine_healthy:
+            raise RequestFailure(grpc.StatusCode.UNAVAILABLE, "the worker's engine is not running")
+        return self._limits
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        clock = RequestClock(arrival=now())
+        try:
+            limits = self._available()
+            params = validate_generate(request, limits)
+            limit = self._config.max_batch + self._config.max_queue
+            if self.in_flight >= limit:
+                raise RequestFailure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the worker's queue is full ({self.in_flight} requests in flight, "
+                    f"limit {limit})",
+                )
+            stream = ResponseStream()
+            job = self._engine.submit(params, stream, clock)
+        except RequestFailure as e:
+            await context.abort(e.code, e.message)
+        except EngineUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        self.in_flight += 1
+        self._idle.clear()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request accepted",
+                extra={"fields": {"request_id": params.request_id, "in_flight": self.in_flight}},
+            )
+        done = False
+        try:
+            while not done:
+                for item in _merge(await stream.take()):
+                    if isinstance(item, RequestFailure):
+                        done = True
+                        await context.abort(item.code, item.message)
+                    done = item.HasField("finished")
+                    yield item
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+            stream.closed = True
+            if not done:
+                self._engine.cancel(job)
+
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        try:
+            ids, text = tokenize_request(request, self._available())
+        except RequestFailure as e:
+            await context.abort(e.code, e.message)
+        return pb.TokenizeResponse(ids=ids, text=text)
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        try:
+            text = detokenize_request(request, self._available())
+        except RequestFailure as e:
+            await context.abort(e.code, e.message)
+        return pb.DetokenizeResponse(text=text)
+
+    async def ModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfoResponse:
+        try:
+            self._available()
+        except RequestFailure as e:
+            await context.abort(e.code, e.message)
+        import mlx.core as mx
+
+        info = pb.ModelInfoResponse()
+        info.CopyFrom(self._info)
+        info.active_memory_bytes = mx.get_active_memory()
+        info.peak_memory_bytes = mx.get_peak_memory()
+        info.cache_memory_bytes = mx.get_cache_memory()
+        return info
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _device() -> tuple[int, int, str]:
+    import mlx.core as mx
+
+    dev = mx.default_device()
+    if dev.type == mx.DeviceType.gpu:
+        kind = pb.DEVICE_KIND_GPU
+        if mx.metal.is_available():
+            backend = pb.BACKEND_METAL
+        elif hasattr(mx, "cuda") and mx.cuda.is_available():
+            backend = pb.BACKEND_CUDA
+        else:
+            backend = pb.BACKEND_UNSPECIFIED
+    else:
+        kind, backend = pb.DEVICE_KIND_CPU, pb.BACKEND_CPU
+    name = ""
+    # Older MLX or an exotic device: the name is only descriptive.
+    with contextlib.suppress(Exception):
+        name = str(mx.device_info().get("device_name", ""))
+    return kind, backend, name or ("cpu" if kind == pb.DEVICE_KIND_CPU else "gpu")
+
+
+def _static_model_info(
+    loaded: Any, config: WorkerConfig, load_seconds: float
+) -> pb.ModelInfoResponse:
+    d = loaded.description
+    tok = loaded.tokenizer
+    kind, backend, device_name = _device()
+    return pb.ModelInfoResponse(
+        model_id=d.model_id,
+        model_path=str(d.model_path),
+        architecture=d.architecture,
+        quantization=pb.Quantization(
+            mode=d.quant_mode,
+            bits=d.quant_bits,
+            group_size=d.quant_group_size,
+            dtype=d.dtype,
+            source_format=d.source_format,
+            dequantized=d.dequantized,
+        ),
+        context_length=d.context_length,
+        vocab_size=d.vocab_size,
+        device=kind,
+        backend=backend,
+        device_name=device_name,
+        mlx_version=_version("mlx"),
+        mlx_lm_version=_version("mlx-lm"),
+        worker_pid=os.getpid(),
+        worker_version=__version__,
+        python_version=platform.python_version(),
+        eos_token_ids=sorted(tok.eos_token_ids),
+        has_chat_template=tok.has_chat_template,
+        max_batch_size=config.max_batch,
+        load_seconds=load_seconds,
+        parameter_count=d.parameter_count,
+        cpu_blas=d.cpu_blas if kind == pb.DEVICE_KIND_CPU else "",
+    )
