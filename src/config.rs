@@ -1,0 +1,205 @@
+//! What the supervisor runs and how it looks after it.
+//!
+//! [`WorkerCommand`] says which Python runs the worker and with what model, arguments and
+//! environment; [`SupervisorConfig`] adds the timings (start-up window, health probes,
+//! shutdown grace), the [`RestartPolicy`] and where the worker's socket lives. Every field
+//! has a default fit for production; tests shorten the timings with the `with_*` methods.
+
+use std::{path::PathBuf, time::Duration};
+
+/// How to start the worker: `python -m mlx_worker --socket SOCK [--model MODEL] EXTRA_ARGS`
+/// with `PYTHONPATH=worker_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCommand {
+    /// The Python interpreter (usually the managed environment's `bin/python`).
+    pub python: PathBuf,
+    /// The directory holding the `mlx_worker` and `mlx_sidecar` packages; put on `PYTHONPATH`.
+    pub worker_dir: PathBuf,
+    /// The model to load (a GGUF file or an mlx-lm model directory); `None` loads the
+    /// worker's default model.
+    pub model: Option<PathBuf>,
+    /// More worker arguments, appended after the ones above (such as `--max-batch 8`).
+    pub extra_args: Vec<String>,
+    /// More environment variables for the worker. The worker's environment is otherwise
+    /// cleared down to `PATH`, `HOME`, `LANG`, `TMPDIR`, `XDG_CACHE_HOME` and
+    /// `MLX_SIDECAR_CACHE_DIR` (those that are set).
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerCommand {
+    /// A command running `python` with the worker sources in `worker_dir` and the default model.
+    pub fn new(python: impl Into<PathBuf>, worker_dir: impl Into<PathBuf>) -> Self {
+        WorkerCommand {
+            python: python.into(),
+            worker_dir: worker_dir.into(),
+            model: None,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Loads this model instead of the default one.
+    pub fn with_model(mut self, model: impl Into<PathBuf>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Appends worker arguments.
+    pub fn with_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the worker.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// When and how often a crashed worker is started again.
+///
+/// The delay before restart `n` grows exponentially from `initial_delay` by `factor` up to
+/// `max_delay`, with up to 100 % random jitter added when `jitter` is on (backon's
+/// `ExponentialBuilder`). After the worker has served for `reset_after` without a crash the
+/// delays start over. More than `max_restarts` restarts within `within` and the supervisor
+/// gives up (like an Erlang/OTP supervisor's restart intensity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    /// Delay before the first restart (default 100 ms). Must be above zero for the delays to grow.
+    pub initial_delay: Duration,
+    /// Longest delay between restarts, before jitter (default 30 s).
+    pub max_delay: Duration,
+    /// Growth of the delay per restart (default 2.0).
+    pub factor: f32,
+    /// Add random jitter to each delay (default on).
+    pub jitter: bool,
+    /// After this long serving without a crash, the next restart uses `initial_delay`
+    /// again (default 60 s).
+    pub reset_after: Duration,
+    /// Most restarts allowed within `within` (default 5).
+    pub max_restarts: u32,
+    /// The window of the restart intensity limit (default 30 s).
+    pub within: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            factor: 2.0,
+            jitter: true,
+            reset_after: Duration::from_secs(60),
+            max_restarts: 5,
+            within: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// A policy that never restarts: the first crash makes the supervisor give up.
+    pub fn never() -> Self {
+        RestartPolicy {
+            max_restarts: 0,
+            ..RestartPolicy::default()
+        }
+    }
+}
+
+/// Everything the supervisor needs; build with [`SupervisorConfig::new`] and the `with_*` methods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// What to run.
+    pub worker: WorkerCommand,
+    /// How long a starting worker may take to report `SERVING` (default 120 s: model
+    /// conversion on first use can be slow).
+    pub startup_timeout: Duration,
+    /// Time between liveness health checks of a ready worker (default 2 s).
+    pub health_interval: Duration,
+    /// Deadline of one health check (default 1 s).
+    pub health_timeout: Duration,
+    /// Consecutive failed health checks after which the worker is killed and restarted
+    /// (default 3).
+    pub health_failure_threshold: u32,
+    /// Restart backoff and intensity limit.
+    pub restart: RestartPolicy,
+    /// How long a stopping worker may drain in-flight requests after SIGTERM before it is
+    /// killed (default 10 s). Also the grace between SIGTERM and SIGKILL for a hung worker.
+    pub shutdown_grace: Duration,
+    /// The parent directory of the supervisor's private socket directory (default: the
+    /// system temporary directory).
+    pub socket_dir: Option<PathBuf>,
+    /// Use exactly this socket path instead of a private directory (for a worker that
+    /// other processes connect to). A stale socket file there is removed; one a live
+    /// process answers on is never taken over.
+    pub socket_path: Option<PathBuf>,
+    /// How many of the worker's last log lines to keep for error reports (default 50).
+    pub log_tail_lines: usize,
+}
+
+impl SupervisorConfig {
+    /// The defaults, running `worker`.
+    pub fn new(worker: WorkerCommand) -> Self {
+        SupervisorConfig {
+            worker,
+            startup_timeout: Duration::from_secs(120),
+            health_interval: Duration::from_secs(2),
+            health_timeout: Duration::from_secs(1),
+            health_failure_threshold: 3,
+            restart: RestartPolicy::default(),
+            shutdown_grace: Duration::from_secs(10),
+            socket_dir: None,
+            socket_path: None,
+            log_tail_lines: 50,
+        }
+    }
+
+    /// Sets [`SupervisorConfig::startup_timeout`].
+    pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Sets the liveness probe: interval, deadline per check and failure threshold.
+    pub fn with_health(mut self, interval: Duration, timeout: Duration, threshold: u32) -> Self {
+        self.health_interval = interval;
+        self.health_timeout = timeout;
+        self.health_failure_threshold = threshold.max(1);
+        self
+    }
+
+    /// Sets [`SupervisorConfig::restart`].
+    pub fn with_restart(mut self, restart: RestartPolicy) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Sets [`SupervisorConfig::shutdown_grace`].
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets [`SupervisorConfig::socket_dir`].
+    pub fn with_socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.socket_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets [`SupervisorConfig::socket_path`].
+    pub fn with_socket_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket_path = Some(path.into());
+        self
+    }
+
+    /// Sets [`SupervisorConfig::log_tail_lines`].
+    pub fn with_log_tail_lines(mut self, lines: usize) -> Self {
+        self.log_tail_lines = lines;
+        self
+    }
+}

@@ -1,0 +1,373 @@
+//! The task that owns the worker process: a state machine with one function per phase.
+//!
+//! ```text
+//!            ┌───────────── crash / not ready in time ──────────────┐
+//!            v                                                      │
+//!   Start ──ready──> Serve ──exit / health failures──> Crashed ──> Backoff ──> Start
+//!     │                │                                  │
+//!     └── shutdown ────┴──────────> Stop <── shutdown ────┴──> GaveUp (intensity limit)
+//! ```
+//!
+//! Each phase waits on only what matters to it (the child's exit, the health probe or
+//! start-up probe, the backoff timer, control messages) and returns the next phase.
+//! Every change is published on the `watch` channel that clients read, and announced as a
+//! [`LifecycleEvent`] (broadcast and `tracing`).
+
+use std::{path::PathBuf, time::Duration};
+
+use tokio::{
+    sync::{broadcast, mpsc, oneshot, watch},
+    time::{Instant, MissedTickBehavior},
+};
+
+use super::{
+    command::SharedSlot,
+    health,
+    process::Worker,
+    restart::{Decision, RestartTracker},
+    socket::SocketPlace,
+    state::{ExitStatusInfo, GaveUpInfo, LifecycleEvent, WorkerState, WorkerView},
+};
+use crate::{Error, client::transport, config::SupervisorConfig};
+
+/// Messages from the [`crate::Supervisor`] handle to its owner task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Drain and stop the worker, then answer.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+enum Phase {
+    Start {
+        attempt: u32,
+    },
+    Serve(Worker),
+    Crashed {
+        worker: Worker,
+        status: ExitStatusInfo,
+    },
+    Backoff {
+        attempt: u32,
+        delay: Duration,
+    },
+    GaveUp(GaveUpInfo),
+    Stop(Option<Worker>),
+    Done,
+}
+
+/// What ended a wait in the start or serve phase.
+enum Wake<T> {
+    Exited(ExitStatusInfo),
+    Control(Option<Control>),
+    Other(T),
+}
+
+pub(crate) struct Owner {
+    pub(crate) config: SupervisorConfig,
+    pub(crate) socket: SocketPlace,
+    pub(crate) view: watch::Sender<WorkerView>,
+    pub(crate) events: broadcast::Sender<LifecycleEvent>,
+    pub(crate) slot: SharedSlot,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) restarts: RestartTracker,
+    /// Told how the first spawn went, so `Supervisor::spawn` can fail at once.
+    pub(crate) first_spawn: Option<oneshot::Sender<Result<(), Error>>>,
+    pub(crate) generation: u64,
+    pub(crate) shutdown_reply: Option<oneshot::Sender<()>>,
+}
+
+impl Owner {
+    /// Runs the state machine until the supervisor stops.
+    pub(crate) async fn run(mut self) {
+        let mut phase = Phase::Start { attempt: 0 };
+        loop {
+            phase = match phase {
+                Phase::Start { attempt } => self.start(attempt).await,
+                Phase::Serve(worker) => self.serve(worker).await,
+                Phase::Crashed { worker, status } => self.crashed(worker, status),
+                Phase::Backoff { attempt, delay } => self.backoff(attempt, delay).await,
+                Phase::GaveUp(info) => self.gave_up(info).await,
+                Phase::Stop(worker) => self.stop(worker).await,
+                Phase::Done => break,
+            };
+        }
+    }
+
+    /// Spawns a worker and waits for it to report `SERVING` within the start-up window.
+    async fn start(&mut self, attempt: u32) -> Phase {
+        if let Err(e) = self.socket.claim() {
+            return self.fail_to_start(e);
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        self.view.send_modify(|v| {
+            v.state = WorkerState::Starting;
+            v.generation = generation;
+            v.alive = false;
+            v.pid = None;
+            v.channel = None;
+        });
+        let mut worker =
+            match Worker::spawn(&self.config, self.socket.path(), self.slot.clone()).await {
+                Ok(worker) => worker,
+                Err(Error::Stopped) => return Phase::Done,
+                Err(e) => return self.fail_to_start(e),
+            };
+        if let Some(first) = self.first_spawn.take() {
+            let _ = first.send(Ok(()));
+        }
+        let pid = worker.pid;
+        self.view.send_modify(|v| {
+            v.alive = true;
+            v.pid = Some(pid);
+        });
+        self.emit(LifecycleEvent::Starting { attempt, pid });
+
+        let ready = wait_serving(
+            worker.health.clone(),
+            worker.startup_hint.clone(),
+            self.socket.path().to_path_buf(),
+            self.config.health_timeout,
+        );
+        let wake = tokio::select! {
+            status = worker.wait() => Wake::Exited(status),
+            control = self.control.recv() => Wake::Control(control),
+            ready = tokio::time::timeout(self.config.startup_timeout, ready) => Wake::Other(ready.is_ok()),
+        };
+        match wake {
+            Wake::Exited(status) => Phase::Crashed { worker, status },
+            Wake::Control(control) => self.stop_requested(control, Some(worker)),
+            Wake::Other(true) => self.ready(worker),
+            Wake::Other(false) => {
+                let reason = format!(
+                    "not SERVING within the start-up window of {:?}",
+                    self.config.startup_timeout
+                );
+                self.emit(LifecycleEvent::Unhealthy {
+                    pid,
+                    reason,
+                    failures: 1,
+                });
+                let status = worker.terminate(self.config.shutdown_grace).await;
+                Phase::Crashed { worker, status }
+            }
+        }
+    }
+
+    /// The worker reported `SERVING`: publish its channel.
+    fn ready(&mut self, mut worker: Worker) -> Phase {
+        let now = Instant::now();
+        worker.ready_at = Some(now);
+        let load_time = now.duration_since(worker.spawned_at);
+        let channel = transport::uds_channel(self.socket.path().to_path_buf());
+        self.view.send_modify(|v| {
+            v.state = WorkerState::Ready;
+            v.channel = Some(channel);
+        });
+        self.emit(LifecycleEvent::Ready {
+            pid: worker.pid,
+            load_time,
+        });
+        Phase::Serve(worker)
+    }
+
+    /// Probes a ready worker every `health_interval`; kills it after
+    /// `health_failure_threshold` failures in a row. A crash is noticed at once.
+    async fn serve(&mut self, mut worker: Worker) -> Phase {
+        let interval = self.config.health_interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        loop {
+            let health = worker.health.clone();
+            let timeout = self.config.health_timeout;
+            let probe = async {
+                ticker.tick().await;
+                health::probe(&health, timeout).await
+            };
+            let wake = tokio::select! {
+                status = worker.wait() => Wake::Exited(status),
+                control = self.control.recv() => Wake::Control(control),
+                result = probe => Wake::Other(result),
+            };
+            match wake {
+                Wake::Exited(status) => return Phase::Crashed { worker, status },
+                Wake::Control(control) => return self.stop_requested(control, Some(worker)),
+                Wake::Other(Ok(())) => {
+                    if failures > 0 {
+                        failures = 0;
+                        tracing::info!(pid = worker.pid, "worker healthy again");
+                        self.view.send_modify(|v| v.state = WorkerState::Ready);
+                    }
+                }
+                Wake::Other(Err(reason)) => {
+                    failures += 1;
+                    self.view.send_modify(|v| v.state = WorkerState::Unhealthy);
+                    self.emit(LifecycleEvent::Unhealthy {
+                        pid: worker.pid,
+                        reason,
+                        failures,
+                    });
+                    if failures >= self.config.health_failure_threshold {
+                        tracing::warn!(
+                            pid = worker.pid,
+                            failures,
+                            "killing the unresponsive worker"
+                        );
+                        let status = worker.terminate(self.config.shutdown_grace).await;
+                        return Phase::Crashed { worker, status };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker ended unasked: restart after a backoff delay, or give up.
+    fn crashed(&mut self, worker: Worker, status: ExitStatusInfo) -> Phase {
+        self.view.send_modify(|v| {
+            v.alive = false;
+            v.channel = None;
+            v.last_status = Some(status);
+        });
+        self.emit(LifecycleEvent::Crashed {
+            pid: worker.pid,
+            status,
+        });
+        let served_for = worker.ready_at.map(|t| t.elapsed());
+        match self.restarts.on_crash(served_for) {
+            Decision::Restart { attempt, delay } => {
+                self.view
+                    .send_modify(|v| v.state = WorkerState::Restarting { attempt });
+                self.emit(LifecycleEvent::Restarting { attempt, delay });
+                Phase::Backoff { attempt, delay }
+            }
+            Decision::GiveUp { reason } => Phase::GaveUp(GaveUpInfo {
+                reason,
+                last_status: Some(status),
+                last_log: worker.log.snapshot(),
+            }),
+        }
+    }
+
+    /// Waits out the backoff delay (a shutdown cuts it short).
+    async fn backoff(&mut self, attempt: u32, delay: Duration) -> Phase {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Phase::Start { attempt },
+            control = self.control.recv() => self.stop_requested(control, None),
+        }
+    }
+
+    /// A start that cannot succeed by retrying (no interpreter, socket in use).
+    fn fail_to_start(&mut self, error: Error) -> Phase {
+        let info = GaveUpInfo {
+            reason: error.to_string(),
+            last_status: None,
+            last_log: Vec::new(),
+        };
+        if let Some(first) = self.first_spawn.take() {
+            let _ = first.send(Err(error));
+        }
+        Phase::GaveUp(info)
+    }
+
+    /// No more restarts: every call now fails with the reason; wait for shutdown.
+    async fn gave_up(&mut self, info: GaveUpInfo) -> Phase {
+        tracing::error!(reason = %info.reason, last_log = ?info.last_log, "supervisor gave up on the worker");
+        self.view.send_modify(|v| {
+            v.state = WorkerState::GaveUp;
+            v.alive = false;
+            v.channel = None;
+            v.gave_up = Some(info.clone());
+        });
+        let _ = self.events.send(LifecycleEvent::GaveUp {
+            reason: info.reason,
+            last_status: info.last_status,
+            last_log: info.last_log,
+        });
+        let control = self.control.recv().await;
+        self.stop_requested(control, None)
+    }
+
+    fn stop_requested(&mut self, control: Option<Control>, worker: Option<Worker>) -> Phase {
+        match control {
+            Some(Control::Shutdown { reply }) => self.shutdown_reply = Some(reply),
+            None => tracing::debug!("supervisor handle dropped"),
+        }
+        Phase::Stop(worker)
+    }
+
+    /// Drains the worker (SIGTERM; it finishes in-flight work within the grace), then
+    /// kills what is left and removes the socket.
+    async fn stop(&mut self, worker: Option<Worker>) -> Phase {
+        self.view.send_modify(|v| {
+            if v.state != WorkerState::GaveUp {
+                v.state = WorkerState::Stopping;
+            }
+            v.channel = None;
+        });
+        if let Some(mut worker) = worker {
+            let status = worker.terminate(self.config.shutdown_grace).await;
+            tracing::info!(pid = worker.pid, %status, "worker stopped");
+            self.view.send_modify(|v| v.last_status = Some(status));
+        }
+        self.view.send_modify(|v| {
+            if v.state != WorkerState::GaveUp {
+                v.state = WorkerState::Stopped;
+            }
+            v.alive = false;
+        });
+        self.socket.cleanup_target().run();
+        self.emit(LifecycleEvent::Stopped);
+        if let Some(reply) = self.shutdown_reply.take() {
+            let _ = reply.send(());
+        }
+        Phase::Done
+    }
+
+    /// Broadcasts `event` and logs it.
+    fn emit(&self, event: LifecycleEvent) {
+        match &event {
+            LifecycleEvent::Starting { attempt, pid } => {
+                tracing::info!(attempt, pid, "worker starting");
+            }
+            LifecycleEvent::Ready { pid, load_time } => {
+                tracing::info!(pid, ?load_time, "worker ready");
+            }
+            LifecycleEvent::Unhealthy {
+                pid,
+                reason,
+                failures,
+            } => tracing::warn!(pid, failures, %reason, "worker unhealthy"),
+            LifecycleEvent::Crashed { pid, status } => {
+                tracing::warn!(pid, %status, "worker crashed");
+            }
+            LifecycleEvent::Restarting { attempt, delay } => {
+                tracing::info!(attempt, ?delay, "restarting the worker");
+            }
+            LifecycleEvent::GaveUp { reason, .. } => tracing::error!(%reason, "gave up"),
+            LifecycleEvent::Stopped => tracing::info!("supervisor stopped"),
+        }
+        let _ = self.events.send(event);
+    }
+}
+
+/// Resolves once the worker at `socket` reports `SERVING`. Probes when the worker logs
+/// that it listens or is ready, and otherwise at growing intervals (20 ms to 500 ms).
+async fn wait_serving(
+    health: tonic::transport::Channel,
+    hint: std::sync::Arc<tokio::sync::Notify>,
+    socket: PathBuf,
+    timeout: Duration,
+) {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if socket.exists() && health::probe(&health, timeout).await.is_ok() {
+            return;
+        }
+        tokio::select! {
+            () = hint.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
