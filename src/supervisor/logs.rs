@@ -4,7 +4,7 @@
 //! with target `mlx_worker` at the line's level, with the worker's logger name, pid and
 //! fields attached; a line that is not JSON (a Python traceback, a crash in native code)
 //! is emitted at `warn`. The last lines are kept in a [`LogTail`] for error reports, and a
-//! "listening" or "startup" message wakes the start-up probe at once. Stdout (which the
+//! "listening", "health" or "startup" message wakes the start-up probe at once. Stdout (which the
 //! worker does not normally use) is re-emitted at `info`.
 
 use std::{
@@ -129,7 +129,7 @@ fn handle_line(line: &str, pid: u32, tail: &LogTail, startup_hint: &Notify) {
         }
         _ => tracing::error!(target: "mlx_worker", pid, logger, fields = %fields, "{message}"),
     }
-    if message == "listening" || message == "startup" {
+    if matches!(message, "listening" | "startup" | "health") {
         startup_hint.notify_one();
     }
     let mut readable = format!("{} {}: {}", log.level, logger, message);

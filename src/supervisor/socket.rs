@@ -119,18 +119,23 @@ impl Cleanup {
     }
 }
 
-/// Refuses paths that do not fit `sockaddr_un.sun_path`.
+/// The longest socket path accepted: `sockaddr_un.sun_path` holds 108 bytes on Linux and
+/// 104 on macOS, including the terminating NUL (the worker checks the same limit).
+const MAX_SOCKET_PATH_BYTES: usize = 103;
+
+/// Refuses paths that do not fit `sockaddr_un.sun_path` on every platform.
 fn check_length(path: &Path) -> Result<(), Error> {
-    SocketAddr::from_pathname(path)
-        .map(|_| ())
-        .map_err(|_| Error::Socket {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES || SocketAddr::from_pathname(path).is_err() {
+        return Err(Error::Socket {
             path: path.to_path_buf(),
             reason: format!(
-                "the path is {} bytes long, more than a Unix socket address holds (about 100); \
-             choose a shorter socket_dir",
-                path.as_os_str().len()
+                "the path is {len} bytes long, more than a Unix socket address holds \
+                 ({MAX_SOCKET_PATH_BYTES}); choose a shorter socket_dir"
             ),
-        })
+        });
+    }
+    Ok(())
 }
 
 /// Frees `path` for binding: absent is fine, a stale socket is removed, a live one or a

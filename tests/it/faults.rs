@@ -1,0 +1,388 @@
+//! Faults the supervisor must survive, provoked for real (see /work/shared/FAULTS.md):
+//! SIGKILL of an idle worker and mid-stream, a crash loop, a hung (SIGSTOPped) worker, a
+//! start-up that never finishes, the supervisor dropped, stale and live sockets.
+
+use std::{os::unix::net::UnixListener, time::Duration};
+
+use futures_util::StreamExt;
+use mlx_sidecar::{
+    Error, GenerateEvent, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor, WorkerState,
+};
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use crate::support::{self, READY};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_idle_worker_is_restarted() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = supervisor.client();
+    let old = supervisor.worker_pid().expect("pid");
+    let mut events = supervisor.subscribe();
+
+    let killed_at = Instant::now();
+    support::signal(old, Signal::SIGKILL);
+    let (crashed, _) = support::wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, LifecycleEvent::Crashed { .. })
+    })
+    .await;
+    let detected = killed_at.elapsed();
+    match crashed {
+        LifecycleEvent::Crashed { pid, status } => {
+            assert_eq!(pid, old);
+            assert_eq!(status.signal, Some(9), "{status}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Noticed from the child's exit, not by waiting for a health probe (250 ms apart).
+    assert!(
+        detected < Duration::from_millis(200),
+        "detected after {detected:?}"
+    );
+
+    // A call made now waits for the new worker instead of failing.
+    let completion = client
+        .generate(GenerateRequest::text("again").max_tokens(4))
+        .await
+        .expect("generate after restart")
+        .collect()
+        .await
+        .expect("collect");
+    let serving_again = killed_at.elapsed();
+    assert_eq!(completion.token_ids.len(), 4);
+    let new = supervisor.worker_pid().expect("new pid");
+    assert_ne!(new, old);
+    assert!(support::process_gone(old));
+    eprintln!(
+        "FIGURE sigkill idle: crash detected in {detected:?}, next call served {serving_again:?} after the kill"
+    );
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_ends_the_stream_with_partial_output() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = supervisor.client();
+    let pid = supervisor.worker_pid().expect("pid");
+
+    let mut stream = client
+        .generate(GenerateRequest::text("A long story:").max_tokens(1900))
+        .await
+        .expect("generate");
+    // Kill once some text has arrived, so there is partial output to keep.
+    let mut received = String::new();
+    while received.len() < 16 {
+        match stream.next().await.expect("event").expect("event ok") {
+            GenerateEvent::Token { text, .. } => received.push_str(&text),
+            GenerateEvent::Finished(f) => panic!("finished too early: {f:?}"),
+        }
+    }
+    let killed_at = Instant::now();
+    support::signal(pid, Signal::SIGKILL);
+    let err = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(GenerateEvent::Token { text, .. })) => received.push_str(&text),
+                Some(Ok(GenerateEvent::Finished(f))) => panic!("finished despite the kill: {f:?}"),
+                Some(Err(e)) => break e,
+                None => panic!("stream ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the stream must end within 2 s of the kill");
+    let ended_after = killed_at.elapsed();
+    match &err {
+        Error::WorkerDied {
+            partial_text,
+            tokens_received,
+            ..
+        } => {
+            assert_eq!(partial_text, &received, "partial text is what was streamed");
+            assert!(*tokens_received >= 1);
+            assert!(*tokens_received < 1900);
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(!err.is_retryable(), "output was already sent");
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after the error"
+    );
+
+    let next = client
+        .generate(GenerateRequest::text("next").max_tokens(4))
+        .await
+        .expect("next call")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(next.token_ids.len(), 4);
+    eprintln!(
+        "FIGURE sigkill mid-stream: stream ended {ended_after:?} after the kill with {} bytes kept; next call ok {:?} after the kill",
+        received.len(),
+        killed_at.elapsed()
+    );
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backs_off_then_gives_up() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_env("MLX_WORKER_FAULTS", "startup_exit=3");
+    let policy = RestartPolicy {
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+        factor: 2.0,
+        jitter: true,
+        reset_after: Duration::from_secs(60),
+        max_restarts: 4,
+        within: Duration::from_secs(60),
+    };
+    let config = support::config(worker, sandbox.path()).with_restart(policy);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let mut events = supervisor.subscribe();
+    let client = supervisor.client();
+    // A call made during the crash loop fails once the supervisor gives up (not at its deadline).
+    let waiting_call = tokio::spawn({
+        let client = client.clone();
+        async move { client.tokenize("x").await }
+    });
+
+    let (gave_up, seen) = support::wait_event(&mut events, Duration::from_secs(30), |e| {
+        matches!(e, LifecycleEvent::GaveUp { .. })
+    })
+    .await;
+
+    let delays: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(_, e)| match e {
+            LifecycleEvent::Restarting { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 4, "4 restarts allowed: {seen:#?}");
+    assert!(
+        delays.windows(2).all(|w| w[0] < w[1]),
+        "delays grow (factor 2, jitter below one delay): {delays:?}"
+    );
+    assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200));
+    // Each restart starts no sooner than its delay after the crash.
+    let mut crashed_at = None;
+    let mut gaps = Vec::new();
+    for (at, event) in &seen {
+        match event {
+            LifecycleEvent::Crashed { status, .. } => {
+                assert_eq!(status.code, Some(3), "{status}");
+                crashed_at = Some(*at);
+            }
+            LifecycleEvent::Starting { .. } => {
+                if let Some(crashed) = crashed_at.take() {
+                    gaps.push(at.duration_since(crashed));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(gaps.len(), 4);
+    for (gap, delay) in gaps.iter().zip(&delays) {
+        assert!(gap >= delay, "gap {gap:?} shorter than delay {delay:?}");
+    }
+    match gave_up {
+        LifecycleEvent::GaveUp {
+            reason,
+            last_status,
+            last_log,
+        } => {
+            assert!(reason.contains("restart"), "{reason}");
+            assert_eq!(last_status.and_then(|s| s.code), Some(3));
+            assert!(
+                last_log.iter().any(|l| l.contains("startup_exit")),
+                "last log says why: {last_log:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(supervisor.state(), WorkerState::GaveUp);
+
+    // Every caller gets the reason: the one that was waiting, and new ones.
+    let waited = waiting_call.await.expect("join").expect_err("gave up");
+    for err in [waited, client.tokenize("x").await.expect_err("gave up")] {
+        match &err {
+            Error::GaveUp {
+                last_status,
+                last_log,
+                ..
+            } => {
+                assert_eq!(last_status.as_deref(), Some("exit code 3"));
+                assert!(!last_log.is_empty());
+            }
+            other => panic!("expected GaveUp, got {other:?}"),
+        }
+        assert!(err.to_string().contains("exit code 3"), "{err}");
+    }
+    let err = supervisor.wait_ready(READY).await.expect_err("gave up");
+    assert!(matches!(err, Error::GaveUp { .. }));
+    eprintln!("FIGURE crash loop: restart delays {delays:?}, actual gaps {gaps:?}");
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_worker_is_detected_and_restarted() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let pid = supervisor.worker_pid().expect("pid");
+    let mut events = supervisor.subscribe();
+
+    let stopped_at = Instant::now();
+    support::signal(pid, Signal::SIGSTOP);
+    let (_, _) = support::wait_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Unhealthy { failures: 1, .. })
+    })
+    .await;
+    let first_failure = stopped_at.elapsed();
+    let (crashed, seen) = support::wait_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Crashed { .. })
+    })
+    .await;
+    let killed = stopped_at.elapsed();
+    assert!(matches!(crashed, LifecycleEvent::Crashed { pid: p, .. } if p == pid));
+    let failures = seen
+        .iter()
+        .filter(|(_, e)| matches!(e, LifecycleEvent::Unhealthy { .. }))
+        .count();
+    assert_eq!(failures, 2, "killed at the third failure: {seen:?}");
+    let (_, _) = support::wait_event(&mut events, READY, |e| {
+        matches!(e, LifecycleEvent::Ready { .. })
+    })
+    .await;
+    let serving = stopped_at.elapsed();
+    assert!(support::process_gone(pid));
+    assert_ne!(supervisor.worker_pid(), Some(pid));
+    let ok = supervisor
+        .client()
+        .generate(GenerateRequest::text("awake").max_tokens(2))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(ok.token_ids.len(), 2);
+    eprintln!(
+        "FIGURE sigstop: first failed probe {first_failure:?}, killed {killed:?}, serving again {serving:?} after SIGSTOP"
+    );
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_that_never_finishes_fails_in_bounded_time() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_env("MLX_WORKER_FAULTS", "startup_hang");
+    let config = support::config(worker, sandbox.path())
+        .with_startup_timeout(Duration::from_secs(3))
+        .with_restart(RestartPolicy::never());
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let started = Instant::now();
+    let err = supervisor
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect_err("never ready");
+    match &err {
+        Error::GaveUp { last_log, .. } => {
+            assert!(
+                last_log.iter().any(|l| l.contains("startup_hang")),
+                "{last_log:?}"
+            );
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_supervisor_leaves_nothing_behind() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let pid = supervisor.worker_pid().expect("pid");
+    let dir = supervisor.socket_dir();
+    assert!(dir.exists());
+    let client = supervisor.client();
+
+    drop(supervisor);
+    assert!(!dir.exists(), "socket directory removed by Drop");
+    support::wait_until(
+        Duration::from_secs(5),
+        "the worker process to be gone",
+        || async { support::process_gone(pid) },
+    )
+    .await;
+    let err = client.tokenize("x").await.expect_err("no supervisor");
+    assert!(matches!(err, Error::Stopped), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_socket_file_is_replaced() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let path = sandbox.path().join("w.sock");
+    drop(UnixListener::bind(&path).expect("bind")); // a socket file nobody answers on
+    assert!(path.exists());
+    let config = support::config(support::tiny_worker(), sandbox.path()).with_socket_path(&path);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    assert_eq!(supervisor.socket_path(), path);
+    let info = supervisor.client().model_info().await.expect("model_info");
+    assert_eq!(Some(info.worker_pid), supervisor.worker_pid());
+    supervisor.shutdown().await.expect("shutdown");
+    assert!(!path.exists(), "socket removed at shutdown");
+    assert!(
+        sandbox.path().exists(),
+        "a caller's directory is left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_socket_is_not_taken_over() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let path = sandbox.path().join("w.sock");
+    let live = UnixListener::bind(&path).expect("bind");
+    let config = support::config(support::tiny_worker(), sandbox.path()).with_socket_path(&path);
+    let err = Supervisor::spawn(config).await.expect_err("socket in use");
+    match &err {
+        Error::Socket { path: p, reason } => {
+            assert_eq!(p, &path);
+            assert!(reason.contains("live process"), "{reason}");
+        }
+        other => panic!("expected Error::Socket, got {other:?}"),
+    }
+    // The owner's socket still works.
+    let _conn = std::os::unix::net::UnixStream::connect(&path).expect("still live");
+    live.accept().expect("accept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_long_socket_path_is_refused_clearly() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let deep = sandbox.path().join("d".repeat(100));
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    let err = Supervisor::spawn(support::config(support::tiny_worker(), &deep))
+        .await
+        .expect_err("path too long");
+    assert!(matches!(err, Error::Socket { .. }), "{err:?}");
+    assert!(err.to_string().contains("bytes long"), "{err}");
+}

@@ -1,0 +1,247 @@
+//! A supervised worker serving real requests: streaming, concurrency, tokenization, model
+//! info, invalid parameters, graceful shutdown, and the real default model answering.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mlx_sidecar::{
+    ChatMessage, Error, FinishReason, GenerateEvent, GenerateRequest, HealthStatus, LifecycleEvent,
+    Supervisor, SupervisorConfig, TokenizeRequest, WorkerCommand, WorkerState,
+};
+
+use crate::support::{self, READY};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_tokens_then_finished() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    assert_eq!(supervisor.state(), WorkerState::Ready);
+    let client = supervisor.client();
+
+    let mut stream = client
+        .generate(
+            GenerateRequest::text("Hello")
+                .max_tokens(12)
+                .ignore_eos(true),
+        )
+        .await
+        .expect("generate");
+    let mut chunks = 0;
+    let mut tokens = 0;
+    let mut text = String::new();
+    let finished = loop {
+        match stream
+            .next()
+            .await
+            .expect("stream ended early")
+            .expect("event")
+        {
+            GenerateEvent::Token {
+                text: t, token_ids, ..
+            } => {
+                chunks += 1;
+                tokens += token_ids.len();
+                text.push_str(&t);
+            }
+            GenerateEvent::Finished(finished) => break finished,
+        }
+    };
+    assert!(stream.next().await.is_none(), "nothing after finished");
+    assert!(chunks >= 1);
+    assert_eq!(tokens, 12);
+    assert_eq!(finished.usage.completion_tokens, 12);
+    assert_eq!(finished.finish_reason, FinishReason::Length);
+    assert!(!text.is_empty());
+
+    // The same tokens detokenize to the same text; tokenize/detokenize round-trip.
+    let tokenized = client
+        .tokenize(TokenizeRequest::text("Paris is nice").add_special_tokens(false))
+        .await
+        .expect("tokenize");
+    assert!(!tokenized.ids.is_empty());
+    let back = client
+        .detokenize(tokenized.ids.clone(), false)
+        .await
+        .expect("detokenize");
+    assert_eq!(back, "Paris is nice");
+
+    let info = client.model_info().await.expect("model_info");
+    assert_eq!(Some(info.worker_pid), supervisor.worker_pid());
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(
+        client.health().await.expect("health"),
+        HealthStatus::Serving
+    );
+
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_all_complete() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let client = supervisor.client();
+            tokio::spawn(async move {
+                client
+                    .generate(
+                        GenerateRequest::text(format!("Request {i}:"))
+                            .max_tokens(16 + i)
+                            .deadline(Duration::from_secs(90)),
+                    )
+                    .await?
+                    .collect()
+                    .await
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let completion = call.await.expect("join").expect("generation");
+        assert_eq!(completion.token_ids.len(), 16 + i);
+        assert_eq!(completion.finished.usage.completion_tokens, 16 + i as u32);
+    }
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_parameters_are_invalid_argument() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    let client = supervisor.client();
+    let cases = [
+        (GenerateRequest::text("x").top_p(1.5), "top_p"),
+        (
+            GenerateRequest::text("x").temperature(f32::NAN),
+            "temperature",
+        ),
+        (GenerateRequest::text("x").max_tokens(0), "max_tokens"),
+    ];
+    for (request, field) in cases {
+        let err = client.generate(request).await.expect_err("must be refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(!err.is_retryable());
+        match &err {
+            Error::Rpc { message, .. } => assert!(message.contains(field), "{message}"),
+            other => panic!("expected Error::Rpc, got {other:?}"),
+        }
+    }
+    // The worker keeps serving.
+    let pid = supervisor.worker_pid();
+    let ok = client
+        .generate(GenerateRequest::text("x").max_tokens(3))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(ok.token_ids.len(), 3);
+    assert_eq!(supervisor.worker_pid(), pid);
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_and_cleans_up() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = supervisor.client();
+    let pid = supervisor.worker_pid().expect("pid");
+    let dir = supervisor.socket_dir();
+    assert!(supervisor.socket_path().starts_with(&dir));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&dir).expect("socket dir").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "private socket directory");
+
+    // A generation in flight when shutdown starts still completes (the worker drains).
+    let mut stream = client
+        .generate(GenerateRequest::text("Drain me").max_tokens(200))
+        .await
+        .expect("generate");
+    let mut events = supervisor.subscribe();
+    let shutdown = tokio::spawn(supervisor.shutdown());
+    let mut tokens = 0;
+    let finished = loop {
+        match stream
+            .next_event()
+            .await
+            .expect("event")
+            .expect("no error while draining")
+        {
+            GenerateEvent::Token { token_ids, .. } => tokens += token_ids.len(),
+            GenerateEvent::Finished(f) => break f,
+        }
+    };
+    assert_eq!(tokens, 200);
+    assert_eq!(finished.finish_reason, FinishReason::Length);
+    shutdown.await.expect("join").expect("shutdown");
+    let (_, seen) = support::wait_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Stopped)
+    })
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, LifecycleEvent::Crashed { .. })),
+        "a graceful stop is no crash: {seen:?}"
+    );
+    assert!(support::process_gone(pid));
+    assert!(!dir.exists(), "socket directory removed");
+    // Calls after shutdown fail at once.
+    let err = client.tokenize("x").await.expect_err("stopped");
+    assert!(matches!(err, Error::Stopped), "{err:?}");
+}
+
+/// The real default model (SmolLM2-135M-Instruct, GGUF) answers a real question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_model_knows_the_capital_of_france() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let cache = sandbox.path().join("cache");
+    let worker = WorkerCommand::new(support::python(), support::worker_dir())
+        .with_args(["--cache-dir".to_owned(), cache.display().to_string()]);
+    let config = support::config(worker, sandbox.path())
+        .with_startup_timeout(Duration::from_secs(300))
+        .with_health(Duration::from_secs(1), Duration::from_secs(2), 5);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    supervisor
+        .wait_ready(Duration::from_secs(300))
+        .await
+        .expect("ready");
+    let answer = supervisor
+        .client()
+        .generate(
+            GenerateRequest::chat(vec![ChatMessage::user("What is the capital of France?")])
+                .max_tokens(24),
+        )
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert!(answer.text.contains("Paris"), "answer: {:?}", answer.text);
+    let info = supervisor.client().model_info().await.expect("model_info");
+    assert!(info.model_id.contains("SmolLM2"), "{info:?}");
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+/// Configuration mistakes fail `spawn` at once with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_interpreter_fails_spawn() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = WorkerCommand::new(sandbox.path().join("no-such-python"), support::worker_dir());
+    let err = Supervisor::spawn(SupervisorConfig::new(worker).with_socket_dir(sandbox.path()))
+        .await
+        .expect_err("no interpreter");
+    assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-python"), "{err}");
+}

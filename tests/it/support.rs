@@ -1,0 +1,143 @@
+//! Shared fixtures of the library tests: the real interpreter and worker source, a tiny
+//! model made once per test binary run, per-test sandboxes, short timings, and waiting on
+//! conditions with deadlines.
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use mlx_sidecar::{LifecycleEvent, RestartPolicy, SupervisorConfig, WorkerCommand};
+use tokio::{sync::broadcast, time::Instant};
+
+/// The Python interpreter with MLX: `MLX_SIDECAR_PYTHON`, else the repository's `.venv`.
+pub(crate) fn python() -> PathBuf {
+    std::env::var_os("MLX_SIDECAR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+}
+
+/// The worker's source directory.
+pub(crate) fn worker_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sidecar")
+}
+
+/// Sends the crate's `tracing` events to the test output (shown for failing tests).
+pub(crate) fn init_tracing() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// The tiny random-weight model, written once per test binary run.
+pub(crate) fn tiny_model() -> &'static Path {
+    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = MODEL.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir for the tiny model");
+        let path = dir.path().join("tiny");
+        let status = std::process::Command::new(python())
+            .args(["-m", "mlx_worker.testing.tiny_model"])
+            .arg(&path)
+            .env("PYTHONPATH", worker_dir())
+            .status()
+            .expect("run mlx_worker.testing.tiny_model");
+        assert!(status.success(), "tiny_model failed: {status}");
+        (dir, path)
+    });
+    path
+}
+
+/// The worker command for the tiny model, with small limits.
+pub(crate) fn tiny_worker() -> WorkerCommand {
+    WorkerCommand::new(python(), worker_dir())
+        .with_model(tiny_model())
+        .with_args(["--grace-seconds", "2", "--max-batch", "8"])
+}
+
+/// A restart policy fit for tests: quick, growing delays.
+pub(crate) fn quick_restarts() -> RestartPolicy {
+    RestartPolicy {
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(2),
+        factor: 2.0,
+        jitter: true,
+        reset_after: Duration::from_secs(60),
+        max_restarts: 10,
+        within: Duration::from_secs(60),
+    }
+}
+
+/// A supervisor configuration with short timings, its socket directory in `sandbox`.
+pub(crate) fn config(worker: WorkerCommand, sandbox: &Path) -> SupervisorConfig {
+    init_tracing();
+    SupervisorConfig::new(worker)
+        .with_socket_dir(sandbox)
+        .with_startup_timeout(Duration::from_secs(60))
+        .with_health(Duration::from_millis(250), Duration::from_millis(500), 3)
+        .with_restart(quick_restarts())
+        .with_shutdown_grace(Duration::from_secs(3))
+}
+
+/// How long tests wait for a worker to start (generous: 2 cores, tests run in parallel).
+pub(crate) const READY: Duration = Duration::from_secs(60);
+
+/// Waits for the first event matching `pred`, failing the test after `timeout`. Returns the
+/// event and everything seen before it.
+pub(crate) async fn wait_event(
+    events: &mut broadcast::Receiver<LifecycleEvent>,
+    timeout: Duration,
+    mut pred: impl FnMut(&LifecycleEvent) -> bool,
+) -> (LifecycleEvent, Vec<(Instant, LifecycleEvent)>) {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no matching event within {timeout:?}; saw {seen:#?}"))
+            .expect("event channel open");
+        if pred(&event) {
+            return (event, seen);
+        }
+        seen.push((Instant::now(), event));
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after `timeout`.
+pub(crate) async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether process `pid` is gone (absent, or a zombie waiting to be reaped).
+pub(crate) fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+}
