@@ -3,6 +3,7 @@ process that calls mlx-lm directly, with no transport in between.
 
     bench_inprocess.py prepare --model M --out-dir DIR --prompt-tokens N --count K
     bench_inprocess.py run --model M --tokenizer-dir DIR --workload FILE|-
+    bench_inprocess.py http-server [--dequantize MODE] MLX_LM_SERVER_ARGS...
 
 ``prepare`` loads the model with the worker's own loader (``mlx_worker.model.load_model``, so
 the same weights and the same dequantization as the worker), writes DIR as an mlx-lm model
@@ -19,6 +20,9 @@ request generates exactly ``max_tokens`` tokens. Concurrency is a closed loop: `
 flight, a new one inserted as soon as one finishes. It prints JSON: per level, one record per
 request (times in seconds from the level's start), the level's wall time and this process's
 CPU time; and the process's peak resident memory.
+
+``http-server`` runs mlx-lm's own HTTP server (``python -m mlx_lm server``), after importing
+the worker's model package so that it uses the same CPU BLAS as the worker.
 
 Every generated token is detokenized as it comes, as the worker and mlx-lm's server do.
 Run with PYTHONPATH=sidecar (the worker package) and the worker's interpreter.
@@ -221,6 +225,7 @@ class Record:
     tokens: int
     prompt_tokens: int
     text: str
+    token_ids: list[int]
 
 
 def _ban(eos_ids: list[int]) -> list:
@@ -241,6 +246,7 @@ def _run_single(model, tokenizer, prompts, max_tokens, eos_ids, t0) -> list[Reco
         first = last = start
         n = 0
         text = []
+        ids_out: list[int] = []
         for response in stream_generate(
             model,
             tokenizer,
@@ -254,10 +260,18 @@ def _run_single(model, tokenizer, prompts, max_tokens, eos_ids, t0) -> list[Reco
                 first = last
             n = response.generation_tokens
             text.append(response.text)
+            ids_out.append(response.token)
         end = time.perf_counter()
         records.append(
             Record(
-                start - t0, first - t0, last - t0, end - t0, n, len(ids), "".join(text)
+                start - t0,
+                first - t0,
+                last - t0,
+                end - t0,
+                n,
+                len(ids),
+                "".join(text),
+                ids_out,
             )
         )
     return records
@@ -291,6 +305,7 @@ def _run_batch(
             "n": 0,
             "detok": tokenizer.detokenizer,
             "prompt_tokens": len(ids),
+            "ids": [],
         }
 
     try:
@@ -304,6 +319,7 @@ def _run_batch(
                 if state["first"] is None:
                     state["first"] = now
                 state["n"] += 1
+                state["ids"].append(r.token)
                 state["detok"].add_token(r.token)
                 if r.finish_reason is not None:
                     state["detok"].finalize()
@@ -316,6 +332,7 @@ def _run_batch(
                         state["n"],
                         state["prompt_tokens"],
                         state["detok"].text,
+                        state["ids"],
                     )
                     if pending:
                         insert()
@@ -381,7 +398,37 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return {"levels": levels, "peak_rss_bytes": peak_kib * 1024}
 
 
+def _prepare_cpu_blas(dequantize: str) -> None:
+    """What the worker does first (before MLX is imported): use OpenBLAS for MLX's CPU
+    matrix products, unless the weights stay quantized."""
+    if dequantize != "off":
+        from mlx_worker.model.cpu_blas import prepare_cpu_blas
+
+        prepare_cpu_blas()
+
+
+def _http_server(argv: list[str]) -> int:
+    """Runs mlx-lm's own server (``mlx_lm.server.main``) with the arguments after
+    ``--dequantize MODE``, having prepared the CPU BLAS as the worker does (so all three
+    paths multiply matrices with the same library)."""
+    dequantize = "auto"
+    if argv[:1] == ["--dequantize"] and len(argv) >= 2:
+        dequantize, argv = argv[1], argv[2:]
+    _prepare_cpu_blas(dequantize)
+    from mlx_lm.server import main as server_main
+
+    server_args = argv
+
+    sys.argv = ["mlx_lm.server", *server_args]
+    server_main()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["http-server"]:
+        return _http_server(argv[1:])
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "run"):
@@ -405,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workload", required=True, help="workload JSON file, or - for stdin"
     )
     args = parser.parse_args(argv)
+    _prepare_cpu_blas(args.dequantize)
     result = _prepare(args) if args.command == "prepare" else _run(args)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

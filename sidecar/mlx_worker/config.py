@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .synthetic import SyntheticSpec, parse_spec
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEQUANTIZE_MODES = ("auto", "on", "off")
 
@@ -32,6 +34,8 @@ class WorkerConfig:
     prefill_step_size: int = 512
     stdin_watch: bool = True
     default_max_tokens: int = 256
+    # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
+    synthetic: SyntheticSpec | None = None
 
 
 def default_cache_dir() -> Path:
@@ -129,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt tokens processed per engine step (bounds how long a cancel waits)",
     )
     p.add_argument(
+        "--synthetic-tokens",
+        type=parse_spec,
+        default=None,
+        metavar="SPEC",
+        help="BENCHMARK MODE, never for real requests: stream made-up tokens without running "
+        "the model (SPEC: tokens_per_step=N,merge=0|1 or 'on'; see mlx_worker.synthetic)",
+    )
+    p.add_argument(
         "--no-stdin-watch",
         action="store_true",
         help="don't exit when stdin reaches EOF (stdin is only watched when it is a pipe "
@@ -152,4 +164,5 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         stall_seconds=ns.stall_seconds,
         prefill_step_size=ns.prefill_step_size,
         stdin_watch=not ns.no_stdin_watch,
+        synthetic=ns.synthetic_tokens,
     )

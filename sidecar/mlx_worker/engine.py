@@ -204,6 +204,10 @@ class Engine:
         from mlx_lm.generate import BatchGenerator
 
         cfg = self._config
+        if cfg.synthetic is not None:  # benchmark mode: made-up tokens, the model never runs
+            from .synthetic import start_synthetic
+
+            return start_synthetic(cfg.synthetic, cfg.max_batch)
         return BatchGenerator(
             self._loaded.model,
             completion_batch_size=cfg.max_batch,

@@ -18,6 +18,10 @@ class ResponseStream:
 
     __slots__ = ("_event", "_items", "closed")
 
+    # Benchmark mode only (``--synthetic-tokens merge=0``): hand out one item per take, so
+    # that every token goes out as its own message.
+    one_item_per_take = False
+
     def __init__(self) -> None:
         self._items: list[Any] = []
         self._event = asyncio.Event()
@@ -35,6 +39,8 @@ class ResponseStream:
         while not self._items:
             self._event.clear()
             await self._event.wait()
+        if self.one_item_per_take:
+            return [self._items.pop(0)]
         items, self._items = self._items, []
         return items
 

@@ -1,0 +1,188 @@
+//! What one request and one concurrency level measured, and the summary figures of a level.
+//!
+//! Every path (sidecar, in-process, HTTP) produces the same [`RequestRecord`]s, times in seconds
+//! from the start of the level, so that one function ([`LevelSummary::from_records`]) computes
+//! the figures of all three the same way.
+
+use serde::{Deserialize, Serialize};
+
+/// One request, as its client saw it. Times are seconds from the start of the level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RequestRecord {
+    /// When the request was sent.
+    pub(crate) start: f64,
+    /// When its first generated token arrived.
+    pub(crate) first_token: f64,
+    /// When its last generated token arrived.
+    pub(crate) last_token: f64,
+    /// When the request was complete (the stream ended).
+    pub(crate) end: f64,
+    /// Generated tokens.
+    pub(crate) tokens: u64,
+    /// Prompt tokens.
+    pub(crate) prompt_tokens: u64,
+    /// The generated text (used to check that the paths generated the same thing).
+    #[serde(default)]
+    pub(crate) text: String,
+    /// Messages (chunks or server-sent events) that carried the tokens; 0 where not known.
+    #[serde(default)]
+    pub(crate) messages: u64,
+    /// The generated token ids, where the path reports them (not over HTTP).
+    #[serde(default)]
+    pub(crate) token_ids: Vec<u32>,
+}
+
+/// The raw measurements of one concurrency level on one path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LevelRun {
+    /// Requests in flight at once.
+    pub(crate) concurrency: usize,
+    /// Wall time of the level, seconds.
+    pub(crate) wall_s: f64,
+    /// CPU seconds the serving process (worker, baseline script, HTTP server) used.
+    pub(crate) server_cpu_s: f64,
+    /// CPU seconds the Rust process (supervisor and client) used; 0 for the in-process path.
+    pub(crate) client_cpu_s: f64,
+    /// One record per request, in request order.
+    pub(crate) requests: Vec<RequestRecord>,
+}
+
+/// Summary figures of one level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LevelSummary {
+    /// Requests in flight at once.
+    pub(crate) concurrency: usize,
+    /// Requests completed.
+    pub(crate) requests: usize,
+    /// Generated tokens, all requests.
+    pub(crate) tokens: u64,
+    /// Time to first token, median, milliseconds.
+    pub(crate) ttft_p50_ms: f64,
+    /// Time to first token, 99th percentile, milliseconds.
+    pub(crate) ttft_p99_ms: f64,
+    /// Decode speed of one stream (tokens after the first / time from first to last token),
+    /// mean over requests.
+    pub(crate) decode_tps_per_stream: f64,
+    /// Generated tokens of all requests / wall time of the level.
+    pub(crate) aggregate_tps: f64,
+    /// Wall time of the level, seconds.
+    pub(crate) wall_s: f64,
+    /// CPU seconds of the serving process.
+    pub(crate) server_cpu_s: f64,
+    /// CPU seconds of the Rust process (supervisor + client).
+    pub(crate) client_cpu_s: f64,
+    /// Serving process CPU seconds per thousand generated tokens.
+    pub(crate) server_cpu_s_per_1k_tokens: f64,
+    /// Rust process CPU seconds per thousand generated tokens.
+    pub(crate) client_cpu_s_per_1k_tokens: f64,
+    /// Mean tokens per message (chunk or event); 0 where not known.
+    pub(crate) tokens_per_message: f64,
+}
+
+/// The `p`-th percentile (0 to 100) of `values`, by linear interpolation; 0 when empty.
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    let frac = rank - lo as f64;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+impl LevelSummary {
+    /// Computes the figures of a level from its raw measurements.
+    pub(crate) fn from_records(run: &LevelRun) -> Self {
+        let requests = &run.requests;
+        let ttfts: Vec<f64> = requests
+            .iter()
+            .map(|r| (r.first_token - r.start) * 1000.0)
+            .collect();
+        let decode: Vec<f64> = requests
+            .iter()
+            .filter(|r| r.tokens >= 2 && r.last_token > r.first_token)
+            .map(|r| (r.tokens - 1) as f64 / (r.last_token - r.first_token))
+            .collect();
+        let tokens: u64 = requests.iter().map(|r| r.tokens).sum();
+        let messages: u64 = requests.iter().map(|r| r.messages).sum();
+        let per_1k = |cpu: f64| {
+            if tokens == 0 {
+                0.0
+            } else {
+                cpu * 1000.0 / tokens as f64
+            }
+        };
+        Self {
+            concurrency: run.concurrency,
+            requests: requests.len(),
+            tokens,
+            ttft_p50_ms: percentile(&ttfts, 50.0),
+            ttft_p99_ms: percentile(&ttfts, 99.0),
+            decode_tps_per_stream: if decode.is_empty() {
+                0.0
+            } else {
+                decode.iter().sum::<f64>() / decode.len() as f64
+            },
+            aggregate_tps: if run.wall_s > 0.0 {
+                tokens as f64 / run.wall_s
+            } else {
+                0.0
+            },
+            wall_s: run.wall_s,
+            server_cpu_s: run.server_cpu_s,
+            client_cpu_s: run.client_cpu_s,
+            server_cpu_s_per_1k_tokens: per_1k(run.server_cpu_s),
+            client_cpu_s_per_1k_tokens: per_1k(run.client_cpu_s),
+            tokens_per_message: if messages == 0 {
+                0.0
+            } else {
+                tokens as f64 / messages as f64
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_interpolate() {
+        let v = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 50.0), 2.5);
+        assert_eq!(percentile(&v, 100.0), 4.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn summary_of_two_requests() {
+        let record = |start: f64, first: f64, last: f64| RequestRecord {
+            start,
+            first_token: first,
+            last_token: last,
+            end: last,
+            tokens: 11,
+            prompt_tokens: 5,
+            text: String::new(),
+            messages: 11,
+            token_ids: Vec::new(),
+        };
+        let run = LevelRun {
+            concurrency: 2,
+            wall_s: 2.0,
+            server_cpu_s: 1.1,
+            client_cpu_s: 0.011,
+            requests: vec![record(0.0, 0.1, 1.1), record(0.0, 0.3, 2.0)],
+        };
+        let s = LevelSummary::from_records(&run);
+        assert_eq!(s.tokens, 22);
+        assert!((s.aggregate_tps - 11.0).abs() < 1e-9);
+        assert!((s.ttft_p50_ms - 200.0).abs() < 1e-9);
+        assert!((s.decode_tps_per_stream - (10.0 + 10.0 / 1.7) / 2.0).abs() < 1e-9);
+        assert!((s.server_cpu_s_per_1k_tokens - 50.0).abs() < 1e-9);
+        assert!((s.tokens_per_message - 1.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,399 @@
+//! `mlx-sidecar bench`: one fixed, reproducible workload, measured side by side on three
+//! paths on the same model:
+//!
+//! 1. `sidecar`: the full path, this process's supervisor and client → gRPC on the Unix
+//!    socket → the worker → MLX ([`sidecar`]);
+//! 2. `inprocess`: the same workload in one Python process calling mlx-lm directly
+//!    (`scripts/bench_inprocess.py`, embedded in the binary; [`inprocess`]);
+//! 3. `http`: mlx-lm's own HTTP server on a loopback port, driven by a streaming HTTP client
+//!    ([`http`]).
+//!
+//! How the parts fit: [`workload`] builds the prompts and levels (via the script's `prepare`,
+//! which also writes the model as the worker loads it into an mlx-lm directory for the HTTP
+//! server); [`drive`] runs a closed loop of `c` clients per level for the two client-driven
+//! paths; every path yields the same per-request records ([`measure`]), which [`report`]
+//! summarizes, compares (ratios, the targets, identical outputs) and prints, and
+//! [`chart`] draws. [`procstat`] reads CPU time and peak memory from `/proc`. [`ceiling`]
+//! measures the transport alone, with the worker in its synthetic-token benchmark mode.
+//! The paths run one after another, never at once, so they don't compete for the machine.
+
+mod ceiling;
+mod chart;
+mod drive;
+mod http;
+mod inprocess;
+mod measure;
+mod procstat;
+mod python;
+mod report;
+mod sidecar;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use mlx_sidecar::env::{EnvOptions, NoProgress};
+use serde::Serialize;
+
+use self::measure::LevelRun;
+use self::python::{PythonEnv, ScratchDir};
+use self::report::{PathReport, Report};
+use self::workload::{Prepared, WorkloadSpec};
+use super::args::GlobalArgs;
+
+/// `bench`: measure the full path against mlx-lm in-process and mlx-lm's HTTP server.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Concurrency levels (requests in flight at once), in running order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4,16,64",
+        value_name = "N,N,..."
+    )]
+    pub(crate) concurrency: Vec<usize>,
+
+    /// Tokens in each prompt.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub(crate) prompt_tokens: usize,
+
+    /// Tokens each request generates (exactly: end-of-sequence tokens are banned).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub(crate) max_tokens: u32,
+
+    /// Requests per level: max(rounds × concurrency, --min-requests).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub(crate) rounds: usize,
+
+    /// Fewest requests in a level.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) min_requests: usize,
+
+    /// Tokens each warm-up request generates (one single stream and one small batch are
+    /// run on every path before measuring).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) warmup_tokens: u32,
+
+    /// The paths to measure, in running order.
+    #[arg(long, value_delimiter = ',', default_value = "sidecar,inprocess,http")]
+    pub(crate) paths: Vec<PathKind>,
+
+    /// Write every figure (and the per-request measurements) to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+
+    /// Draw the figures as an SVG chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) chart: Option<PathBuf>,
+
+    /// Also measure the transport alone: the real worker streaming made-up tokens without
+    /// running the model (its `--synthetic-tokens` benchmark mode).
+    #[arg(long)]
+    pub(crate) transport_ceiling: bool,
+
+    /// Concurrency levels of the transport ceiling.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,16,64",
+        value_name = "N,N,..."
+    )]
+    pub(crate) ceiling_concurrency: Vec<usize>,
+
+    /// Tokens per request in the transport ceiling.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub(crate) ceiling_tokens: u32,
+
+    /// Unary calls (ModelInfo, health) timed for the round-trip figures.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub(crate) ceiling_unary_calls: usize,
+
+    /// How the worker treats quantized weights (as `--dequantize` of the worker); the
+    /// baselines load the model the same way.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub(crate) dequantize: String,
+
+    /// Use this directory as the worker's source (`PYTHONPATH`) instead of the copy embedded
+    /// in the binary.
+    #[arg(long, env = "MLX_SIDECAR_WORKER_DIR", value_name = "DIR")]
+    pub(crate) worker_dir: Option<PathBuf>,
+}
+
+/// One of the measured paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PathKind {
+    /// Rust client → gRPC on the Unix socket → worker → MLX.
+    Sidecar,
+    /// One Python process calling mlx-lm directly.
+    Inprocess,
+    /// mlx-lm's own HTTP server.
+    Http,
+}
+
+impl PathKind {
+    /// Its name on the command line and in the table.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PathKind::Sidecar => "sidecar",
+            PathKind::Inprocess => "inprocess",
+            PathKind::Http => "http",
+        }
+    }
+}
+
+/// How the model is loaded, passed the same way to the worker and the baseline script.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelArgs {
+    model: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    dequantize: String,
+}
+
+impl ModelArgs {
+    fn common(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(m) = &self.model {
+            args.extend(["--model".to_owned(), m.display().to_string()]);
+        }
+        if let Some(c) = &self.cache_dir {
+            args.extend(["--cache-dir".to_owned(), c.display().to_string()]);
+        }
+        args.extend(["--dequantize".to_owned(), self.dequantize.clone()]);
+        args
+    }
+
+    /// Arguments for `bench_inprocess.py prepare|run`.
+    pub(crate) fn script_args(&self) -> Vec<String> {
+        self.common()
+    }
+
+    /// Arguments for the worker (`--model` goes through [`WorkerCommand`] too, as an arg).
+    ///
+    /// [`WorkerCommand`]: mlx_sidecar::config::WorkerCommand
+    pub(crate) fn worker_args(&self) -> Vec<String> {
+        self.common()
+    }
+}
+
+/// What one path measured.
+#[derive(Debug, Clone)]
+pub(crate) struct PathRun {
+    /// One entry per measured level.
+    pub(crate) levels: Vec<LevelRun>,
+    /// Peak resident memory of the serving process.
+    pub(crate) server_peak_rss_bytes: u64,
+    /// Peak resident memory of this process while it drove the path (0: not involved).
+    pub(crate) client_peak_rss_bytes: u64,
+}
+
+/// Facts about this machine, for the report.
+fn machine() -> BTreeMap<String, serde_json::Value> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut m = BTreeMap::new();
+    m.insert("os".into(), std::env::consts::OS.into());
+    m.insert("arch".into(), std::env::consts::ARCH.into());
+    m.insert(
+        "kernel".into(),
+        read("/proc/sys/kernel/osrelease").trim().into(),
+    );
+    m.insert("cpu".into(), cpu.into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    m.insert("cpus".into(), cpus.into());
+    m.insert("memory_bytes".into(), (mem_kib * 1024).into());
+    m
+}
+
+/// The command line as typed, for the report.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs the bench.
+pub(crate) async fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.concurrency.is_empty(),
+        "--concurrency needs at least one level"
+    );
+    anyhow::ensure!(
+        args.concurrency.iter().all(|&c| c > 0),
+        "concurrency levels must be > 0"
+    );
+    anyhow::ensure!(args.max_tokens >= 2, "--max-tokens must be at least 2");
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let startup_timeout = Duration::from_secs_f64(global.startup_timeout.max(1.0));
+
+    // The interpreter and worker source: the managed environment (or --python).
+    let mut opts = EnvOptions::default();
+    if let Some(root) = &global.env_dir {
+        opts = opts.with_root(root);
+    }
+    if let Some(python) = &global.python {
+        opts = opts.with_python(python);
+    }
+    if let Some(variant) = global.variant {
+        opts = opts.with_variant(variant.into());
+    }
+    let env = mlx_sidecar::env::ensure(&opts, &NoProgress)
+        .await
+        .context("preparing the Python environment")?;
+    let worker_dir = args
+        .worker_dir
+        .clone()
+        .unwrap_or_else(|| env.worker_dir.clone());
+    let scratch = ScratchDir::new()?;
+    let py = PythonEnv::new(env.python.clone(), worker_dir, Vec::new(), scratch.path())?;
+    let model = ModelArgs {
+        model: global.model.clone(),
+        cache_dir: global.cache_dir.clone(),
+        dequantize: args.dequantize.clone(),
+    };
+
+    // The workload.
+    let spec = WorkloadSpec {
+        levels: args.concurrency.clone(),
+        prompt_tokens: args.prompt_tokens,
+        max_tokens: args.max_tokens,
+        rounds: args.rounds,
+        min_requests: args.min_requests,
+        warmup_tokens: args.warmup_tokens,
+    };
+    eprintln!(
+        "preparing the workload ({} prompts of {} tokens)",
+        spec.prompt_count(),
+        spec.prompt_tokens
+    );
+    let mlx_lm_dir = scratch.path().join("mlx-lm-model");
+    let mut prepare_args = vec!["prepare".to_owned()];
+    prepare_args.extend(model.script_args());
+    prepare_args.extend([
+        "--out-dir".to_owned(),
+        mlx_lm_dir.display().to_string(),
+        "--prompt-tokens".to_owned(),
+        spec.prompt_tokens.to_string(),
+        "--count".to_owned(),
+        spec.prompt_count().to_string(),
+    ]);
+    let (prepared, _) = py.run_script(&prepare_args, None).await?;
+    let versions_value = prepared.get("versions").cloned().unwrap_or_default();
+    let prepared: Prepared =
+        serde_json::from_value(prepared).context("reading the prepared workload")?;
+    let model_value = prepared.model.clone();
+    let mlx_lm_dir = prepared.mlx_lm_dir.clone();
+    let workload = spec.clone().build(prepared)?;
+
+    let mut versions: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    versions.insert("mlx_sidecar".into(), env!("CARGO_PKG_VERSION").into());
+    if let serde_json::Value::Object(map) = versions_value {
+        versions.extend(map);
+    }
+
+    let mut paths = Vec::new();
+    for &kind in &args.paths {
+        eprintln!("path {}:", kind.name());
+        let run = match kind {
+            PathKind::Sidecar => {
+                let sup = sidecar::start(
+                    &py,
+                    &model,
+                    global.socket_dir.as_deref(),
+                    &[],
+                    workload.max_batch,
+                    startup_timeout,
+                )
+                .await?;
+                if let Ok(info) = sup.client().model_info().await {
+                    versions.insert("worker".into(), info.worker_version.clone().into());
+                    versions.insert(
+                        "device".into(),
+                        format!("{} ({})", info.device_name, info.backend).into(),
+                    );
+                    versions.insert("cpu_blas".into(), info.cpu_blas.clone().into());
+                }
+                let run = sidecar::run(&sup, &workload).await;
+                sup.shutdown().await.ok();
+                run?
+            }
+            PathKind::Inprocess => inprocess::run(&py, &model, &workload, &mlx_lm_dir).await?,
+            PathKind::Http => {
+                let server = http::HttpServer::start(
+                    &py,
+                    &mlx_lm_dir,
+                    scratch.path(),
+                    &model.dequantize,
+                    workload.max_batch,
+                    startup_timeout,
+                )
+                .await?;
+                let run = http::run(&server, &workload).await;
+                server.stop().await;
+                run?
+            }
+        };
+        paths.push(PathReport::new(kind, run));
+    }
+
+    let transport_ceiling = if args.transport_ceiling {
+        eprintln!("transport ceiling (synthetic tokens):");
+        Some(
+            ceiling::run(
+                &py,
+                &model,
+                global.socket_dir.as_deref(),
+                &workload,
+                args,
+                startup_timeout,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let mut report = Report {
+        command: command_line(),
+        started_unix_s,
+        machine: machine(),
+        versions,
+        model: model_value,
+        workload: spec,
+        paths,
+        ratios: Vec::new(),
+        targets: Vec::new(),
+        outputs: Vec::new(),
+        transport_ceiling,
+    };
+    report.compare();
+    println!("{}", report.render());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        chart::draw(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

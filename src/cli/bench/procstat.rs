@@ -1,0 +1,65 @@
+//! CPU time and resident memory of a process, read from Linux's `/proc`.
+//!
+//! CPU time is `utime + stime` of `/proc/<pid>/stat` (all threads of the process); peak memory
+//! is `VmHWM` of `/proc/<pid>/status`, which [`reset_peak`] sets back to the current size
+//! (`/proc/<pid>/clear_refs`), so that each path of the bench gets its own peak.
+
+use std::fs;
+
+use nix::unistd::{SysconfVar, sysconf};
+
+/// CPU time (user + system, all threads) a process has used so far, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: skip past it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// A `Vm*` line of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Peak resident memory (`VmHWM`) of a process, in bytes.
+pub(crate) fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Sets the peak resident memory of a process back to its current size (best effort: needs
+/// Linux 4.0 or later and permission to write `/proc/<pid>/clear_refs`).
+pub(crate) fn reset_peak(pid: u32) {
+    let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// CPU time of this process, in seconds.
+pub(crate) fn own_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).is_some());
+        let rss = status_bytes(pid, "VmRSS:").unwrap_or(0);
+        let peak = peak_rss_bytes(pid).unwrap_or(0);
+        assert!(rss > 0 && peak >= rss, "rss {rss} peak {peak}");
+    }
+}

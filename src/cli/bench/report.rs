@@ -1,0 +1,349 @@
+//! The bench's results: per-path summaries, the ratios of the full path to the two
+//! baselines, the targets with whether each is met, the printed table, and the JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::ceiling::CeilingReport;
+use super::measure::{LevelRun, LevelSummary};
+use super::workload::WorkloadSpec;
+use super::{PathKind, PathRun};
+
+/// One path's results.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PathReport {
+    /// `sidecar`, `inprocess` or `http`.
+    pub(crate) path: PathKind,
+    /// Summary figures, one per level.
+    pub(crate) levels: Vec<LevelSummary>,
+    /// Peak resident memory of the serving process (worker, baseline script, HTTP server).
+    pub(crate) server_peak_rss_bytes: u64,
+    /// Peak resident memory of the Rust process while it drove this path (supervisor and
+    /// client); 0 for the in-process path.
+    pub(crate) client_peak_rss_bytes: u64,
+    /// The raw per-request measurements.
+    pub(crate) raw: Vec<LevelRun>,
+}
+
+impl PathReport {
+    /// Summarizes a path's raw run.
+    pub(crate) fn new(path: PathKind, run: PathRun) -> Self {
+        Self {
+            path,
+            levels: run.levels.iter().map(LevelSummary::from_records).collect(),
+            server_peak_rss_bytes: run.server_peak_rss_bytes,
+            client_peak_rss_bytes: run.client_peak_rss_bytes,
+            raw: run.levels,
+        }
+    }
+
+    fn level(&self, concurrency: usize) -> Option<&LevelSummary> {
+        self.levels.iter().find(|l| l.concurrency == concurrency)
+    }
+}
+
+/// The full path compared with a baseline at one level.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Ratio {
+    /// Requests in flight at once.
+    pub(crate) concurrency: usize,
+    /// `inprocess` or `http`.
+    pub(crate) baseline: PathKind,
+    /// Decode tokens per second per stream, sidecar / baseline.
+    pub(crate) decode_tps: f64,
+    /// Aggregate tokens per second, sidecar / baseline.
+    pub(crate) aggregate_tps: f64,
+    /// Time to first token (p50), sidecar minus baseline, milliseconds.
+    pub(crate) ttft_p50_delta_ms: f64,
+    /// Time to first token (p50), sidecar / baseline.
+    pub(crate) ttft_p50: f64,
+}
+
+/// One of the targets.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Target {
+    /// What is compared.
+    pub(crate) name: String,
+    /// The measured value.
+    pub(crate) measured: f64,
+    /// The bound it must meet.
+    pub(crate) bound: f64,
+    /// `>=` or `<=`.
+    pub(crate) relation: &'static str,
+    /// Whether it is met.
+    pub(crate) met: bool,
+}
+
+/// How many requests generated the same output on two paths.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OutputMatch {
+    /// The two paths.
+    pub(crate) paths: (PathKind, PathKind),
+    /// What was compared: "token ids" where both paths report them, else "text" (the
+    /// detokenizers differ in how they show invalid UTF-8, so text can differ where ids
+    /// don't).
+    pub(crate) by: &'static str,
+    /// Requests with identical text.
+    pub(crate) identical: usize,
+    /// Requests compared.
+    pub(crate) compared: usize,
+}
+
+/// Everything the bench measured, as written to `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// The command line that produced it.
+    pub(crate) command: String,
+    /// When it started (Unix seconds).
+    pub(crate) started_unix_s: u64,
+    /// The machine.
+    pub(crate) machine: BTreeMap<String, serde_json::Value>,
+    /// Versions of the software involved.
+    pub(crate) versions: BTreeMap<String, serde_json::Value>,
+    /// The model as the worker's loader describes it.
+    pub(crate) model: serde_json::Value,
+    /// The workload.
+    pub(crate) workload: WorkloadSpec,
+    /// Results per path.
+    pub(crate) paths: Vec<PathReport>,
+    /// Full path / baselines.
+    pub(crate) ratios: Vec<Ratio>,
+    /// The targets.
+    pub(crate) targets: Vec<Target>,
+    /// Whether the paths generated the same text.
+    pub(crate) outputs: Vec<OutputMatch>,
+    /// The transport ceiling, when measured.
+    pub(crate) transport_ceiling: Option<CeilingReport>,
+}
+
+fn div(a: f64, b: f64) -> f64 {
+    if b == 0.0 { 0.0 } else { a / b }
+}
+
+impl Report {
+    /// Fills in the ratios, the targets and the output comparison from the paths.
+    pub(crate) fn compare(&mut self) {
+        self.ratios.clear();
+        self.targets.clear();
+        self.outputs.clear();
+        let Some(sidecar) = self.path(PathKind::Sidecar).cloned() else {
+            return;
+        };
+        for baseline in [PathKind::Inprocess, PathKind::Http] {
+            let Some(base) = self.path(baseline).cloned() else {
+                continue;
+            };
+            for s in &sidecar.levels {
+                let Some(b) = base.level(s.concurrency) else {
+                    continue;
+                };
+                self.ratios.push(Ratio {
+                    concurrency: s.concurrency,
+                    baseline,
+                    decode_tps: div(s.decode_tps_per_stream, b.decode_tps_per_stream),
+                    aggregate_tps: div(s.aggregate_tps, b.aggregate_tps),
+                    ttft_p50_delta_ms: s.ttft_p50_ms - b.ttft_p50_ms,
+                    ttft_p50: div(s.ttft_p50_ms, b.ttft_p50_ms),
+                });
+            }
+        }
+        let ratio = |c: usize, base: PathKind| {
+            self.ratios
+                .iter()
+                .find(|r| r.concurrency == c && r.baseline == base)
+                .cloned()
+        };
+        let mut targets = Vec::new();
+        if let Some(r) = ratio(1, PathKind::Inprocess) {
+            targets.push(Target {
+                name: "single stream: decode tok/s, sidecar / in-process".into(),
+                measured: r.decode_tps,
+                bound: 0.99,
+                relation: ">=",
+                met: r.decode_tps >= 0.99,
+            });
+            targets.push(Target {
+                name: "single stream: TTFT p50, sidecar - in-process (ms)".into(),
+                measured: r.ttft_p50_delta_ms,
+                bound: 2.0,
+                relation: "<=",
+                met: r.ttft_p50_delta_ms <= 2.0,
+            });
+        }
+        for s in &sidecar.levels {
+            let c = s.concurrency;
+            if let Some(r) = ratio(c, PathKind::Inprocess) {
+                targets.push(Target {
+                    name: format!("concurrency {c}: aggregate tok/s, sidecar / in-process"),
+                    measured: r.aggregate_tps,
+                    bound: 0.95,
+                    relation: ">=",
+                    met: r.aggregate_tps >= 0.95,
+                });
+            }
+            if let Some(r) = ratio(c, PathKind::Http) {
+                targets.push(Target {
+                    name: format!("concurrency {c}: aggregate tok/s, sidecar / mlx-lm HTTP"),
+                    measured: r.aggregate_tps,
+                    bound: 1.0,
+                    relation: ">=",
+                    met: r.aggregate_tps >= 1.0,
+                });
+            }
+        }
+        self.targets = targets;
+        let kinds: Vec<PathKind> = self.paths.iter().map(|p| p.path).collect();
+        for (i, &a) in kinds.iter().enumerate() {
+            for &b in &kinds[i + 1..] {
+                if let (Some(pa), Some(pb)) = (self.path(a), self.path(b)) {
+                    let pairs: Vec<_> = pa
+                        .raw
+                        .iter()
+                        .zip(&pb.raw)
+                        .flat_map(|(la, lb)| la.requests.iter().zip(&lb.requests))
+                        .collect();
+                    let by_ids = pairs
+                        .iter()
+                        .all(|(ra, rb)| !ra.token_ids.is_empty() && !rb.token_ids.is_empty());
+                    let identical = pairs
+                        .iter()
+                        .filter(|(ra, rb)| {
+                            if by_ids {
+                                ra.token_ids == rb.token_ids
+                            } else {
+                                ra.text == rb.text
+                            }
+                        })
+                        .count();
+                    self.outputs.push(OutputMatch {
+                        paths: (a, b),
+                        by: if by_ids { "token ids" } else { "text" },
+                        identical,
+                        compared: pairs.len(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn path(&self, kind: PathKind) -> Option<&PathReport> {
+        self.paths.iter().find(|p| p.path == kind)
+    }
+
+    /// The human-readable table, ratios, targets and memory.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let _ = writeln!(
+            out,
+            "{:<10} {:>5} {:>10} {:>10} {:>12} {:>12} {:>13} {:>13} {:>9}",
+            "path",
+            "conc",
+            "TTFT p50",
+            "TTFT p99",
+            "decode t/s",
+            "aggr. t/s",
+            "server CPU",
+            "client CPU",
+            "tok/msg"
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>5} {:>10} {:>10} {:>12} {:>12} {:>13} {:>13} {:>9}",
+            "", "", "ms", "ms", "per stream", "", "s/1k tok", "s/1k tok", ""
+        );
+        let mut levels: Vec<usize> = self
+            .paths
+            .iter()
+            .flat_map(|p| p.levels.iter().map(|l| l.concurrency))
+            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        for c in levels {
+            for p in &self.paths {
+                let Some(l) = p.level(c) else { continue };
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>5} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>13.3} {:>13.4} {:>9.2}",
+                    p.path.name(),
+                    c,
+                    l.ttft_p50_ms,
+                    l.ttft_p99_ms,
+                    l.decode_tps_per_stream,
+                    l.aggregate_tps,
+                    l.server_cpu_s_per_1k_tokens,
+                    l.client_cpu_s_per_1k_tokens,
+                    l.tokens_per_message
+                );
+            }
+        }
+        let _ = writeln!(out, "\npeak resident memory:");
+        for p in &self.paths {
+            let _ = write!(
+                out,
+                "  {:<10} server {:>8.1} MiB",
+                p.path.name(),
+                mib(p.server_peak_rss_bytes)
+            );
+            if p.client_peak_rss_bytes > 0 {
+                let _ = write!(
+                    out,
+                    "   Rust side {:>7.1} MiB",
+                    mib(p.client_peak_rss_bytes)
+                );
+            }
+            let _ = writeln!(out);
+        }
+        if !self.ratios.is_empty() {
+            let _ = writeln!(out, "\nsidecar vs baselines:");
+            let _ = writeln!(
+                out,
+                "  {:>5} {:<10} {:>12} {:>12} {:>14}",
+                "conc", "baseline", "decode", "aggregate", "TTFT p50 Δ ms"
+            );
+            for r in &self.ratios {
+                let _ = writeln!(
+                    out,
+                    "  {:>5} {:<10} {:>12.3} {:>12.3} {:>+14.2}",
+                    r.concurrency,
+                    r.baseline.name(),
+                    r.decode_tps,
+                    r.aggregate_tps,
+                    r.ttft_p50_delta_ms
+                );
+            }
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(out, "\ntargets:");
+            for t in &self.targets {
+                let _ = writeln!(
+                    out,
+                    "  [{}] {}: {:.3} (needs {} {})",
+                    if t.met { "met" } else { "MISSED" },
+                    t.name,
+                    t.measured,
+                    t.relation,
+                    t.bound
+                );
+            }
+        }
+        for o in &self.outputs {
+            let _ = writeln!(
+                out,
+                "identical output ({}) {} vs {}: {}/{}",
+                o.by,
+                o.paths.0.name(),
+                o.paths.1.name(),
+                o.identical,
+                o.compared
+            );
+        }
+        if let Some(c) = &self.transport_ceiling {
+            out.push('\n');
+            out.push_str(&c.render());
+        }
+        out
+    }
+}
