@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"refusing the socket path: {e}", extra={"fields": {"socket": str(config.socket_path)}}
         )
         return EXIT_USAGE
+    # gRPC's C core writes plain-text lines on stderr; keep them to errors, so that stderr
+    # stays JSON lines in all but exceptional cases.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     return asyncio.run(_serve(config, faults, process_start_time()))
 
 

@@ -30,17 +30,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from mlx_sidecar.v1 import inference_pb2_grpc as pb_grpc
-
 from .config import WorkerConfig
 from .engine import Engine, StartupReport
 from .faults import Faults
-from .servicer import InferenceServicer
+from .servicer import SERVICE_NAME, InferenceServicer, add_to_server
 from .socket_guard import owner_only_umask, remove_socket_file, secure_socket_file
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "mlx_sidecar.v1.Inference"
 HEALTH_NAMES = ("", SERVICE_NAME)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -92,7 +89,7 @@ class Worker:
         """Serves until shut down; returns the exit code."""
         await self._set_health(NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        pb_grpc.add_InferenceServicer_to_server(self._servicer, self._server)
+        add_to_server(self._servicer, self._server)
         path = self._config.socket_path
         with owner_only_umask():
             self._server.add_insecure_port(f"unix:{path}")
@@ -109,7 +106,9 @@ class Worker:
             watchdog.cancel()
             await self._drain()
         finally:
-            await self._server.stop(grace=None)
+            # A short grace: calls still open (health watches) end cleanly, without the
+            # GOAWAY error chatter an immediate stop makes the C core print.
+            await self._server.stop(grace=0.2)
             remove_socket_file(path, self._inode)
         self._engine.stop(timeout=2.0)
         log.info("stopped", extra={"fields": {"exit_code": self._exit_code}})
@@ -244,7 +243,9 @@ class Worker:
         if self._in_flight():
             idle = asyncio.ensure_future(self._servicer.wait_idle())
             hurry = asyncio.ensure_future(self._hurry.wait())
-            await asyncio.wait({idle, hurry}, timeout=self._drain_grace)
+            await asyncio.wait(
+                {idle, hurry}, timeout=self._drain_grace, return_when=asyncio.FIRST_COMPLETED
+            )
             hurry.cancel()
             idle.cancel()
         if self._in_flight():

@@ -14,10 +14,11 @@ import importlib.metadata
 import logging
 import os
 import platform
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from mlx_sidecar.v1 import inference_pb2 as pb
 from mlx_sidecar.v1 import inference_pb2_grpc as pb_grpc
@@ -34,6 +35,61 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 log = logging.getLogger(__name__)
+
+SERVICE_NAME = "mlx_sidecar.v1.Inference"
+
+
+class MalformedRequest:
+    """What a request that isn't valid protobuf deserializes to (the handler rejects it)."""
+
+    __slots__ = ("error", "type_name")
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+
+def _lenient(cls: Any) -> Callable[[bytes], Any]:
+    """A deserializer that never raises, so malformed input gets INVALID_ARGUMENT, not UNKNOWN."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return MalformedRequest(cls.DESCRIPTOR.full_name, str(e))
+
+    return parse
+
+
+def _reject_malformed(request: Any) -> None:
+    if isinstance(request, MalformedRequest):
+        raise RequestFailure(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request: not a valid {request.type_name}: {request.error}",
+        )
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Registers the service (like the generated add_InferenceServicer_to_server)."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=_lenient(pb.GenerateRequest),
+            response_serializer=pb.GenerateResponse.SerializeToString,
+        ),
+    }
+    for name, req, resp in (
+        ("Tokenize", pb.TokenizeRequest, pb.TokenizeResponse),
+        ("Detokenize", pb.DetokenizeRequest, pb.DetokenizeResponse),
+        ("ModelInfo", pb.ModelInfoRequest, pb.ModelInfoResponse),
+    ):
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_lenient(req),
+            response_serializer=resp.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _merge(items: list[Any]) -> list[Any]:
@@ -101,6 +157,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         clock = RequestClock(arrival=now())
         try:
+            _reject_malformed(request)
             limits = self._available()
             params = validate_generate(request, limits)
             limit = self._config.max_batch + self._config.max_queue
@@ -144,6 +201,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
         try:
+            _reject_malformed(request)
             ids, text = tokenize_request(request, self._available())
         except RequestFailure as e:
             await context.abort(e.code, e.message)
@@ -153,6 +211,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
         try:
+            _reject_malformed(request)
             text = detokenize_request(request, self._available())
         except RequestFailure as e:
             await context.abort(e.code, e.message)
@@ -162,6 +221,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfoResponse:
         try:
+            _reject_malformed(request)
             self._available()
         except RequestFailure as e:
             await context.abort(e.code, e.message)

@@ -59,9 +59,11 @@ def wait_for(
 class WorkerProcess:
     """One worker process, its socket, its log, and a gRPC channel to it."""
 
-    def __init__(self, args: list[str], env: dict[str, str], socket_dir: Path) -> None:
-        self.socket_path = socket_dir / "w.sock"
-        self.log_path = socket_dir / "worker.log"
+    def __init__(
+        self, args: list[str], env: dict[str, str], socket_path: Path, log_path: Path
+    ) -> None:
+        self.socket_path = socket_path
+        self.log_path = log_path
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
         full_env = {**os.environ, "PYTHONPATH": str(SIDECAR_DIR)}
         full_env.pop("MLX_WORKER_FAULTS", None)
@@ -189,7 +191,8 @@ def short_private_dir() -> Path:
 
 
 @pytest.fixture
-def socket_dir() -> Iterator[Path]:
+def private_dir() -> Iterator[Path]:
+    """A fresh owner-only directory with a short path, removed afterwards."""
     d = short_private_dir()
     yield d
     shutil.rmtree(d, ignore_errors=True)
@@ -200,40 +203,42 @@ SpawnWorker = Callable[..., WorkerProcess]
 
 @pytest.fixture
 def spawn_worker(tiny_model_dir: Path) -> Iterator[SpawnWorker]:
-    """``spawn_worker(*args, faults=None, model=tiny, socket_dir=None)`` → a started process."""
+    """``spawn_worker(*args, faults=None, model="tiny", socket_path=None, env=None)`` starts a
+    worker (model None: the default model; socket_path None: one in a fresh private dir)."""
     started: list[tuple[WorkerProcess, Path | None]] = []
 
     def spawn(
         *args: str,
         faults: str | None = None,
         model: str | None = "tiny",
-        socket_dir: Path | None = None,
+        socket_path: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        own_dir = socket_dir is None
-        d = short_private_dir() if own_dir else socket_dir
+        d = short_private_dir()  # the log, and the socket unless the test names one
         model_args = ["--model", str(tiny_model_dir)] if model == "tiny" else []
         if model not in (None, "tiny"):
             model_args = ["--model", model]
         extra_env = dict(env or {})
         if faults is not None:
             extra_env["MLX_WORKER_FAULTS"] = faults
-        w = WorkerProcess([*model_args, *args], extra_env, d)
-        started.append((w, d if own_dir else None))
+        w = WorkerProcess(
+            [*model_args, *args], extra_env, socket_path or d / "w.sock", d / "worker.log"
+        )
+        started.append((w, d))
         return w
 
     yield spawn
     for w, d in started:
         w.close()
-        if d is not None:
-            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
     """A shared worker on the tiny model, serving; tests must leave it serving."""
     d = short_private_dir()
-    w = WorkerProcess(["--model", str(tiny_model_dir), "--log-level", "debug"], {}, d)
+    args = ["--model", str(tiny_model_dir), "--log-level", "debug"]
+    w = WorkerProcess(args, {}, d / "w.sock", d / "worker.log")
     try:
         w.wait_serving()
         yield w
