@@ -1,0 +1,152 @@
+"""Small pure parts of the worker: fault parsing, the command line, socket checks, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from mlx_worker.config import parse_args
+from mlx_worker.faults import Faults, parse_faults
+from mlx_worker.logging_json import JsonFormatter
+from mlx_worker.socket_guard import SocketPathError, check_socket_path
+
+
+def test_faults_parse_every_documented_entry() -> None:
+    f = parse_faults(
+        "startup_delay=1.5, startup_hang,startup_exit=3,load_error,ignore_sigterm,"
+        "engine_stall_after_steps=4,engine_crash_after_steps=9"
+    )
+    assert f == Faults(
+        startup_delay=1.5,
+        startup_hang=True,
+        startup_exit=3,
+        load_error=True,
+        ignore_sigterm=True,
+        engine_stall_after_steps=4,
+        engine_crash_after_steps=9,
+    )
+    assert f.any
+    assert parse_faults(None) == parse_faults("") == Faults() and not Faults().any
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "bogus",
+        "startup_delay",
+        "startup_delay=-1",
+        "startup_delay=nan",
+        "load_error=1",
+        "engine_stall_after_steps=x",
+        "engine_crash_after_steps=-2",
+    ],
+)
+def test_bad_faults_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="MLX_WORKER_FAULTS"):
+        parse_faults(spec)
+
+
+def test_command_line_defaults_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLX_SIDECAR_CACHE_DIR", "/some/cache")
+    c = parse_args(["--socket", "/run/w.sock"])
+    assert (c.max_batch, c.max_queue, c.grace_seconds, c.log_level, c.dequantize) == (
+        32,
+        256,
+        10.0,
+        "info",
+        "auto",
+    )
+    assert c.cache_dir == Path("/some/cache") and c.model is None and c.stdin_watch
+    c = parse_args(
+        [
+            "--socket",
+            "s",
+            "--model",
+            "m",
+            "--max-batch",
+            "4",
+            "--no-stdin-watch",
+            "--stall-seconds",
+            "2.5",
+            "--prefill-step-size",
+            "128",
+            "--cache-dir",
+            "/c",
+        ]
+    )
+    assert (c.model, c.max_batch, c.stdin_watch, c.stall_seconds, c.prefill_step_size) == (
+        "m",
+        4,
+        False,
+        2.5,
+        128,
+    )
+    assert c.cache_dir == Path("/c")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--socket", "s", "--max-batch", "0"],
+        ["--socket", "s", "--grace-seconds", "inf"],
+        ["--socket", "s", "--dequantize", "maybe"],
+        ["--socket", "s", "--stall-seconds", "0"],
+    ],
+)
+def test_bad_command_lines_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+
+
+def test_socket_checks(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    check_socket_path(d / "ok.sock")  # nothing there: fine
+    with pytest.raises(SocketPathError, match="does not exist"):
+        check_socket_path(tmp_path / "missing" / "w.sock")
+    with pytest.raises(SocketPathError, match="longer than"):
+        check_socket_path(d / ("x" * 120))
+    # A stale socket is removed; a live one is refused.
+    stale = d / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    check_socket_path(stale)
+    assert not stale.exists()
+    live = d / "live.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(live))
+    server.listen()
+    try:
+        with pytest.raises(SocketPathError, match="live server"):
+            check_socket_path(live)
+        assert live.exists()
+    finally:
+        server.close()
+
+
+def test_json_formatter() -> None:
+    record = logging.LogRecord("mlx_worker.x", logging.WARNING, "f", 1, "hi %s", ("there",), None)
+    record.fields = {"n": 1, "path": Path("/p")}
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry == {
+        "ts": record.created,
+        "level": "warning",
+        "target": "mlx_worker.x",
+        "message": "hi there",
+        "fields": {"n": 1, "path": "/p"},
+    }
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("t", logging.ERROR, "f", 1, "failed", (), sys.exc_info())
+    entry = json.loads(JsonFormatter().format(record))
+    assert "RuntimeError: boom" in entry["fields"]["exception"]
