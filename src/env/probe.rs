@@ -14,6 +14,7 @@ use super::python;
 
 /// What an interpreter reported about itself and MLX.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct RuntimeInfo {
     /// e.g. "3.11.7".
     pub python_version: String,

@@ -8,5 +8,6 @@
 mod cli;
 mod env;
 mod faults;
+mod lifetime;
 mod serving;
 mod support;
