@@ -18,7 +18,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from .config import WorkerConfig, parse_args  # noqa: E402
-from .faults import ENV_VAR, Faults, parse_faults  # noqa: E402
+from .faults import Faults, load_faults  # noqa: E402
 from .logging_json import setup_logging  # noqa: E402
 from .socket_guard import SocketPathError, check_socket_path  # noqa: E402
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level)
     try:
-        faults = parse_faults(os.environ.get(ENV_VAR))
+        faults = load_faults(os.environ)
     except ValueError as e:
         log.critical(str(e))
         return EXIT_USAGE

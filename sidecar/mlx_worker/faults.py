@@ -9,14 +9,21 @@ Never on unless the variable is set. A comma-separated list of::
     ignore_sigterm              SIGTERM is logged and otherwise ignored
     engine_stall_after_steps=N  the engine thread blocks forever after N steps
     engine_crash_after_steps=N  the engine thread raises and dies after N steps
+
+MLX_WORKER_FAULTS_FILE=PATH adds the faults written in that file (same syntax; newlines
+separate entries too), read once at start-up when the file exists: a test or the ``chaos``
+command changes the file to change the faults of the *next* worker start (a slow restart).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 ENV_VAR = "MLX_WORKER_FAULTS"
+FILE_ENV_VAR = "MLX_WORKER_FAULTS_FILE"
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,20 @@ def parse_faults(spec: str | None) -> Faults:
         else:
             raise ValueError(f"{ENV_VAR}: unknown fault {name!r}")
     return Faults(**values)  # type: ignore[arg-type]
+
+
+def load_faults(environ: Mapping[str, str]) -> Faults:
+    """The faults of MLX_WORKER_FAULTS plus those in the MLX_WORKER_FAULTS_FILE file, if any."""
+    specs = [environ.get(ENV_VAR, "")]
+    path = environ.get(FILE_ENV_VAR)
+    if path:
+        try:
+            specs.append(Path(path).read_text().replace("\n", ","))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ValueError(f"{FILE_ENV_VAR}: cannot read {path}: {e}") from None
+    return parse_faults(",".join(specs))
 
 
 def _parse_value(name: str, text: str) -> float | int:

@@ -1,0 +1,38 @@
+"""MLX_WORKER_FAULTS_FILE: faults read from a file at start-up, added to MLX_WORKER_FAULTS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlx_worker.faults import ENV_VAR, FILE_ENV_VAR, Faults, load_faults
+
+
+def test_no_variables_means_no_faults() -> None:
+    assert load_faults({}) == Faults()
+
+
+def test_file_adds_to_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "faults"
+    path.write_text("startup_delay=1.5\nignore_sigterm\n")
+    faults = load_faults({ENV_VAR: "engine_stall_after_steps=3", FILE_ENV_VAR: str(path)})
+    assert faults == Faults(startup_delay=1.5, ignore_sigterm=True, engine_stall_after_steps=3)
+
+
+def test_missing_or_empty_file_is_no_fault(tmp_path: Path) -> None:
+    assert load_faults({FILE_ENV_VAR: str(tmp_path / "absent")}) == Faults()
+    (tmp_path / "empty").write_text("")
+    assert load_faults({FILE_ENV_VAR: str(tmp_path / "empty")}) == Faults()
+
+
+def test_bad_entry_in_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "faults"
+    path.write_text("startup_delay=soon")
+    with pytest.raises(ValueError, match="startup_delay"):
+        load_faults({FILE_ENV_VAR: str(path)})
+
+
+def test_unreadable_path_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=FILE_ENV_VAR):
+        load_faults({FILE_ENV_VAR: str(tmp_path)})  # a directory
