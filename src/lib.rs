@@ -71,4 +71,4 @@ pub use client::{
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
-pub use supervisor::{ExitStatusInfo, LifecycleEvent, Supervisor, WorkerState};
+pub use supervisor::{ExitStatusInfo, LifecycleEvent, StartupTimes, Supervisor, WorkerState};

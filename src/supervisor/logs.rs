@@ -13,17 +13,20 @@ use std::{
 };
 
 use serde::Deserialize;
+
+use super::state::StartupTimes;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     sync::Notify,
     task::JoinHandle,
 };
 
-/// The last lines a worker wrote to stderr, in readable form.
+/// The last lines a worker wrote to stderr, in readable form, and its start-up times.
 #[derive(Debug, Clone)]
 pub(crate) struct LogTail {
     lines: Arc<Mutex<VecDeque<String>>>,
     capacity: usize,
+    startup: Arc<Mutex<Option<StartupTimes>>>,
 }
 
 impl LogTail {
@@ -31,7 +34,13 @@ impl LogTail {
         LogTail {
             lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(1024)))),
             capacity,
+            startup: Arc::default(),
         }
+    }
+
+    /// The times of the worker's "startup" event, once it was logged.
+    pub(crate) fn startup(&self) -> Option<StartupTimes> {
+        self.startup.lock().ok().and_then(|s| *s)
     }
 
     fn push(&self, line: String) {
@@ -115,7 +124,7 @@ fn handle_line(line: &str, pid: u32, tail: &LogTail, startup_hint: &Notify) {
     let fields = if log.fields.is_empty() {
         String::new()
     } else {
-        serde_json::Value::Object(log.fields).to_string()
+        serde_json::Value::Object(log.fields.clone()).to_string()
     };
     let logger = log.target.as_str();
     let message = log.message.as_str();
@@ -128,6 +137,13 @@ fn handle_line(line: &str, pid: u32, tail: &LogTail, startup_hint: &Notify) {
             tracing::warn!(target: "mlx_worker", pid, logger, fields = %fields, "{message}")
         }
         _ => tracing::error!(target: "mlx_worker", pid, logger, fields = %fields, "{message}"),
+    }
+    if message == "startup" {
+        if let (Some(times), Ok(mut slot)) =
+            (StartupTimes::from_fields(&log.fields), tail.startup.lock())
+        {
+            *slot = Some(times);
+        }
     }
     if matches!(message, "listening" | "startup" | "health") {
         startup_hint.notify_one();

@@ -30,7 +30,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use state::{ExitStatusInfo, LifecycleEvent, WorkerState};
+pub use state::{ExitStatusInfo, LifecycleEvent, StartupTimes, WorkerState};
 
 use crate::{Client, Error, config::SupervisorConfig};
 use command::{ProcessSlot, SharedSlot};

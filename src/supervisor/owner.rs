@@ -167,6 +167,7 @@ impl Owner {
         self.emit(LifecycleEvent::Ready {
             pid: worker.pid,
             load_time,
+            startup: worker.log.startup(),
         });
         Phase::Serve(worker)
     }
@@ -330,8 +331,12 @@ impl Owner {
             LifecycleEvent::Starting { attempt, pid } => {
                 tracing::info!(attempt, pid, "worker starting");
             }
-            LifecycleEvent::Ready { pid, load_time } => {
-                tracing::info!(pid, ?load_time, "worker ready");
+            LifecycleEvent::Ready {
+                pid,
+                load_time,
+                startup,
+            } => {
+                tracing::info!(pid, ?load_time, ?startup, "worker ready");
             }
             LifecycleEvent::Unhealthy {
                 pid,

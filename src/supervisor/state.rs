@@ -101,6 +101,9 @@ pub enum LifecycleEvent {
         pid: u32,
         /// From spawning the process to `SERVING` (imports, model load, warm-up).
         load_time: Duration,
+        /// Where the start-up time went, as the worker reported it (its "startup" log
+        /// event); `None` if that line was not seen.
+        startup: Option<StartupTimes>,
     },
     /// A health check failed, or the worker did not become ready in time.
     Unhealthy {
@@ -136,6 +139,48 @@ pub enum LifecycleEvent {
     },
     /// The supervisor shut down and the worker is gone.
     Stopped,
+}
+
+/// Where a worker's start-up time went, from the "startup" event the worker logs when it
+/// becomes ready. The phases add up to `process_to_ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StartupTimes {
+    /// From the process's start to the worker's server object: the Python interpreter,
+    /// the standard library and gRPC imports, binding the socket.
+    pub interpreter: Duration,
+    /// Importing MLX and mlx-lm (on the engine thread).
+    pub imports: Duration,
+    /// Loading the model (converting it first, if it was not cached).
+    pub load: Duration,
+    /// The warm-up generation.
+    pub warmup: Duration,
+    /// From the process's start to ready, as the worker measured it.
+    pub process_to_ready: Duration,
+}
+
+impl StartupTimes {
+    /// Reads the fields of the worker's "startup" event (`import_s`, `load_s`,
+    /// `warmup_s`, `total_s`, `process_start_to_ready_s`); `None` if one is missing.
+    pub(crate) fn from_fields(fields: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
+        let secs = |key: &str| {
+            fields
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        };
+        let total = secs("total_s")?;
+        let process_to_ready = secs("process_start_to_ready_s")?;
+        let imports = secs("import_s")?;
+        let load = secs("load_s")?;
+        let warmup = secs("warmup_s")?;
+        Some(StartupTimes {
+            interpreter: process_to_ready.saturating_sub(total),
+            imports,
+            load,
+            warmup,
+            process_to_ready,
+        })
+    }
 }
 
 /// Why the supervisor gave up, kept for the errors of later calls.
@@ -226,5 +271,23 @@ mod tests {
             signal: Some(9),
         };
         assert_eq!(killed.to_string(), "killed by signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn startup_times_come_from_the_startup_event() {
+        let fields = serde_json::json!({"import_s": 1.0, "load_s": 0.5, "warmup_s": 0.25,
+            "total_s": 2.0, "process_start_to_ready_s": 2.5, "model": "m"});
+        let times = fields.as_object().and_then(StartupTimes::from_fields);
+        assert_eq!(
+            times,
+            Some(StartupTimes {
+                interpreter: Duration::from_millis(500),
+                imports: Duration::from_secs(1),
+                load: Duration::from_millis(500),
+                warmup: Duration::from_millis(250),
+                process_to_ready: Duration::from_millis(2500),
+            })
+        );
+        assert_eq!(StartupTimes::from_fields(&serde_json::Map::new()), None);
     }
 }
