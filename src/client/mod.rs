@@ -132,7 +132,10 @@ impl Client {
         let proto = request.to_proto();
         let proto = &proto;
         let this = self;
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let attempts = &attempts;
         let attempt = move || async move {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut conn = this.connection(deadline_at).await?;
             let mut req = tonic::Request::new(proto.clone());
             req.set_timeout(deadline_at.saturating_duration_since(Instant::now()));
@@ -159,6 +162,7 @@ impl Client {
             first,
             deadline,
             deadline_at,
+            attempts.load(std::sync::atomic::Ordering::Relaxed),
         ))
     }
 

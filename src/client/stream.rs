@@ -34,6 +34,7 @@ const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(200);
 /// Dropping the stream cancels the request in the worker.
 pub struct GenerateStream {
     inner: BoxStream<'static, Result<GenerateEvent, Error>>,
+    attempts: u32,
 }
 
 impl std::fmt::Debug for GenerateStream {
@@ -61,6 +62,7 @@ impl GenerateStream {
         first: Option<GenerateResponse>,
         deadline: Duration,
         deadline_at: Instant,
+        attempts: u32,
     ) -> Self {
         let state = State {
             conn,
@@ -77,7 +79,14 @@ impl GenerateStream {
             Some((item, state))
         })
         .boxed();
-        GenerateStream { inner }
+        GenerateStream { inner, attempts }
+    }
+
+    /// How many times the request was sent before its first output arrived: 1, or more
+    /// when the worker was unavailable, or died before answering, and the call was
+    /// retried transparently.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     /// The next event, or `None` after the last one.
