@@ -173,7 +173,8 @@ impl Owner {
     }
 
     /// Probes a ready worker every `health_interval`; kills it after
-    /// `health_failure_threshold` failures in a row. A crash is noticed at once.
+    /// `health_failure_threshold` failures in a row (no answer within the deadline,
+    /// `NOT_SERVING`, or its socket file gone). A crash is noticed at once.
     async fn serve(&mut self, mut worker: Worker) -> Phase {
         let interval = self.config.health_interval;
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -182,8 +183,13 @@ impl Owner {
         loop {
             let health = worker.health.clone();
             let timeout = self.config.health_timeout;
+            let socket = self.socket.path();
             let probe = async {
                 ticker.tick().await;
+                // An open connection outlives its socket file, but nobody can connect anew.
+                if !socket.exists() {
+                    return Err(format!("socket file {} was removed", socket.display()));
+                }
                 health::probe(&health, timeout).await
             };
             let wake = tokio::select! {

@@ -386,3 +386,131 @@ async fn too_long_socket_path_is_refused_clearly() {
     assert!(matches!(err, Error::Socket { .. }), "{err:?}");
     assert!(err.to_string().contains("bytes long"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_engine_is_not_serving_and_gets_restarted() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    // The engine thread dies after 40 steps while gRPC still answers: health must say so.
+    let worker = support::tiny_worker()
+        .with_env("MLX_WORKER_FAULTS", "engine_crash_after_steps=40")
+        .with_args(["--stall-seconds", "2"]);
+    let supervisor = Supervisor::spawn(support::config(worker, sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let pid = supervisor.worker_pid().expect("pid");
+    let client = supervisor.client();
+    let mut events = supervisor.subscribe();
+
+    let result = client
+        .generate(GenerateRequest::text("Crash the engine").max_tokens(500))
+        .await
+        .expect("generate")
+        .collect()
+        .await;
+    let err = result.expect_err("the engine died mid-generation");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    let (unhealthy, _) = support::wait_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Unhealthy { .. })
+    })
+    .await;
+    assert!(
+        matches!(&unhealthy, LifecycleEvent::Unhealthy { reason, .. } if reason.contains("NOT_SERVING")),
+        "{unhealthy:?}"
+    );
+    let (_, seen) = support::wait_event(&mut events, READY, |e| {
+        matches!(e, LifecycleEvent::Ready { .. })
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|(_, e)| matches!(e, LifecycleEvent::Crashed { pid: p, .. } if *p == pid)),
+        "{seen:?}"
+    );
+    let ok = client
+        .generate(GenerateRequest::text("short").max_tokens(3))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(ok.token_ids.len(), 3);
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_socket_file_gets_the_worker_restarted() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let pid = supervisor.worker_pid().expect("pid");
+    let mut events = supervisor.subscribe();
+    std::fs::remove_file(supervisor.socket_path()).expect("remove the socket file");
+
+    let (unhealthy, _) = support::wait_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Unhealthy { .. })
+    })
+    .await;
+    assert!(
+        matches!(&unhealthy, LifecycleEvent::Unhealthy { reason, .. } if reason.contains("removed")),
+        "{unhealthy:?}"
+    );
+    support::wait_event(&mut events, READY, |e| {
+        matches!(e, LifecycleEvent::Ready { .. })
+    })
+    .await;
+    assert_ne!(supervisor.worker_pid(), Some(pid));
+    assert!(supervisor.socket_path().exists());
+    let info = supervisor.client().model_info().await.expect("model_info");
+    assert_eq!(Some(info.worker_pid), supervisor.worker_pid());
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_resets_after_a_stable_period() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let policy = RestartPolicy {
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+        factor: 4.0,
+        jitter: false,
+        reset_after: Duration::from_secs(1),
+        max_restarts: 10,
+        within: Duration::from_secs(60),
+    };
+    let config = support::config(support::tiny_worker(), sandbox.path()).with_restart(policy);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let mut events = supervisor.subscribe();
+    supervisor.wait_ready(READY).await.expect("ready");
+    let mut pid = supervisor.worker_pid().expect("pid");
+
+    // (serve through the stable period first?, expected delay in ms)
+    let rounds = [(false, 100), (false, 400), (true, 100)];
+    for (stable, expected) in rounds {
+        if stable {
+            // The stable period is the condition under test: serve through it.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        support::signal(pid, Signal::SIGKILL);
+        let (restarting, _) = support::wait_event(&mut events, Duration::from_secs(5), |e| {
+            matches!(e, LifecycleEvent::Restarting { .. })
+        })
+        .await;
+        let LifecycleEvent::Restarting { delay, .. } = restarting else {
+            unreachable!()
+        };
+        assert_eq!(delay.as_millis(), expected, "stable: {stable}");
+        let (ready, _) = support::wait_event(&mut events, READY, |e| {
+            matches!(e, LifecycleEvent::Ready { .. })
+        })
+        .await;
+        let LifecycleEvent::Ready { pid: new, .. } = ready else {
+            unreachable!()
+        };
+        pid = new;
+    }
+    supervisor.shutdown().await.expect("shutdown");
+}
