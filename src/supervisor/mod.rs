@@ -47,6 +47,8 @@ use state::WorkerView;
 pub struct Supervisor {
     control: mpsc::Sender<Control>,
     view: watch::Receiver<WorkerView>,
+    /// Lets `Drop` tell clients that no worker will come, even though it aborts the task.
+    view_tx: watch::Sender<WorkerView>,
     events: broadcast::Sender<LifecycleEvent>,
     slot: SharedSlot,
     task: Option<JoinHandle<()>>,
@@ -74,7 +76,7 @@ impl Supervisor {
             restarts: RestartTracker::new(config.restart.clone()),
             config,
             socket,
-            view: view_tx,
+            view: view_tx.clone(),
             events: events.clone(),
             slot: slot.clone(),
             control: control_rx,
@@ -85,6 +87,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             control: control_tx,
             view: view_rx,
+            view_tx,
             events,
             slot,
             task: Some(tokio::spawn(owner.run())),
@@ -199,6 +202,13 @@ impl Drop for Supervisor {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.view_tx.send_modify(|v| {
+            if v.state != WorkerState::GaveUp {
+                v.state = WorkerState::Stopped;
+            }
+            v.alive = false;
+            v.channel = None;
+        });
         self.cleanup.run();
     }
 }
