@@ -22,6 +22,7 @@ pub(crate) struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// Directory of the managed Python environment [default: the user's cache directory,
     /// e.g. ~/.cache/mlx-sidecar/env].
@@ -115,6 +116,7 @@ pub(crate) enum Command {
 
 /// How tokens are chosen; unset options take the worker's defaults (greedy decoding).
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Sampling options")]
 pub(crate) struct SamplingArgs {
     /// Most tokens to generate (>= 1) [default: 256, capped by the model's context].
     #[arg(long, value_name = "N")]

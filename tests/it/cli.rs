@@ -561,3 +561,57 @@ fn default_model_knows_the_capital_of_france() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(answer.contains("Paris"), "{answer:?}");
 }
+
+#[test]
+fn ctrl_c_in_chat_stops_the_reply_and_keeps_the_session() {
+    let mut cli = Cli::tiny().args(["chat", "--json", "--max-tokens", "2000", "--ignore-eos"]);
+    let mut child = cli
+        .cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let stderr = child.stderr.take().expect("stderr");
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    let err_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+
+    writeln!(stdin, "Tell me a long story").expect("write");
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first chunk");
+    assert!(first.contains("\"chunk\""), "{first:?}");
+    interrupt(pid);
+    // The reply stops (no finished event for it) and the session says so.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = line_rx
+            .recv_timeout(left)
+            .expect("\"reply stopped\" on stderr");
+        if line.contains("reply stopped") {
+            break;
+        }
+    }
+    // The same session answers the next question, then ends at EOF with exit 0.
+    writeln!(stdin, "Hello").expect("write");
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("rest");
+    let out = wait_output(child, DEADLINE);
+    let _ = err_reader.join();
+    assert!(out.status.success(), "{:?}", out.status);
+    let finished: Vec<Value> = rest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "only the second reply finished: {rest}");
+    assert_eq!(finished[0]["usage"]["completion_tokens"], 2000);
+}
