@@ -350,6 +350,8 @@ class Engine:
         except Exception:
             log.exception("engine step failed; failing its requests and resetting the batch")
             self._fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
+            with contextlib.suppress(Exception):
+                self._bg.close()
             self._bg = self._new_batch_generator()
             return
         t1 = now()

@@ -110,7 +110,8 @@ class Worker:
             # GOAWAY error chatter an immediate stop makes the C core print.
             await self._server.stop(grace=0.2)
             remove_socket_file(path, self._inode)
-        self._engine.stop(timeout=2.0)
+        # A loading engine can't stop before the load ends: don't wait for it then.
+        self._engine.stop(timeout=2.0 if self._ready else 0.0)
         log.info("stopped", extra={"fields": {"exit_code": self._exit_code}})
         return self._exit_code
 

@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "mlx_sidecar.v1.Inference"
 
 
+# Prompts longer than this are tokenized on a worker thread, so the event loop keeps serving
+# the other streams meanwhile; shorter ones inline (no thread hop on the time to first token).
+LARGE_PROMPT_CHARS = 32_768
+
+
+def _prompt_chars(prompt: pb.Prompt | pb.TokenizeRequest) -> int:
+    """Characters to tokenize in a prompt or a Tokenize request."""
+    kind = prompt.WhichOneof("input")
+    if kind == "text":
+        return len(prompt.text)
+    if kind == "chat":
+        return sum(len(m.content) for m in prompt.chat.messages)
+    return 0
+
+
 class MalformedRequest:
     """What a request that isn't valid protobuf deserializes to (the handler rejects it)."""
 
@@ -159,7 +174,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             _reject_malformed(request)
             limits = self._available()
-            params = validate_generate(request, limits)
+            if _prompt_chars(request.prompt) > LARGE_PROMPT_CHARS:
+                # Tokenizing megabytes takes a while: not on the event loop.
+                params = await asyncio.to_thread(validate_generate, request, limits)
+            else:
+                params = validate_generate(request, limits)
             limit = self._config.max_batch + self._config.max_queue
             if self.in_flight >= limit:
                 raise RequestFailure(
@@ -202,7 +221,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> pb.TokenizeResponse:
         try:
             _reject_malformed(request)
-            ids, text = tokenize_request(request, self._available())
+            limits = self._available()
+            if _prompt_chars(request) > LARGE_PROMPT_CHARS:
+                ids, text = await asyncio.to_thread(tokenize_request, request, limits)
+            else:
+                ids, text = tokenize_request(request, limits)
         except RequestFailure as e:
             await context.abort(e.code, e.message)
         return pb.TokenizeResponse(ids=ids, text=text)
@@ -212,7 +235,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> pb.DetokenizeResponse:
         try:
             _reject_malformed(request)
-            text = detokenize_request(request, self._available())
+            limits = self._available()
+            if len(request.ids) > LARGE_PROMPT_CHARS // 4:
+                text = await asyncio.to_thread(detokenize_request, request, limits)
+            else:
+                text = detokenize_request(request, limits)
         except RequestFailure as e:
             await context.abort(e.code, e.message)
         return pb.DetokenizeResponse(text=text)

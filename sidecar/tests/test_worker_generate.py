@@ -328,3 +328,16 @@ def test_model_info_fills_every_field(worker: WorkerProcess, tiny_tokenizer) -> 
     assert info.load_seconds > 0
     assert info.parameter_count > 0
     assert info.cpu_blas
+
+
+def test_large_inputs(worker: WorkerProcess, tiny_tokenizer) -> None:
+    """Inputs past the size that is tokenized off the event loop still work the same."""
+    text = "The quick brown fox jumps over the lazy dog. " * 1200  # 54,000 characters
+    r = worker.stub.Tokenize(pb.TokenizeRequest(text=text), timeout=30)
+    assert list(r.ids) == tiny_tokenizer.encode(text)
+    back = worker.stub.Detokenize(pb.DetokenizeRequest(ids=r.ids), timeout=30)
+    assert back.text == text
+    with pytest.raises(grpc.RpcError) as e:
+        worker.generate(prompt=pb.Prompt(text=text), max_tokens=1)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert e.value.details().startswith("prompt:")
