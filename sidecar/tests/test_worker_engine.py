@@ -1,0 +1,125 @@
+"""The engine thread in-process (real model, real BatchGenerator, real event loop): a failure in
+one request, or in a whole step, fails only what it must, and the engine keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from mlx_sidecar.v1 import inference_pb2 as pb
+from mlx_worker import engine as engine_mod
+from mlx_worker.config import WorkerConfig
+from mlx_worker.engine import Engine
+from mlx_worker.errors import RequestFailure
+from mlx_worker.faults import Faults
+from mlx_worker.params import GenerateParams, SamplingSettings
+from mlx_worker.streams import ResponseStream
+from mlx_worker.timings import RequestClock, now
+
+
+def _params(request_id: str, prompt: list[int], max_tokens: int = 20) -> GenerateParams:
+    return GenerateParams(
+        request_id=request_id,
+        prompt_ids=prompt,
+        max_tokens=max_tokens,
+        sampling=SamplingSettings(),
+    )
+
+
+async def _collect(stream: ResponseStream) -> list[Any]:
+    items: list[Any] = []
+    while True:
+        for item in await stream.take():
+            items.append(item)
+            if isinstance(item, RequestFailure) or item.HasField("finished"):
+                return items
+
+
+async def _with_engine(model_dir: Path, body: Any) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[Any] = loop.create_future()
+    config = WorkerConfig(socket_path=Path("unused"), model=str(model_dir), cache_dir=Path("."))
+    eng = Engine(
+        config,
+        Faults(),
+        loop,
+        on_ready=lambda loaded, report: ready.set_result(loaded),
+        on_failed=lambda e: ready.set_exception(e),
+        on_died=lambda: None,
+    )
+    eng.start()
+    await asyncio.wait_for(ready, 120)
+    try:
+        await body(eng)
+    finally:
+        eng.stop(timeout=10)
+
+
+def _run(eng: Engine, params: GenerateParams) -> asyncio.Task[list[Any]]:
+    stream = ResponseStream()
+    eng.submit(params, stream, RequestClock(arrival=now()))
+    return asyncio.ensure_future(_collect(stream))
+
+
+def test_a_failing_request_fails_alone(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_add = engine_mod.IncrementalDetokenizer.add
+
+    def add(self: Any, ids: Any) -> str:
+        if getattr(self, "_poisoned", False):
+            raise ValueError("poisoned detokenizer")
+        return real_add(self, ids)
+
+    real_init = engine_mod.IncrementalDetokenizer.__init__
+
+    def init(self: Any, tokenizer: Any, prompt_ids: Any = ()) -> None:
+        real_init(self, tokenizer, prompt_ids)
+        self._poisoned = list(prompt_ids)[:1] == [99]
+
+    monkeypatch.setattr(engine_mod.IncrementalDetokenizer, "add", add)
+    monkeypatch.setattr(engine_mod.IncrementalDetokenizer, "__init__", init)
+
+    async def body(eng: Engine) -> None:
+        good = _run(eng, _params("good", [40, 41, 42], 30))
+        bad = _run(eng, _params("bad", [99, 41, 42], 30))
+        good_items, bad_items = await asyncio.gather(good, bad)
+        assert isinstance(bad_items[-1], RequestFailure)
+        assert bad_items[-1].code == grpc.StatusCode.INTERNAL
+        fin = good_items[-1].finished
+        assert fin.finish_reason == pb.FINISH_REASON_LENGTH
+        assert fin.usage.completion_tokens == 30
+        assert eng.alive
+
+    asyncio.run(_with_engine(tiny_model_dir, body))
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_recovers(
+    tiny_model_dir: Path,
+) -> None:
+    async def body(eng: Engine) -> None:
+        a = _run(eng, _params("a", [40, 41, 42], 1000))
+        b = _run(eng, _params("b", [43, 44], 1000))
+        await asyncio.sleep(0.05)
+        real_next = eng._bg.next
+        calls = {"n": 0}
+
+        def broken_next() -> Any:  # one step blows up (as a kernel error would)
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("the whole step failed")
+            return real_next()
+
+        eng._bg.next = broken_next  # the engine replaces this BatchGenerator after the failure
+        for items in await asyncio.gather(a, b):
+            assert isinstance(items[-1], RequestFailure)
+            assert items[-1].code == grpc.StatusCode.INTERNAL
+        after = await _run(eng, _params("after", [40, 41, 42], 5))
+        assert after[-1].finished.usage.completion_tokens == 5
+        assert eng.alive
+
+    asyncio.run(_with_engine(tiny_model_dir, body))
