@@ -112,6 +112,10 @@ pub(crate) enum Command {
     Doctor(DoctorArgs),
     /// Create or repair the managed Python environment now, and print where it is.
     Setup(SetupArgs),
+    /// Run a load against a supervised worker while killing, stopping and breaking it on a
+    /// schedule; report what was completed, failed or lost, time to detect and to serve
+    /// again, and what was left behind. Exits non-zero if anything was lost or leaked.
+    Chaos(super::chaos::args::ChaosArgs),
 }
 
 /// How tokens are chosen; unset options take the worker's defaults (greedy decoding).

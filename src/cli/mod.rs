@@ -11,6 +11,7 @@
 //! - `exit`: exit codes (0, 1, 2 bad arguments, 130 interrupted) and error printing.
 
 pub(crate) mod args;
+pub(crate) mod chaos;
 mod chat;
 mod doctor;
 pub(crate) mod exit;
@@ -34,5 +35,6 @@ pub(crate) async fn run(cli: &Cli, progress: &StderrProgress) -> anyhow::Result<
         Command::Chat(args) => chat::run(&cli.global, args, progress).await,
         Command::Doctor(args) => doctor::run(&cli.global, args).await,
         Command::Setup(args) => setup::run(&cli.global, args, progress).await,
+        Command::Chaos(args) => chaos::run(&cli.global, args, progress).await,
     }
 }

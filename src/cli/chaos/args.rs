@@ -1,0 +1,106 @@
+//! `chaos`'s command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use super::plan::{FaultPlan, parse_duration, parse_faults};
+
+/// `chaos`.
+#[derive(Debug, Args)]
+pub(crate) struct ChaosArgs {
+    /// Concurrent clients, each sending one request after another.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) clients: usize,
+
+    /// Stop after this many requests in all (with --duration: whichever comes first).
+    #[arg(long, value_name = "N")]
+    pub(crate) requests: Option<u64>,
+
+    /// Run the load for this long (500ms, 60s, 5m). Default: 60s, unless --requests or
+    /// --kill-cycles sets the end.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) duration: Option<Duration>,
+
+    /// Shortcut: SIGKILL the worker N times, one kill after each recovery (plus a random
+    /// 0.5-1.5 x --kill-every pause), and end when the last recovery is done.
+    #[arg(long, value_name = "N", conflicts_with = "faults")]
+    pub(crate) kill_cycles: Option<u32>,
+
+    /// With --kill-cycles: the mean pause between service being back and the next kill.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) kill_every: Duration,
+
+    /// The faults to inject, comma-separated: kill:every=3s, stop:every=20s:for=3s,
+    /// delete-socket:every=30s, slow-start:every=45s:delay=2s. Each also takes after=DUR
+    /// (first injection) and count=N (most injections). Faults never overlap.
+    #[arg(long, value_parser = parse_fault_list, value_name = "SPEC")]
+    pub(crate) faults: Option<FaultList>,
+
+    /// Prompt length of each request, in tokens (random token ids).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub(crate) prompt_tokens: usize,
+
+    /// Tokens generated per request (end-of-sequence is ignored, so every completed
+    /// request has exactly this many).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub(crate) max_tokens: u32,
+
+    /// Deadline of each request; one that neither finishes nor fails this long (plus 10 s)
+    /// after it was sent counts as lost.
+    #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) request_timeout: Duration,
+
+    /// Supervisor health probe interval (3 failed probes in a row and the worker is replaced).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) health_interval: Duration,
+
+    /// Deadline of one health probe.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) health_timeout: Duration,
+
+    /// Delay before the first restart after a crash (it doubles, with jitter, while
+    /// crashes come in quick succession).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) restart_delay: Duration,
+
+    /// A worker that served this long resets the restart delay.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) reset_after: Duration,
+
+    /// The supervisor gives up after more than this many restarts within --restart-window.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub(crate) max_restarts: u32,
+
+    /// The window of --max-restarts.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) restart_window: Duration,
+
+    /// Grace for a stopping worker to finish its requests (SIGTERM, then SIGKILL).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) grace: Duration,
+
+    /// More worker arguments (repeatable), e.g. --worker-arg=--max-batch=16.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub(crate) worker_arg: Vec<String>,
+
+    /// Print the report as one JSON object on stdout instead of tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Write an SVG chart of throughput over time, with the faults marked.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chart: Option<PathBuf>,
+
+    /// Random seed for prompts and pauses.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) seed: u64,
+}
+
+/// The parsed `--faults` value (a newtype, so clap takes the whole list as one value).
+#[derive(Debug, Clone)]
+pub(crate) struct FaultList(pub(crate) Vec<FaultPlan>);
+
+fn parse_fault_list(text: &str) -> Result<FaultList, String> {
+    parse_faults(text).map(FaultList)
+}

@@ -1,0 +1,97 @@
+//! The run's timeline: what the supervisor announced and when tokens arrived, stamped in
+//! seconds since the load began. Clients and the event recorder write it; the injector
+//! polls it to wait for detection and recovery; the report and chart read it at the end.
+
+use std::sync::{Mutex, MutexGuard};
+
+use mlx_sidecar::LifecycleEvent;
+use tokio::{sync::broadcast, time::Instant};
+
+/// The shared timeline.
+#[derive(Debug)]
+pub(crate) struct Timeline {
+    start: Instant,
+    inner: Mutex<Marks>,
+}
+
+/// Everything stamped so far.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Marks {
+    /// Supervisor lifecycle events.
+    pub(crate) events: Vec<(f64, LifecycleEvent)>,
+    /// When each request received its first token.
+    pub(crate) first_tokens: Vec<f64>,
+    /// Token arrivals: (time, tokens in the chunk).
+    pub(crate) tokens: Vec<(f64, u32)>,
+    /// Lifecycle events the recorder missed because it fell behind.
+    pub(crate) events_missed: u64,
+}
+
+impl Timeline {
+    pub(crate) fn new() -> Self {
+        Timeline {
+            start: Instant::now(),
+            inner: Mutex::new(Marks::default()),
+        }
+    }
+
+    /// Seconds since the load began.
+    pub(crate) fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn marks(&self) -> MutexGuard<'_, Marks> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn first_token(&self, at: f64) {
+        self.marks().first_tokens.push(at);
+    }
+
+    pub(crate) fn tokens(&self, at: f64, n: u32) {
+        self.marks().tokens.push((at, n));
+    }
+
+    /// The first event at or after `since` that `pred` accepts.
+    pub(crate) fn find_event(
+        &self,
+        since: f64,
+        pred: impl Fn(&LifecycleEvent) -> bool,
+    ) -> Option<(f64, LifecycleEvent)> {
+        self.marks()
+            .events
+            .iter()
+            .find(|(t, e)| *t >= since && pred(e))
+            .cloned()
+    }
+
+    /// The first first-token time strictly after `since`.
+    pub(crate) fn first_token_after(&self, since: f64) -> Option<f64> {
+        self.marks()
+            .first_tokens
+            .iter()
+            .copied()
+            .filter(|t| *t > since)
+            .reduce(f64::min)
+    }
+
+    /// A copy of everything.
+    pub(crate) fn snapshot(&self) -> Marks {
+        self.marks().clone()
+    }
+
+    /// Records the supervisor's events until its channel closes.
+    pub(crate) async fn record(&self, mut events: broadcast::Receiver<LifecycleEvent>) {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    let at = self.now();
+                    self.marks().events.push((at, event));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => self.marks().events_missed += n,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The chaos report: requests by outcome, each fault kind's time to detect and to serve
+//! again (p50, p99, max), where a restart's time goes, and what was left behind. Printed as
+//! tables for people or one JSON object for machines.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{
+    inject::FaultRecord,
+    leaks::FinalState,
+    load::{Outcome, RequestRecord},
+    observe::Marks,
+    plan::{FaultKind, FaultPlan},
+};
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Stats {
+    pub(crate) n: usize,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+    pub(crate) mean: f64,
+}
+
+impl Stats {
+    /// From values in seconds (reported in milliseconds), nearest-rank percentiles.
+    pub(crate) fn of_secs(values: impl IntoIterator<Item = f64>) -> Stats {
+        let mut v: Vec<f64> = values.into_iter().map(|s| s * 1e3).collect();
+        if v.is_empty() {
+            return Stats::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Stats {
+            n: v.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        }
+    }
+}
+
+/// The whole report (the `--json` object).
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) settings: Settings,
+    pub(crate) requests: Requests,
+    pub(crate) faults: Faults,
+    /// Worker restarts (Starting events after the first).
+    pub(crate) restarts: usize,
+    /// After SIGKILL (kill and slow-start), where the time to serve again went.
+    pub(crate) restart_breakdown_ms: BTreeMap<&'static str, Stats>,
+    pub(crate) final_state: FinalState,
+    pub(crate) verdict: Verdict,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Settings {
+    pub(crate) model: String,
+    pub(crate) clients: usize,
+    pub(crate) prompt_tokens: usize,
+    pub(crate) max_tokens: u32,
+    pub(crate) duration_s: f64,
+    pub(crate) faults: Vec<FaultPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Requests {
+    pub(crate) total: usize,
+    pub(crate) completed: usize,
+    pub(crate) failed: usize,
+    pub(crate) lost: usize,
+    /// Completed or failed after the client library re-sent them (the worker died or was
+    /// unavailable before their first token): the caller did nothing.
+    pub(crate) retried_transparently: usize,
+    pub(crate) failed_by_reason: BTreeMap<String, usize>,
+    pub(crate) lost_by_reason: BTreeMap<String, usize>,
+    /// Failures whose error said retrying is safe (nothing had been streamed).
+    pub(crate) failed_retry_safe: usize,
+    pub(crate) tokens: u64,
+    pub(crate) tokens_per_second: f64,
+    pub(crate) time_to_first_token_ms: Stats,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Faults {
+    pub(crate) injected: usize,
+    pub(crate) recovered: usize,
+    pub(crate) by_kind: BTreeMap<FaultKind, KindStats>,
+    pub(crate) events_missed: u64,
+    pub(crate) records: Vec<FaultRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct KindStats {
+    pub(crate) injected: usize,
+    pub(crate) recovered: usize,
+    /// Fault to the supervisor's `Crashed`/`Unhealthy` event.
+    pub(crate) time_to_detect_ms: Stats,
+    /// Fault to the next first token after recovery.
+    pub(crate) time_to_serve_again_ms: Stats,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Verdict {
+    pub(crate) lost: usize,
+    pub(crate) leaked: usize,
+    pub(crate) unrecovered: usize,
+    pub(crate) ok: bool,
+}
+
+/// Builds the report.
+pub(crate) fn build(
+    settings: Settings,
+    requests: &[RequestRecord],
+    faults: Vec<FaultRecord>,
+    marks: &Marks,
+    final_state: FinalState,
+) -> Report {
+    let mut failed_by_reason = BTreeMap::new();
+    let mut lost_by_reason = BTreeMap::new();
+    let (mut completed, mut failed, mut lost, mut retried, mut retry_safe) = (0, 0, 0, 0, 0);
+    for r in requests {
+        match &r.outcome {
+            Outcome::Completed => completed += 1,
+            Outcome::Failed(reason) => {
+                failed += 1;
+                *failed_by_reason.entry(reason.clone()).or_insert(0) += 1;
+                if r.retry_safe == Some(true) {
+                    retry_safe += 1;
+                }
+            }
+            Outcome::Lost(reason) => {
+                lost += 1;
+                // Group by the reason's kind (the text before the colon).
+                let key = reason.split(':').next().unwrap_or(reason).to_owned();
+                *lost_by_reason.entry(key).or_insert(0) += 1;
+            }
+        }
+        if r.attempts > 1 && !matches!(r.outcome, Outcome::Lost(_)) {
+            retried += 1;
+        }
+    }
+    let tokens: u64 = requests.iter().map(|r| u64::from(r.tokens)).sum();
+    let duration = settings.duration_s.max(1e-9);
+
+    let mut by_kind: BTreeMap<FaultKind, KindStats> = BTreeMap::new();
+    let kinds: std::collections::BTreeSet<FaultKind> = faults.iter().map(|f| f.kind).collect();
+    for kind in kinds {
+        let of: Vec<&FaultRecord> = faults.iter().filter(|f| f.kind == kind).collect();
+        by_kind.insert(
+            kind,
+            KindStats {
+                injected: of.len(),
+                recovered: of.iter().filter(|f| f.recovered()).count(),
+                time_to_detect_ms: Stats::of_secs(
+                    of.iter().filter_map(|f| Some(f.detected? - f.at)),
+                ),
+                time_to_serve_again_ms: Stats::of_secs(
+                    of.iter().filter_map(|f| Some(f.serving? - f.at)),
+                ),
+            },
+        );
+    }
+    let kills: Vec<&FaultRecord> = faults
+        .iter()
+        .filter(|f| matches!(f.kind, FaultKind::Kill | FaultKind::SlowStart) && f.recovered())
+        .collect();
+    let phase =
+        |f: fn(&FaultRecord) -> Option<f64>| Stats::of_secs(kills.iter().filter_map(|r| f(r)));
+    let mut breakdown = BTreeMap::new();
+    breakdown.insert(
+        "1_detect (kill to Crashed)",
+        phase(|r| Some(r.crashed? - r.at)),
+    );
+    breakdown.insert(
+        "2_backoff (Crashed to Starting)",
+        phase(|r| Some(r.starting? - r.crashed?)),
+    );
+    breakdown.insert(
+        "3_python_start (process start to worker object)",
+        phase(|r| Some(r.startup?.interpreter.as_secs_f64())),
+    );
+    breakdown.insert(
+        "4_imports (mlx, mlx-lm)",
+        phase(|r| Some(r.startup?.imports.as_secs_f64())),
+    );
+    breakdown.insert(
+        "5_model_load",
+        phase(|r| Some(r.startup?.load.as_secs_f64())),
+    );
+    breakdown.insert("6_warmup", phase(|r| Some(r.startup?.warmup.as_secs_f64())));
+    breakdown.insert(
+        "7_supervisor_notices_ready",
+        phase(|r| Some(r.load_time? - r.startup?.process_to_ready.as_secs_f64())),
+    );
+    breakdown.insert(
+        "8_first_token (Ready to a request's first token)",
+        phase(|r| Some(r.serving? - r.ready?)),
+    );
+    breakdown.insert(
+        "total (kill to first token)",
+        phase(|r| Some(r.serving? - r.at)),
+    );
+
+    let restarts = marks
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, mlx_sidecar::LifecycleEvent::Starting { attempt, .. } if *attempt > 0))
+        .count();
+    let unrecovered = faults.iter().filter(|f| !f.recovered()).count();
+    let leaked = final_state.leaks();
+    Report {
+        requests: Requests {
+            total: requests.len(),
+            completed,
+            failed,
+            lost,
+            retried_transparently: retried,
+            failed_by_reason,
+            lost_by_reason,
+            failed_retry_safe: retry_safe,
+            tokens,
+            tokens_per_second: tokens as f64 / duration,
+            time_to_first_token_ms: Stats::of_secs(
+                requests
+                    .iter()
+                    .filter_map(|r| Some(r.first_token? - r.sent)),
+            ),
+        },
+        faults: Faults {
+            injected: faults.len(),
+            recovered: faults.len() - unrecovered,
+            by_kind,
+            events_missed: marks.events_missed,
+            records: faults,
+        },
+        settings,
+        restarts,
+        restart_breakdown_ms: breakdown,
+        verdict: Verdict {
+            lost,
+            leaked,
+            unrecovered,
+            ok: lost == 0 && leaked == 0 && unrecovered == 0,
+        },
+        final_state,
+    }
+}
+
+fn stats_row(name: &str, s: &Stats) -> String {
+    if s.n == 0 {
+        return format!("  {name:<52} {:>6}", "-");
+    }
+    format!(
+        "  {name:<52} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        s.n, s.p50, s.p99, s.max, s.mean
+    )
+}
+
+/// The report as text tables.
+pub(crate) fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let s = &r.settings;
+    let q = &r.requests;
+    let _ = writeln!(
+        out,
+        "chaos: {} clients, prompt {} tokens, {} generated each, {:.1} s, model {}",
+        s.clients, s.prompt_tokens, s.max_tokens, s.duration_s, s.model
+    );
+    let _ = writeln!(out, "\nrequests");
+    let _ = writeln!(out, "  {:<28} {:>8}", "total", q.total);
+    let _ = writeln!(out, "  {:<28} {:>8}", "completed", q.completed);
+    let _ = writeln!(
+        out,
+        "  {:<28} {:>8}",
+        "retried transparently", q.retried_transparently
+    );
+    let _ = writeln!(
+        out,
+        "  {:<28} {:>8}",
+        "failed (caller got an error)", q.failed
+    );
+    for (reason, n) in &q.failed_by_reason {
+        let _ = writeln!(out, "    {reason:<26} {n:>8}");
+    }
+    let _ = writeln!(out, "  {:<28} {:>8}", "LOST (silently)", q.lost);
+    for (reason, n) in &q.lost_by_reason {
+        let _ = writeln!(out, "    {reason:<26} {n:>8}");
+    }
+    let _ = writeln!(
+        out,
+        "  {:<28} {:>8}  ({:.1} tokens/s)",
+        "tokens", q.tokens, q.tokens_per_second
+    );
+    let header = format!(
+        "  {:<52} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "", "n", "p50 ms", "p99 ms", "max ms", "mean ms"
+    );
+    let _ = writeln!(
+        out,
+        "\nfaults: {} injected, {} recovered, {} restarts",
+        r.faults.injected, r.faults.recovered, r.restarts
+    );
+    let _ = writeln!(out, "{header}");
+    for (kind, k) in &r.faults.by_kind {
+        let _ = writeln!(
+            out,
+            "{}",
+            stats_row(&format!("{kind}: time to detect"), &k.time_to_detect_ms)
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            stats_row(
+                &format!("{kind}: time to serve again"),
+                &k.time_to_serve_again_ms
+            )
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        stats_row(
+            "time to first token (all requests)",
+            &q.time_to_first_token_ms
+        )
+    );
+    if r.restart_breakdown_ms.values().any(|s| s.n > 0) {
+        let _ = writeln!(out, "\nafter SIGKILL, where the time to serve again goes");
+        let _ = writeln!(out, "{header}");
+        for (name, stats) in &r.restart_breakdown_ms {
+            let _ = writeln!(out, "{}", stats_row(name, stats));
+        }
+    }
+    let f = &r.final_state;
+    let _ = writeln!(out, "\nfinal state");
+    let _ = writeln!(out, "  workers started            {:>8}", f.workers_started);
+    let _ = writeln!(
+        out,
+        "  leaked processes           {:>8} {:?}",
+        f.leaked_processes.len(),
+        f.leaked_processes
+    );
+    let _ = writeln!(
+        out,
+        "  zombies                    {:>8} {:?}",
+        f.zombies.len(),
+        f.zombies
+    );
+    let _ = writeln!(
+        out,
+        "  file descriptors           {:>8} before, {} after",
+        f.fds_before, f.fds_after
+    );
+    let _ = writeln!(
+        out,
+        "  threads                    {:>8} before, {} after",
+        f.threads_before, f.threads_after
+    );
+    let _ = writeln!(
+        out,
+        "  socket files/dirs left     {:>8} {:?}",
+        f.leftover_paths.len(),
+        f.leftover_paths
+    );
+    let v = &r.verdict;
+    let _ = writeln!(
+        out,
+        "\n{}: {} lost, {} leaked, {} faults without recovery",
+        if v.ok { "PASS" } else { "FAIL" },
+        v.lost,
+        v.leaked,
+        v.unrecovered
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s = Stats::of_secs((1..=100).map(|i| f64::from(i) / 1000.0));
+        assert_eq!(s.n, 100);
+        assert!((s.p50 - 50.0).abs() < 1e-9);
+        assert!((s.p99 - 99.0).abs() < 1e-9);
+        assert!((s.max - 100.0).abs() < 1e-9);
+        assert_eq!(Stats::of_secs([]).n, 0);
+    }
+}
