@@ -178,12 +178,15 @@ class Engine:
             log.warning("fault injection: startup_hang")
             threading.Event().wait()
         t1 = now()
-        # The model package first: it prepares the CPU BLAS before MLX is first imported.
-        from .model import load_model  # noqa: I001
+        # OpenBLAS for MLX's CPU matrix products must be loaded before MLX is first imported.
+        from .model.cpu_blas import prepare_cpu_blas
 
-        import mlx_lm.generate  # noqa: F401  (BatchGenerator; it imports transformers)
+        prepare_cpu_blas(enable=self._config.dequantize != "off")
+        from .fast_import import import_batch_generator
+        from .model import load_model
 
-        from . import sampling  # noqa: F401
+        import_batch_generator()
+        from . import sampling  # noqa: F401  (after mlx_lm.generate: see fast_import)
 
         t2 = now()
         if self._faults.load_error:

@@ -150,3 +150,29 @@ def test_json_formatter() -> None:
         record = logging.LogRecord("t", logging.ERROR, "f", 1, "failed", (), sys.exc_info())
     entry = json.loads(JsonFormatter().format(record))
     assert "RuntimeError: boom" in entry["fields"]["exception"]
+
+
+def test_fast_import_skips_transformers_and_leaves_no_placeholder() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mlx_worker.fast_import import import_batch_generator\n"
+        "bg = import_batch_generator()\n"
+        "assert bg.__name__ == 'BatchGenerator', bg\n"
+        "assert 'transformers' not in sys.modules\n"
+        "import mlx_lm.sample_utils\n"
+        "assert sys.modules['mlx_lm.generate'].BatchGenerator is bg\n"
+        "import transformers\n"  # the real package, once the worker is up
+        "assert isinstance(transformers.__version__, str)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
