@@ -15,7 +15,7 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
 use super::args::{ChatArgs, GlobalArgs};
-use super::exit::INTERRUPTED;
+use super::exit::{INTERRUPTED, StdoutClosed};
 use super::progress::StderrProgress;
 use super::request;
 use super::session::Session;
@@ -166,8 +166,8 @@ fn code_of(err: &anyhow::Error) -> Option<tonic::Code> {
         .map(mlx_sidecar::Error::code)
 }
 
-/// Errors that every following turn would hit too: bad options, or a worker that is gone
-/// for good.
+/// Errors that every following turn would hit too: bad options, a worker that is gone for
+/// good, or nobody reading stdout any more.
 fn is_fatal(err: &anyhow::Error) -> bool {
     let gave_up = err.chain().any(|c| {
         matches!(
@@ -175,7 +175,10 @@ fn is_fatal(err: &anyhow::Error) -> bool {
             Some(mlx_sidecar::Error::GaveUp { .. } | mlx_sidecar::Error::Stopped)
         )
     });
-    gave_up || code_of(err) == Some(tonic::Code::InvalidArgument)
+    let closed = err
+        .chain()
+        .any(|c| c.downcast_ref::<StdoutClosed>().is_some());
+    gave_up || closed || code_of(err) == Some(tonic::Code::InvalidArgument)
 }
 
 #[cfg(test)]

@@ -15,8 +15,23 @@ pub(crate) const USAGE: u8 = 2;
 #[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
 
+/// Stdout was closed by its reader (a broken pipe): the program ends quietly with the exit
+/// code of a process killed by SIGPIPE.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub(crate) struct StdoutClosed;
+
+/// Exit code when stdout was closed (128 + SIGPIPE).
+const STDOUT_CLOSED: u8 = 141;
+
 /// Prints `err` to stderr and returns its exit code.
 pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
+    if err
+        .chain()
+        .any(|c| c.downcast_ref::<StdoutClosed>().is_some())
+    {
+        return ExitCode::from(STDOUT_CLOSED);
+    }
     let mut code = 1;
     let mut hint = None;
     for cause in err.chain() {

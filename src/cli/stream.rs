@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use super::exit::StdoutClosed;
+
 /// How the stream is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -78,7 +80,7 @@ pub(crate) async fn print(
                     Format::Json => writeln!(stdout, "{}", chunk_json(&chunk, &token_ids)),
                 }
                 .and_then(|()| stdout.flush())
-                .context("writing to stdout")?;
+                .map_err(stdout_error)?;
                 text.push_str(&chunk);
             }
             Some(Ok(GenerateEvent::Finished(finished))) => {
@@ -87,7 +89,7 @@ pub(crate) async fn print(
                     Format::Json => {
                         writeln!(stdout, "{}", finished_json(&finished))
                             .and_then(|()| stdout.flush())
-                            .context("writing to stdout")?;
+                            .map_err(stdout_error)?;
                     }
                 }
                 return Ok(Ended::Finished { finished, text });
@@ -109,9 +111,19 @@ fn end_line(out: &mut impl Write, format: Format, text: &str) -> anyhow::Result<
     if format == Format::Text && !text.is_empty() && !text.ends_with('\n') {
         out.write_all(b"\n")
             .and_then(|()| out.flush())
-            .context("writing to stdout")?;
+            .map_err(stdout_error)?;
     }
     Ok(())
+}
+
+/// A failed write to stdout; a closed pipe (`mlx-sidecar generate ... | head -1`) becomes
+/// [`StdoutClosed`], which ends the program quietly.
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
 }
 
 /// A `chunk` event as one JSON line ("type" first, for people reading it).
