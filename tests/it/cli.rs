@@ -615,3 +615,30 @@ fn ctrl_c_in_chat_stops_the_reply_and_keeps_the_session() {
     assert_eq!(finished.len(), 1, "only the second reply finished: {rest}");
     assert_eq!(finished[0]["usage"]["completion_tokens"], 2000);
 }
+
+#[test]
+fn a_closed_stdout_ends_generation_quietly() {
+    let mut cli = Cli::tiny().args([
+        "generate",
+        "hi",
+        "--json",
+        "--max-tokens",
+        "2000",
+        "--ignore-eos",
+    ]);
+    let mut child = cli
+        .cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    drop(stdout);
+    let out = wait_output(child, DEADLINE);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}
