@@ -206,9 +206,13 @@ async fn shutdown_drains_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_model_knows_the_capital_of_france() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let cache = sandbox.path().join("cache");
-    let worker = WorkerCommand::new(support::python(), support::worker_dir())
-        .with_args(["--cache-dir".to_owned(), cache.display().to_string()]);
+    let mut worker = WorkerCommand::new(support::python(), support::worker_dir());
+    // The GGUF is converted once into the cache: a shared one when the developer set
+    // MLX_SIDECAR_CACHE_DIR (passed through to the worker), else this test's own.
+    if std::env::var_os("MLX_SIDECAR_CACHE_DIR").is_none() {
+        let cache = sandbox.path().join("cache");
+        worker = worker.with_args(["--cache-dir".to_owned(), cache.display().to_string()]);
+    }
     let config = support::config(worker, sandbox.path())
         .with_startup_timeout(Duration::from_secs(300))
         .with_health(Duration::from_secs(1), Duration::from_secs(2), 5);
@@ -244,4 +248,74 @@ async fn missing_interpreter_fails_spawn() {
         .expect_err("no interpreter");
     assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
     assert!(err.to_string().contains("no-such-python"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_deadline_is_deadline_exceeded_and_worker_carries_on() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = supervisor.client();
+    let started = tokio::time::Instant::now();
+    let result = match client
+        .generate(
+            GenerateRequest::text("Never finishes in time")
+                .max_tokens(1900)
+                .deadline(Duration::from_millis(300)),
+        )
+        .await
+    {
+        Ok(stream) => stream.collect().await,
+        Err(e) => Err(e),
+    };
+    let err = result.expect_err("deadline");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let ok = client
+        .generate(GenerateRequest::text("x").max_tokens(2))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(ok.token_ids.len(), 2);
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupervised_client_over_a_socket_path() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let missing = mlx_sidecar::Client::connect_uds(sandbox.path().join("none.sock"))
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(missing, Error::Socket { .. }), "{missing:?}");
+
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = mlx_sidecar::Client::connect_uds(supervisor.socket_path())
+        .await
+        .expect("connect");
+    assert_eq!(
+        client.health().await.expect("health"),
+        HealthStatus::Serving
+    );
+    let info = client.model_info().await.expect("model_info");
+    assert_eq!(Some(info.worker_pid), supervisor.worker_pid());
+    let completion = client
+        .generate(GenerateRequest::chat(vec![ChatMessage::user("hi")]).max_tokens(5))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(completion.token_ids.len(), 5);
+    supervisor.shutdown().await.expect("shutdown");
 }

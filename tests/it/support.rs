@@ -81,7 +81,7 @@ pub(crate) fn config(worker: WorkerCommand, sandbox: &Path) -> SupervisorConfig 
     SupervisorConfig::new(worker)
         .with_socket_dir(sandbox)
         .with_startup_timeout(Duration::from_secs(60))
-        .with_health(Duration::from_millis(250), Duration::from_millis(500), 3)
+        .with_health(Duration::from_millis(250), Duration::from_secs(1), 3)
         .with_restart(quick_restarts())
         .with_shutdown_grace(Duration::from_secs(3))
 }
