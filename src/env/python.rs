@@ -255,6 +255,42 @@ mod tests {
         assert_eq!(quote("it's"), r"'it'\''s'");
     }
 
+    #[tokio::test]
+    async fn failed_command_keeps_its_command_line_and_last_lines() {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "for i in $(seq 1 40); do echo out $i; done; echo 'ERROR: no wheel' >&2; exit 3",
+        ]);
+        let mut seen = 0;
+        let err = run_logged(cmd, "installing", |_| seen += 1)
+            .await
+            .expect_err("exit 3");
+        assert_eq!(seen, 41);
+        let EnvError::Command {
+            command,
+            status,
+            output_tail,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(command.starts_with("sh -c 'for i in"), "{command}");
+        assert!(status.contains('3'), "{status}");
+        assert_eq!(output_tail.len(), TAIL_LINES);
+        assert!(output_tail.iter().any(|l| l == "ERROR: no wheel"));
+        assert!(
+            !output_tail.iter().any(|l| l == "out 1"),
+            "only the last lines are kept"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("installing failed") && text.contains("ERROR: no wheel"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn tails() {
         assert_eq!(last_lines(b"a\n\nb\nc\n", 2), "b | c");
