@@ -10,7 +10,7 @@
 //! backoff (backon) — but a generation is retried only until its first output arrives.
 //! After that, a dying worker ends the stream with [`Error::WorkerDied`], which carries the
 //! text already received; death is noticed from the broken connection or the supervisor's
-//! crash notification, whichever comes first (see [`stream`]).
+//! crash notification, whichever comes first (see [`GenerateStream`]).
 
 mod request;
 mod stream;

@@ -520,3 +520,58 @@ async fn backoff_resets_after_a_stable_period() {
     }
     supervisor.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_ignoring_sigterm_is_killed_after_the_grace() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_env("MLX_WORKER_FAULTS", "ignore_sigterm");
+    let config =
+        support::config(worker, sandbox.path()).with_shutdown_grace(Duration::from_secs(1));
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let pid = supervisor.worker_pid().expect("pid");
+    let dir = supervisor.socket_dir();
+    let mut events = supervisor.subscribe();
+    let started = Instant::now();
+    supervisor.shutdown().await.expect("shutdown");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "waited out the grace: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "then killed it: {took:?}");
+    assert!(support::process_gone(pid));
+    assert!(!dir.exists());
+    support::wait_event(&mut events, Duration::from_secs(1), |e| {
+        matches!(e, LifecycleEvent::Stopped)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_within_the_window_is_fine() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_env("MLX_WORKER_FAULTS", "startup_delay=2");
+    let config = support::config(worker, sandbox.path())
+        .with_startup_timeout(Duration::from_secs(30))
+        .with_restart(RestartPolicy::never());
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let mut events = supervisor.subscribe();
+    let (ready, seen) = support::wait_event(&mut events, READY, |e| {
+        matches!(e, LifecycleEvent::Ready { .. })
+    })
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, LifecycleEvent::Unhealthy { .. })),
+        "NOT_SERVING while loading is no failure: {seen:?}"
+    );
+    match ready {
+        LifecycleEvent::Ready { load_time, .. } => {
+            assert!(load_time >= Duration::from_secs(2), "{load_time:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    supervisor.shutdown().await.expect("shutdown");
+}
