@@ -77,6 +77,7 @@ def test_too_late_after_mlx_import() -> None:
 
 
 @needs_openblas
+@pytest.mark.default_model
 def test_fast_path_gives_the_same_greedy_tokens(tmp_path: Path) -> None:
     """Default model: stock (quantized, bundled BLAS) vs fast (float32 on OpenBLAS)."""
     code = f"""
@@ -87,7 +88,7 @@ from mlx_lm.models.cache import make_prompt_cache
 m = load_model(None, cache_dir={str(tmp_path)!r})
 tok = m.tokenizer
 out = {{"blas": m.description.cpu_blas, "dequantized": m.description.dequantized, "tokens": []}}
-for q in ["What is the capital of France?", "Write a haiku about the sea.", "2+2="]:
+for q in ["What is the capital of France?", "Write a haiku about the sea."]:
     ids = tok.encode(tok.apply_chat_template([{{"role": "user", "content": q}}]), False)
     cache = make_prompt_cache(m.model)
     x, got = mx.array([ids]), []

@@ -10,6 +10,8 @@ import pytest
 
 from mlx_worker.model import LoadedModel, gguf_convert, load_model
 
+pytestmark = pytest.mark.default_model
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
