@@ -111,6 +111,15 @@ def test_float32_copy_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert mx.array_equal(_logits(first), _logits(again))
 
 
+def test_float32_copy_unwritable_falls_back_to_memory(tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path / "q", quantize=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    loaded = load_model(path, dequantize="on", cache_dir=blocker / "cache")
+    assert loaded.description.dequantized and loaded.description.dtype == "float32"
+    assert len(_greedy(loaded)) == 24
+
+
 def test_float32_copy_of_gguf_keeps_its_facts(tmp_path: Path) -> None:
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
     target, _ = gguf_convert.converted_dir(gguf, tmp_path / "cache")

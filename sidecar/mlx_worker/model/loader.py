@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .cpu_blas import active_cpu_blas
 from .default import default_model_path
 from .dequantize import dequantize_model
 from .description import LoadedModel, ModelDescription
-from .errors import ModelNotFoundError, UnsupportedModelError
+from .errors import ModelCacheError, ModelNotFoundError, UnsupportedModelError
 from .tokenizer import Tokenizer
 from .weights import build_model
 
@@ -56,10 +57,17 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def _quant_facts(model: nn.Module) -> tuple[str, int, int, str]:
-    """(mode, bits, group_size, float dtype) of the loaded model."""
+    """(mode, bits, group_size, float dtype) of the loaded model.
+
+    For a model quantized in several ways (GGUF files often keep the embeddings at 8 bits),
+    the way that covers the most layers.
+    """
+    seen: Counter[tuple[str, int, int, str]] = Counter()
     for _, m in model.named_modules():
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            return m.mode, m.bits, m.group_size, _dtype_name(m.scales.dtype)
+            seen[(m.mode, m.bits, m.group_size, _dtype_name(m.scales.dtype))] += 1
+    if seen:
+        return seen.most_common(1)[0][0]
     dtype = next((v.dtype for _, v in tree_flatten(model.parameters()) if v.ndim == 2), mx.float32)
     return "none", 0, 0, _dtype_name(dtype)
 
@@ -149,8 +157,14 @@ def load_model(
         def make_float32() -> Path:
             return float_cache.float32_dir(source_dir, source_config, cache_root)[0]
 
-        model_dir = make_float32()
-        model_dir, config, net = _build(model_dir, _read_config(model_dir), True, make_float32)
+        try:
+            model_dir = make_float32()
+        except ModelCacheError as e:  # no room for the copy: expand in memory, at every load
+            log.warning("%s; expanding the weights in memory instead", e)
+            net = build_model(source_dir, source_config)
+            dequantize_model(net, mx.float32)
+        else:
+            model_dir, config, net = _build(model_dir, _read_config(model_dir), True, make_float32)
     else:
         model_dir, config, net = _build(
             model_dir, config, model_dir != path, lambda: _resolve(path, cache_root)[1]
