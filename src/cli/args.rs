@@ -116,6 +116,11 @@ pub(crate) enum Command {
     /// schedule; report what was completed, failed or lost, time to detect and to serve
     /// again, and what was left behind. Exits non-zero if anything was lost or leaked.
     Chaos(super::chaos::args::ChaosArgs),
+    /// Measure the full path (Rust client → gRPC on the Unix socket → worker → MLX) against
+    /// mlx-lm in one Python process and mlx-lm's own HTTP server, on one fixed workload:
+    /// time to first token, decode and aggregate tokens per second, CPU time and memory of
+    /// each process, ratios, the performance targets; --json, --chart, --transport-ceiling.
+    Bench(super::bench::BenchArgs),
 }
 
 /// How tokens are chosen; unset options take the worker's defaults (greedy decoding).

@@ -31,11 +31,11 @@ mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use mlx_sidecar::env::{EnvOptions, NoProgress};
 use serde::Serialize;
 
 use self::measure::LevelRun;
@@ -43,6 +43,8 @@ use self::python::{PythonEnv, ScratchDir};
 use self::report::{PathReport, Report};
 use self::workload::{Prepared, WorkloadSpec};
 use super::args::GlobalArgs;
+use super::progress::StderrProgress;
+use super::session;
 
 /// `bench`: measure the full path against mlx-lm in-process and mlx-lm's HTTP server.
 #[derive(Debug, Args, Clone)]
@@ -229,7 +231,11 @@ fn command_line() -> String {
 }
 
 /// Runs the bench.
-pub(crate) async fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    global: &GlobalArgs,
+    args: &BenchArgs,
+    progress: &StderrProgress,
+) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         !args.concurrency.is_empty(),
         "--concurrency needs at least one level"
@@ -245,17 +251,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result
     let startup_timeout = Duration::from_secs_f64(global.startup_timeout.max(1.0));
 
     // The interpreter and worker source: the managed environment (or --python).
-    let mut opts = EnvOptions::default();
-    if let Some(root) = &global.env_dir {
-        opts = opts.with_root(root);
-    }
-    if let Some(python) = &global.python {
-        opts = opts.with_python(python);
-    }
-    if let Some(variant) = global.variant {
-        opts = opts.with_variant(variant.into());
-    }
-    let env = mlx_sidecar::env::ensure(&opts, &NoProgress)
+    let env = mlx_sidecar::env::ensure(&session::env_options(global), progress)
         .await
         .context("preparing the Python environment")?;
     let worker_dir = args
@@ -395,5 +391,5 @@ pub(crate) async fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result
         chart::draw(&report, path)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
