@@ -248,6 +248,71 @@ async fn missing_interpreter_fails_spawn() {
         .expect_err("no interpreter");
     assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
     assert!(err.to_string().contains("no-such-python"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(sandbox.path())
+        .expect("sandbox")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "socket directory removed: {left:?}");
+}
+
+/// The worker gets a clean, explicit environment and its own process group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_has_a_clean_environment_and_its_own_group() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_env("MLX_SIDECAR_TEST_MARK", "yes");
+    let supervisor = Supervisor::spawn(support::config(worker, sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let pid = supervisor.worker_pid().expect("pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let names: Vec<&str> = vars.iter().filter_map(|v| v.split('=').next()).collect();
+    assert!(
+        vars.contains(&"MLX_SIDECAR_TEST_MARK=yes".to_owned()),
+        "{vars:?}"
+    );
+    assert!(
+        vars.contains(&format!("PYTHONPATH={}", support::worker_dir().display())),
+        "{vars:?}"
+    );
+    // cargo sets these for the test process; the worker must not inherit them.
+    assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "{names:?}");
+    assert!(!names.contains(&"RUST_TEST_THREADS") && !names.contains(&"CARGO_PKG_NAME"));
+    for name in &names {
+        assert!(
+            [
+                "PATH",
+                "HOME",
+                "LANG",
+                "TMPDIR",
+                "XDG_CACHE_HOME",
+                "MLX_SIDECAR_CACHE_DIR",
+                "PYTHONPATH",
+                "PYTHONUNBUFFERED",
+                "MLX_SIDECAR_TEST_MARK",
+            ]
+            .contains(name),
+            "unexpected variable {name} in {names:?}"
+        );
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields after the command: state, ppid, pgrp, ...
+    assert_eq!(
+        fields.get(2),
+        Some(&pid.to_string().as_str()),
+        "own process group"
+    );
+    supervisor.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
