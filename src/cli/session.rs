@@ -9,7 +9,12 @@ use mlx_sidecar::client::Client;
 use mlx_sidecar::env::{self, EnvOptions, PythonEnv};
 use mlx_sidecar::{Supervisor, SupervisorConfig, WorkerCommand};
 
+use mlx_sidecar::LifecycleEvent;
+use tokio::sync::broadcast;
+
 use super::args::GlobalArgs;
+use super::exit::UsageError;
+use super::logging;
 use super::progress::StderrProgress;
 
 /// The environment options the global arguments name.
@@ -38,6 +43,32 @@ pub(crate) fn worker_command(env: &PythonEnv, global: &GlobalArgs) -> WorkerComm
     worker.with_args(["--log-level", level])
 }
 
+/// Waits for the worker's first crash (forever, if it never crashes).
+async fn first_crash(
+    events: &mut broadcast::Receiver<LifecycleEvent>,
+    supervisor: &Supervisor,
+) -> String {
+    if let Some(status) = supervisor.last_exit() {
+        return status.to_string();
+    }
+    loop {
+        match events.recv().await {
+            Ok(LifecycleEvent::Crashed { status, .. }) => return status.to_string(),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+fn startup_crash(status: String) -> anyhow::Error {
+    let detail = logging::last_worker_problem()
+        .map(|p| format!(": {p}"))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "the worker exited while starting ({status}){detail}\n(run with -v to see its log)"
+    )
+}
+
 /// A running, ready worker.
 pub(crate) struct Session {
     supervisor: Supervisor,
@@ -50,6 +81,15 @@ impl Session {
         global: &GlobalArgs,
         progress: &StderrProgress,
     ) -> anyhow::Result<Self> {
+        if let Some(model) = &global.model {
+            if !model.exists() {
+                return Err(UsageError(format!(
+                    "--model {}: no such file or directory",
+                    model.display()
+                ))
+                .into());
+            }
+        }
         let env = env::ensure(&env_options(global), progress)
             .await
             .context("preparing the worker's Python environment")?;
@@ -69,9 +109,17 @@ impl Session {
                 return Err(e).context("starting the worker");
             }
         };
-        let ready = supervisor.wait_ready(timeout).await;
+        // A worker that exits before it ever served will most likely do so again (a bad
+        // model, a broken package): report it now instead of after the restart limit.
+        let mut events = supervisor.subscribe();
+        let ready = tokio::select! {
+            ready = supervisor.wait_ready(timeout) => {
+                ready.context("waiting for the worker to load the model")
+            }
+            status = first_crash(&mut events, &supervisor) => Err(startup_crash(status)),
+        };
         progress.done(None);
-        ready.context("waiting for the worker to load the model")?;
+        ready?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             python = %env.python.display(),

@@ -642,3 +642,34 @@ fn a_closed_stdout_ends_generation_quietly() {
     assert_eq!(out.status.code(), Some(141), "stderr: {stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+#[test]
+fn a_model_that_does_not_load_fails_at_once_with_the_workers_reason() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    std::fs::write(scratch.path().join("config.json"), "{}").expect("write");
+    let started = Instant::now();
+    let out = Cli::new()
+        .arg("--model")
+        .arg(scratch.path())
+        .args(["generate", "hi"])
+        .run();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exited while starting"), "{stderr}");
+    assert!(
+        stderr.contains("model_type"),
+        "the worker's own reason: {stderr}"
+    );
+    // Not after a series of restarts.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let out = Cli::new()
+        .args(["--model", "/nonexistent/model.gguf", "generate", "hi"])
+        .run();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--model /nonexistent/model.gguf"));
+}
