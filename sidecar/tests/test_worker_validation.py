@@ -163,6 +163,11 @@ def test_garbage_bytes_do_not_crash_the_worker(worker: WorkerProcess) -> None:
             list(call(payload, timeout=10))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert e.value.details().startswith("request: not a valid mlx_sidecar.v1.GenerateRequest")
+    # A prompt kind from a newer contract (an unknown field): named as the prompt's fault.
+    with pytest.raises(grpc.RpcError) as e:
+        list(call(b"\x0a\x03\x4a\x01x", timeout=10))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("prompt: "), e.value.details()
     tokenize = worker.channel.unary_unary(
         "/mlx_sidecar.v1.Inference/Tokenize",
         request_serializer=lambda b: b,
