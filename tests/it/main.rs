@@ -5,6 +5,7 @@
 //! default SmolLM2 model in one end-to-end test. Python comes from `MLX_SIDECAR_PYTHON`,
 //! else the repository's `.venv`; each test has its own temporary directory.
 
+mod bench;
 mod cli;
 mod env;
 mod faults;

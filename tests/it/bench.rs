@@ -1,0 +1,202 @@
+//! `mlx-sidecar bench`, run for real on the tiny model with a tiny workload: all three paths
+//! (supervised worker over gRPC, mlx-lm in-process, mlx-lm's HTTP server) and the transport
+//! ceiling (the worker's synthetic-token mode). Checks the JSON's shape and that its values
+//! are sane, not timing targets.
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::support::{python, tiny_model};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mlx-sidecar");
+const DEADLINE: Duration = Duration::from_secs(300);
+const LEVELS: [u64; 2] = [1, 2];
+const MAX_TOKENS: u64 = 6;
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+fn check_level(path: &str, level: &Value, concurrency: u64) {
+    assert_eq!(level["concurrency"].as_u64(), Some(concurrency), "{path}");
+    // Two requests per level (--rounds 1 --min-requests 2), each exactly MAX_TOKENS long.
+    assert_eq!(level["requests"].as_u64(), Some(2), "{path}: {level}");
+    assert_eq!(
+        level["tokens"].as_u64(),
+        Some(2 * MAX_TOKENS),
+        "{path}: {level}"
+    );
+    let (p50, p99) = (num(level, "ttft_p50_ms"), num(level, "ttft_p99_ms"));
+    assert!(
+        p50 > 0.0 && p50 <= p99 && p99 < 60_000.0,
+        "{path}: ttft {p50} {p99}"
+    );
+    for key in ["decode_tps_per_stream", "aggregate_tps", "wall_s"] {
+        assert!(num(level, key) > 0.0, "{path}: {key} in {level}");
+    }
+    for key in ["server_cpu_s", "client_cpu_s", "server_cpu_s_per_1k_tokens"] {
+        assert!(num(level, key) >= 0.0, "{path}: {key} in {level}");
+    }
+}
+
+#[test]
+fn bench_measures_three_paths_and_the_transport_ceiling() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (json, chart) = (
+        scratch.path().join("bench.json"),
+        scratch.path().join("bench.svg"),
+    );
+    let mut cmd = Command::new(BIN);
+    for var in [
+        "MLX_SIDECAR_ENV_DIR",
+        "MLX_SIDECAR_MODEL",
+        "MLX_SIDECAR_WORKER_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("MLX_SIDECAR_CACHE_DIR", scratch.path().join("cache"))
+        .arg("--python")
+        .arg(python())
+        .arg("--env-dir")
+        .arg(scratch.path().join("env"))
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("bench")
+        .args(["--concurrency", "1,2", "--prompt-tokens", "12"])
+        .args(["--max-tokens", &MAX_TOKENS.to_string()])
+        .args([
+            "--rounds",
+            "1",
+            "--min-requests",
+            "2",
+            "--warmup-tokens",
+            "2",
+        ])
+        .args(["--transport-ceiling", "--ceiling-concurrency", "1,2"])
+        .args(["--ceiling-tokens", "40", "--ceiling-unary-calls", "20"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--chart")
+        .arg(&chart)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start mlx-sidecar bench");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(DEADLINE) {
+        Ok(out) => out.expect("wait for mlx-sidecar bench"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("mlx-sidecar bench did not finish within {DEADLINE:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("targets:") && stdout.contains("transport ceiling"),
+        "{stdout}"
+    );
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("read the JSON")).expect("JSON");
+    for key in ["command", "machine", "versions", "model", "workload"] {
+        assert!(!report[key].is_null(), "{key} missing");
+    }
+    assert_eq!(report["versions"]["mlx_lm"].as_str(), Some("0.32.2"));
+    let paths = report["paths"].as_array().expect("paths");
+    let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
+    assert_eq!(names, ["sidecar", "inprocess", "http"]);
+    for p in paths {
+        let name = p["path"].as_str().unwrap_or_default();
+        let levels = p["levels"].as_array().expect("levels");
+        assert_eq!(levels.len(), LEVELS.len(), "{name}");
+        for (level, c) in levels.iter().zip(LEVELS) {
+            check_level(name, level, c);
+        }
+        assert!(
+            num(p, "server_peak_rss_bytes") > 20e6,
+            "{name}: server memory"
+        );
+        if name != "inprocess" {
+            assert!(
+                num(p, "client_peak_rss_bytes") > 1e6,
+                "{name}: client memory"
+            );
+        }
+    }
+    // Greedy and the same prompts: the single stream generates the same ids on both paths
+    // that report ids.
+    let ids = |i: usize| paths[i]["raw"][0]["requests"].clone();
+    let (sidecar, inprocess) = (ids(0), ids(1));
+    for (a, b) in sidecar
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(inprocess.as_array().into_iter().flatten())
+    {
+        assert_eq!(a["token_ids"], b["token_ids"]);
+        assert_eq!(
+            a["token_ids"].as_array().map(Vec::len),
+            Some(MAX_TOKENS as usize)
+        );
+    }
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2 * LEVELS.len());
+    for r in ratios {
+        assert!(
+            num(r, "aggregate_tps") > 0.0 && num(r, "decode_tps") > 0.0,
+            "{r}"
+        );
+    }
+    // Two single-stream targets, then two per level.
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2 + 2 * LEVELS.len());
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["met"].is_boolean() && t["name"].is_string())
+    );
+
+    let ceiling = &report["transport_ceiling"];
+    let modes = ceiling["modes"].as_array().expect("ceiling modes");
+    assert_eq!(modes.len(), 2);
+    for (mode, one_per_message) in modes.iter().zip([false, true]) {
+        let levels = mode["levels"].as_array().expect("ceiling levels");
+        assert_eq!(levels.len(), LEVELS.len());
+        for l in levels {
+            assert!(num(l, "aggregate_tps") > 0.0, "{l}");
+            let per_message = num(l, "tokens_per_message");
+            if one_per_message {
+                assert_eq!(per_message, 1.0, "{l}");
+            } else {
+                assert!(per_message >= 1.0, "{l}");
+            }
+        }
+    }
+    for u in ceiling["unary"].as_array().expect("unary") {
+        assert!(
+            num(u, "p50_us") > 0.0 && num(u, "p99_us") >= num(u, "p50_us"),
+            "{u}"
+        );
+    }
+
+    let svg = std::fs::read_to_string(&chart).expect("read the chart");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("sidecar"),
+        "not an SVG chart"
+    );
+}
