@@ -56,7 +56,7 @@ pub(crate) async fn run(
         () = interrupts.next() => return Ok(ExitCode::from(INTERRUPTED)),
     };
     let result = converse(&session, args, &mut interrupts).await;
-    session.shutdown().await;
+    session.shutdown(&mut interrupts).await;
     result
 }
 

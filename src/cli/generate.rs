@@ -45,7 +45,7 @@ pub(crate) async fn run(
         () = interrupts.next() => return Ok(ExitCode::from(INTERRUPTED)),
     };
     let result = generate(&session, req, format, &mut interrupts).await;
-    session.shutdown().await;
+    session.shutdown(&mut interrupts).await;
     match result? {
         Ended::Finished { finished, .. } => {
             tracing::info!("{}", stream::summary(&finished));

@@ -16,6 +16,7 @@ use super::args::GlobalArgs;
 use super::exit::UsageError;
 use super::logging;
 use super::progress::StderrProgress;
+use super::stream::Interrupts;
 
 /// The environment options the global arguments name.
 pub(crate) fn env_options(global: &GlobalArgs) -> EnvOptions {
@@ -135,9 +136,16 @@ impl Session {
     }
 
     /// Stops the worker gracefully (it drains, then exits); errors are logged, not returned.
-    pub(crate) async fn shutdown(self) {
-        if let Err(e) = self.supervisor.shutdown().await {
-            tracing::warn!("stopping the worker: {e}");
+    /// Another Ctrl-C meanwhile stops it at once (dropping the supervisor kills the worker's
+    /// process group).
+    pub(crate) async fn shutdown(self, interrupts: &mut Interrupts) {
+        tokio::select! {
+            result = self.supervisor.shutdown() => {
+                if let Err(e) = result {
+                    tracing::warn!("stopping the worker: {e}");
+                }
+            }
+            () = interrupts.next() => eprintln!("mlx-sidecar: worker stopped without waiting"),
         }
     }
 }
