@@ -111,7 +111,8 @@ impl Owner {
             match Worker::spawn(&self.config, self.socket.path(), self.slot.clone()).await {
                 Ok(worker) => worker,
                 Err(Error::Stopped) => return Phase::Done,
-                Err(e) => return self.fail_to_start(e),
+                Err(e) if self.first_spawn.is_some() => return self.fail_to_start(e),
+                Err(e) => return self.spawn_failed(e),
             };
         if let Some(first) = self.first_spawn.take() {
             let _ = first.send(Ok(()));
@@ -256,6 +257,25 @@ impl Owner {
         }
     }
 
+    /// A restart could not even spawn the process (say, `fork` failed for lack of
+    /// memory): back off and try again like after a crash, within the same limits.
+    fn spawn_failed(&mut self, error: Error) -> Phase {
+        tracing::error!(error = %error, "cannot spawn the worker");
+        match self.restarts.on_crash(None) {
+            Decision::Restart { attempt, delay } => {
+                self.view
+                    .send_modify(|v| v.state = WorkerState::Restarting { attempt });
+                self.emit(LifecycleEvent::Restarting { attempt, delay });
+                Phase::Backoff { attempt, delay }
+            }
+            Decision::GiveUp { reason } => Phase::GaveUp(GaveUpInfo {
+                reason: format!("{reason}; the last start failed: {error}"),
+                last_status: self.view.borrow().last_status,
+                last_log: Vec::new(),
+            }),
+        }
+    }
+
     /// Waits out the backoff delay (a shutdown cuts it short).
     async fn backoff(&mut self, attempt: u32, delay: Duration) -> Phase {
         tokio::select! {
@@ -264,7 +284,8 @@ impl Owner {
         }
     }
 
-    /// A start that cannot succeed by retrying (no interpreter, socket in use).
+    /// A start that cannot succeed by retrying (no interpreter at the first start, the
+    /// socket taken by a live process).
     fn fail_to_start(&mut self, error: Error) -> Phase {
         let info = GaveUpInfo {
             reason: error.to_string(),

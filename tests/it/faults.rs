@@ -575,3 +575,53 @@ async fn slow_start_within_the_window_is_fine() {
     }
     supervisor.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_restart_spawn_backs_off_and_recovers() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    // The interpreter, behind a wrapper script that can vanish and come back.
+    let wrapper = sandbox.path().join("python");
+    let script = format!("#!/bin/sh\nexec '{}' \"$@\"\n", support::python().display());
+    let install = || {
+        std::fs::write(&wrapper, &script).expect("write wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod wrapper");
+    };
+    install();
+    let mut worker = support::tiny_worker();
+    worker.python = wrapper.clone();
+    let policy = RestartPolicy {
+        initial_delay: Duration::from_millis(200),
+        ..support::quick_restarts()
+    };
+    let config = support::config(worker, sandbox.path()).with_restart(policy);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let mut events = supervisor.subscribe();
+
+    std::fs::remove_file(&wrapper).expect("remove wrapper");
+    support::signal(supervisor.worker_pid().expect("pid"), Signal::SIGKILL);
+    // Restart 1 cannot spawn; restart 2 is scheduled with a longer delay instead of giving up.
+    let (second, seen) = support::wait_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Restarting { attempt: 2, .. })
+    })
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, LifecycleEvent::Starting { .. })),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(second, LifecycleEvent::Restarting { delay, .. } if delay >= Duration::from_millis(400))
+    );
+    install();
+    support::wait_event(&mut events, READY, |e| {
+        matches!(e, LifecycleEvent::Ready { .. })
+    })
+    .await;
+    let info = supervisor.client().model_info().await.expect("model_info");
+    assert_eq!(Some(info.worker_pid), supervisor.worker_pid());
+    supervisor.shutdown().await.expect("shutdown");
+}
