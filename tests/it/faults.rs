@@ -557,6 +557,19 @@ async fn slow_start_within_the_window_is_fine() {
         .with_restart(RestartPolicy::never());
     let supervisor = Supervisor::spawn(config).await.expect("spawn");
     let mut events = supervisor.subscribe();
+    // Meanwhile, callers with short deadlines are told it is not ready (and may retry).
+    let err = supervisor
+        .wait_ready(Duration::from_millis(300))
+        .await
+        .expect_err("still loading");
+    assert!(
+        matches!(&err, Error::NotReady { state, .. } if state == "starting"),
+        "{err:?}"
+    );
+    let short = supervisor.client().with_timeout(Duration::from_millis(300));
+    let err = short.tokenize("x").await.expect_err("still loading");
+    assert!(matches!(err, Error::NotReady { .. }), "{err:?}");
+    assert!(err.is_retryable());
     let (ready, seen) = support::wait_event(&mut events, READY, |e| {
         matches!(e, LifecycleEvent::Ready { .. })
     })
