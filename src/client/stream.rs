@@ -179,7 +179,10 @@ impl State {
             status = self.conn.died() => {
                 match tokio::time::timeout(DRAIN_AFTER_DEATH, self.streaming.message()).await {
                     Ok(Ok(Some(message))) => Ok(Some(message)),
-                    _ => Err(self.worker_died(status)),
+                    _ => {
+                        tracing::debug!(?status, "generation cut short: the supervisor reported the worker dead");
+                        Err(self.worker_died(status))
+                    }
                 }
             }
             () = tokio::time::sleep_until(self.deadline_at) => Err(Error::Deadline {
@@ -193,6 +196,7 @@ impl State {
     /// its engine) died; other codes are the worker's own answer.
     fn status_error(&self, status: tonic::Status) -> Error {
         if transport::is_transport_failure(&status) || status.code() == tonic::Code::Unavailable {
+            tracing::debug!(code = ?status.code(), message = status.message(), "generation cut short: connection or engine failed");
             self.worker_died(Some(format!("{:?}: {}", status.code(), status.message())))
         } else if status.code() == tonic::Code::DeadlineExceeded {
             Error::Deadline {

@@ -384,3 +384,26 @@ async fn unsupervised_client_over_a_socket_path() {
     assert_eq!(completion.token_ids.len(), 5);
     supervisor.shutdown().await.expect("shutdown");
 }
+
+/// Everything also works on a current-thread runtime (the default of `#[tokio::test]`).
+#[tokio::test]
+async fn works_on_a_current_thread_runtime() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = supervisor.client();
+    let first = supervisor.worker_pid().expect("pid");
+    support::signal(first, nix::sys::signal::Signal::SIGKILL);
+    let completion = client
+        .generate(GenerateRequest::text("x").max_tokens(3))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(completion.token_ids.len(), 3);
+    assert_ne!(supervisor.worker_pid(), Some(first));
+    supervisor.shutdown().await.expect("shutdown");
+}
