@@ -6,6 +6,9 @@
 //! else the repository's `.venv`; each test has its own temporary directory.
 
 mod bench;
+mod catalogue;
+mod catalogue_process;
+mod catalogue_requests;
 mod cli;
 mod env;
 mod faults;
