@@ -586,12 +586,13 @@ fn random_text(rng: &mut StdRng) -> String {
         .collect()
 }
 
+/// Mostly valid sampling values, sometimes NaN, infinite or negative.
 fn random_float(rng: &mut StdRng) -> f32 {
-    match rng.random_range(0..6) {
+    match rng.random_range(0..20) {
         0 => f32::NAN,
         1 => f32::INFINITY,
-        2 => -rng.random::<f32>() * 10.0,
-        3 => rng.random::<f32>() * 100.0,
+        2 | 3 => -rng.random::<f32>() * 10.0,
+        4 => rng.random::<f32>() * 100.0,
         _ => rng.random::<f32>(),
     }
 }
@@ -628,7 +629,7 @@ fn random_generate(rng: &mut StdRng) -> pb::GenerateRequest {
         sampling: rng.random_bool(0.7).then(|| pb::SamplingParams {
             temperature: maybe(rng).then(|| random_float(rng)),
             top_p: maybe(rng).then(|| random_float(rng)),
-            top_k: maybe(rng).then(|| rng.random_range(-3..50)),
+            top_k: maybe(rng).then(|| rng.random_range(-1..50)),
             min_p: maybe(rng).then(|| random_float(rng)),
             repetition_penalty: maybe(rng).then(|| random_float(rng)),
             repetition_context_size: maybe(rng).then(|| rng.random_range(-3..100)),
@@ -636,11 +637,11 @@ fn random_generate(rng: &mut StdRng) -> pb::GenerateRequest {
             frequency_penalty: maybe(rng).then(|| random_float(rng)),
             penalty_context_size: maybe(rng).then(|| rng.random_range(-3..100)),
             logit_bias: (0..rng.random_range(0..3))
-                .map(|_| (rng.random_range(0..500), random_float(rng)))
+                .map(|_| (rng.random_range(0..400), random_float(rng)))
                 .collect(),
             seed: maybe(rng).then(|| rng.random()),
         }),
-        max_tokens: rng.random_bool(0.9).then(|| rng.random_range(-3..12)),
+        max_tokens: rng.random_bool(0.9).then(|| rng.random_range(-1..12)),
         stop: (0..rng.random_range(0..3))
             .map(|_| random_text(rng))
             .collect(),
