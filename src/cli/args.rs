@@ -225,6 +225,11 @@ pub(crate) struct SetupArgs {
     /// Rebuild the environment from scratch even if it looks complete.
     #[arg(long)]
     pub(crate) force: bool,
+
+    /// Print only the environment's Python interpreter (for scripts:
+    /// `PY=$(mlx-sidecar setup --dev --print-python)`).
+    #[arg(long)]
+    pub(crate) print_python: bool,
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub(crate) async fn run(
         .await
         .context("preparing the worker's Python environment")?;
     let elapsed = started.elapsed().as_secs_f64();
+    if args.print_python {
+        println!("{}", found.python.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let rt = &found.runtime;
     match &found.manifest {
         Some(m) => {

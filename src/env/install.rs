@@ -58,8 +58,12 @@ pub(super) async fn rebuild(
     manifest::remove(plan.root)?;
     let venv = venv_dir(plan.root);
     if venv.exists() {
-        step(progress, Step::RemoveBroken, reason, remove_dir(&venv)).await?;
+        step(progress, Step::RemoveBroken, reason, async {
+            discard(plan.root, &venv)
+        })
+        .await?;
     }
+    sweep_trash(plan.root);
     let base = step(
         progress,
         Step::CreateVenv,
@@ -180,16 +184,44 @@ async fn pip(
     .await
 }
 
-async fn remove_dir(dir: &Path) -> Result<(), EnvError> {
-    let owned = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&owned))
-        .await
-        .map_err(|e| EnvError::Io {
-            op: "removing",
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(EnvError::io("removing", dir))
+/// Prefix of the names broken venvs are renamed to before they are deleted.
+const TRASH_PREFIX: &str = ".trash-venv-";
+
+/// Moves a broken venv out of the way at once (a rename), so the new one can be built while
+/// the old one (half a gigabyte, thousands of files) is deleted in the background.
+fn discard(root: &Path, venv: &Path) -> Result<(), EnvError> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let trash = root.join(format!("{TRASH_PREFIX}{}-{nanos}", std::process::id()));
+    std::fs::rename(venv, &trash).map_err(EnvError::io("moving aside", venv))
+}
+
+/// Deletes discarded venvs (this run's, and any an earlier process did not finish) on a
+/// background thread; what is left when the process exits is deleted by a later build.
+fn sweep_trash(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let trash: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TRASH_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    if trash.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("mlx-sidecar-trash".to_owned())
+        .spawn(move || {
+            for dir in trash {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("cannot start a thread to delete old environments: {e}");
+    }
 }
 
 /// A hash of the requirement files a variant installs (with dev.txt when `dev`).

@@ -19,7 +19,8 @@
 //! user's cache directory (`~/.cache/mlx-sidecar/env` on Linux). When the manifest matches
 //! the requirements embedded in this binary and `import mlx.core` works, `ensure` returns at
 //! once (no pip). Otherwise (no manifest, another variant or requirement set, interpreter
-//! gone, imports failing) the venv is removed and built again from scratch.
+//! gone, imports failing) the venv is moved aside (and deleted on a background thread) and
+//! built again from scratch.
 //!
 //! With [`EnvOptions::python`] set, no venv is made: that interpreter is checked (version,
 //! imports) and used as it is; the worker source is still extracted under the root.
