@@ -96,7 +96,11 @@ class Worker:
             await self._server.start()
         try:
             self._inode = secure_socket_file(path)
-            log.info("listening", extra={"fields": {"socket": str(path)}})
+            fields = {
+                "socket": str(path),
+                "process_start_to_listening_s": round(time.time() - self._started_wall, 4),
+            }
+            log.info("listening", extra={"fields": fields})
             self._install_signal_handlers()
             if self._config.stdin_watch and _stdin_should_be_watched():
                 threading.Thread(target=self._watch_stdin, name="stdin-watch", daemon=True).start()

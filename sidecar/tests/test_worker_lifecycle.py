@@ -43,7 +43,8 @@ def test_not_serving_until_loaded_then_serving(spawn_worker: SpawnWorker) -> Non
         assert isinstance(startup[key], float) and startup[key] >= 0, key
     assert startup["total_s"] >= 1.5  # the injected delay
     assert startup["process_start_to_ready_s"] >= startup["total_s"]
-    assert w.find_log("listening", socket=str(w.socket_path))
+    listening = w.find_log("listening", socket=str(w.socket_path))
+    assert 0 < listening["fields"]["process_start_to_listening_s"] < startup["total_s"]
     _, fin = w.generate(prompt=PROMPT, max_tokens=2)
     assert fin.usage.completion_tokens == 2
 
