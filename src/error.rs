@@ -25,8 +25,9 @@ pub enum Error {
     /// after part of the answer had arrived. The call is not retried automatically,
     /// because the text already sent cannot be taken back.
     #[error(
-        "worker died mid-call{}; {tokens_received} token(s) had arrived",
-        status.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+        "worker died mid-call{}; {tokens_received} token(s) had arrived; {}",
+        status.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
+        if *tokens_received == 0 { "safe to retry" } else { "not retried: a retry would repeat the text already delivered" }
     )]
     WorkerDied {
         /// How the worker ended or why the connection broke, when known.
@@ -195,6 +196,21 @@ mod tests {
         assert!(!err.is_retryable());
         assert!(err.to_string().contains("sampling.top_p"));
         assert!(Error::from(tonic::Status::unavailable("draining")).is_retryable());
+    }
+
+    #[test]
+    fn worker_died_says_whether_a_retry_is_safe() {
+        let died = |tokens_received| Error::WorkerDied {
+            status: Some("killed by signal 9 (SIGKILL)".into()),
+            partial_text: "The capital".into(),
+            tokens_received,
+        };
+        let text = died(2).to_string();
+        assert!(text.contains("SIGKILL") && text.contains("2 token(s)"), "{text}");
+        assert!(text.contains("not retried"), "{text}");
+        assert!(!died(2).is_retryable());
+        assert!(died(0).to_string().contains("safe to retry"));
+        assert!(died(0).is_retryable());
     }
 
     #[test]
