@@ -107,6 +107,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+async def _abort_internal(context: grpc.aio.ServicerContext, rpc: str, error: Exception) -> None:
+    log.error("%s failed", rpc, exc_info=(type(error), error, error.__traceback__))
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {rpc}: {error}")
+
+
 def _merge(items: list[Any]) -> list[Any]:
     """Merges consecutive chunks into one (a client that fell behind gets one message)."""
     out: list[Any] = []
@@ -192,6 +197,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await context.abort(e.code, e.message)
         except EngineUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except Exception as e:  # a bug: this request fails, the worker serves on
+            await _abort_internal(context, "Generate", e)
         self.in_flight += 1
         self._idle.clear()
         if log.isEnabledFor(logging.DEBUG):
@@ -228,6 +235,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 ids, text = tokenize_request(request, limits)
         except RequestFailure as e:
             await context.abort(e.code, e.message)
+        except Exception as e:
+            await _abort_internal(context, "Tokenize", e)
         return pb.TokenizeResponse(ids=ids, text=text)
 
     async def Detokenize(
@@ -242,6 +251,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 text = detokenize_request(request, limits)
         except RequestFailure as e:
             await context.abort(e.code, e.message)
+        except Exception as e:
+            await _abort_internal(context, "Detokenize", e)
         return pb.DetokenizeResponse(text=text)
 
     async def ModelInfo(
