@@ -168,42 +168,26 @@ pub async fn ensure(opts: &EnvOptions, progress: &dyn Progress) -> Result<Python
         dev: opts.dev,
     };
     let _lock = lock::acquire(&root, progress).await?;
-    let python = venv_python(&root);
-    let reason = match check(&root, variant, opts.dev).await {
-        _ if opts.force_rebuild => "a rebuild was asked for".to_owned(),
-        Check::Complete(manifest) => {
-            let manifest = refresh_source_hash(&root, manifest)?;
-            return Ok(PythonEnv {
-                runtime: manifest.runtime.clone(),
-                python,
-                worker_dir,
-                root,
-                manifest: Some(manifest),
-                built: false,
-            });
-        }
-        Check::NeedsDev(manifest) => {
-            let manifest = install::add_dev(&plan, manifest, progress).await?;
-            return Ok(PythonEnv {
-                runtime: manifest.runtime.clone(),
-                python,
-                worker_dir,
-                root,
-                manifest: Some(manifest),
-                built: true,
-            });
-        }
-        Check::Rebuild(reason) => reason,
+    let check = if opts.force_rebuild {
+        Check::Rebuild("a rebuild was asked for".to_owned())
+    } else {
+        check(&root, variant, opts.dev).await
     };
-    tracing::info!(root = %root.display(), %reason, "building the worker's Python environment");
-    let manifest = install::rebuild(&plan, &reason, progress).await?;
+    let (manifest, built) = match check {
+        Check::Complete(manifest) => (refresh_source_hash(&root, manifest)?, false),
+        Check::NeedsDev(manifest) => (install::add_dev(&plan, manifest, progress).await?, true),
+        Check::Rebuild(reason) => {
+            tracing::info!(root = %root.display(), %reason, "building the worker's Python environment");
+            (install::rebuild(&plan, &reason, progress).await?, true)
+        }
+    };
     Ok(PythonEnv {
+        python: venv_python(&root),
         runtime: manifest.runtime.clone(),
-        python,
+        manifest: Some(manifest),
         worker_dir,
         root,
-        manifest: Some(manifest),
-        built: true,
+        built,
     })
 }
 
