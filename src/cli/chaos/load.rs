@@ -25,6 +25,9 @@ use serde::Serialize;
 
 use super::observe::Timeline;
 
+const GAVE_UP: &str = "supervisor gave up";
+const STOPPED: &str = "supervisor stopped";
+
 /// Extra time past a request's own deadline before it counts as hung.
 const HANG_MARGIN: Duration = Duration::from_secs(10);
 
@@ -84,7 +87,14 @@ pub(crate) async fn client_loop(
         let prompt: Vec<u32> = (0..load.prompt_tokens)
             .map(|_| rng.random_range(lo..hi))
             .collect();
-        records.push(one_request(id, n, prompt, &client, &load, &timeline).await);
+        let record = one_request(id, n, prompt, &client, &load, &timeline).await;
+        // No worker will come any more: every further request would fail at once.
+        let terminal =
+            matches!(&record.outcome, Outcome::Failed(r) if r == GAVE_UP || r == STOPPED);
+        records.push(record);
+        if terminal {
+            break;
+        }
     }
     records
 }
@@ -217,9 +227,9 @@ fn failed(e: &Error, progress: &Progress) -> (Outcome, Option<bool>) {
             "worker died mid-stream"
         }
         Error::Deadline { .. } => "deadline exceeded",
-        Error::GaveUp { .. } => "supervisor gave up",
+        Error::GaveUp { .. } => GAVE_UP,
         Error::NotReady { .. } => "worker not ready",
-        Error::Stopped => "supervisor stopped",
+        Error::Stopped => STOPPED,
         Error::Protocol(_) => "protocol error",
         Error::Rpc { code, .. } => return (Outcome::Failed(format!("{code:?}")), retry_safe),
         _ => "other error",
