@@ -28,7 +28,8 @@ pub(crate) struct ChaosArgs {
     pub(crate) kill_cycles: Option<u32>,
 
     /// With --kill-cycles: the mean pause between service being back and the next kill.
-    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    /// Pauses shorter than --reset-after let the restart delay grow (the backoff at work).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) kill_every: Duration,
 
     /// The faults to inject, comma-separated: kill:every=3s, stop:every=20s:for=3s,
