@@ -112,6 +112,46 @@ impl CeilingReport {
     }
 }
 
+impl CeilingReport {
+    /// The Markdown tables.
+    pub(crate) fn render_markdown(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "Transport ceiling (the real worker streaming made-up tokens, {} per request):\n\n",
+            self.tokens_per_request
+        );
+        let _ = writeln!(
+            out,
+            "| mode | conc | aggregate tok/s | tok/msg | worker CPU s/1k tok | Rust CPU s/1k tok |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
+        for m in &self.modes {
+            for l in &m.levels {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.2} | {:.4} | {:.4} |",
+                    m.label,
+                    l.concurrency,
+                    l.aggregate_tps,
+                    l.tokens_per_message,
+                    l.server_cpu_s_per_1k_tokens,
+                    l.client_cpu_s_per_1k_tokens
+                );
+            }
+        }
+        let _ = writeln!(out, "\n| unary call | p50 µs | p99 µs | calls |");
+        let _ = writeln!(out, "|---|--:|--:|--:|");
+        for u in &self.unary {
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} | {} |",
+                u.call, u.p50_us, u.p99_us, u.calls
+            );
+        }
+        out
+    }
+}
+
 /// Times `calls` sequential calls of `f`.
 async fn time_calls<F, Fut, T>(call: &str, calls: usize, f: F) -> anyhow::Result<Unary>
 where

@@ -346,4 +346,149 @@ impl Report {
         }
         out
     }
+
+    /// The same figures as Markdown (machine, versions, command, tables, ratios, targets),
+    /// ready to paste into BENCHMARKS.md.
+    pub(crate) fn render_markdown(&self) -> String {
+        let mut out = String::new();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let value = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "Command: `{}`
+",
+            self.command
+        );
+        let machine: Vec<String> = self
+            .machine
+            .iter()
+            .map(|(k, v)| format!("{k} {}", value(v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Machine: {}
+",
+            machine.join(", ")
+        );
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} {}", value(v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Versions: {}
+",
+            versions.join(", ")
+        );
+        let w = &self.workload;
+        let _ = writeln!(
+            out,
+            "Workload: prompts of {} tokens, {} generated tokens per request (greedy, \
+             end-of-sequence banned), levels {:?}, max({} x concurrency, {}) requests per level, \
+             warm-up first.\n",
+            w.prompt_tokens, w.max_tokens, w.levels, w.rounds, w.min_requests
+        );
+        let _ = writeln!(
+            out,
+            "| path | conc | TTFT p50 ms | TTFT p99 ms | decode tok/s/stream | aggregate tok/s \
+             | server CPU s/1k tok | Rust CPU s/1k tok | tok/msg |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let mut levels: Vec<usize> = self
+            .paths
+            .iter()
+            .flat_map(|p| p.levels.iter().map(|l| l.concurrency))
+            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        for c in levels {
+            for p in &self.paths {
+                let Some(l) = p.level(c) else { continue };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.4} | {:.2} |",
+                    p.path.name(),
+                    c,
+                    l.ttft_p50_ms,
+                    l.ttft_p99_ms,
+                    l.decode_tps_per_stream,
+                    l.aggregate_tps,
+                    l.server_cpu_s_per_1k_tokens,
+                    l.client_cpu_s_per_1k_tokens,
+                    l.tokens_per_message
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n| path | serving process peak RSS MiB | Rust process peak RSS MiB |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|");
+        for p in &self.paths {
+            let rust = if p.client_peak_rss_bytes > 0 {
+                format!("{:.1}", mib(p.client_peak_rss_bytes))
+            } else {
+                "-".to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {rust} |",
+                p.path.name(),
+                mib(p.server_peak_rss_bytes)
+            );
+        }
+        if !self.ratios.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| conc | sidecar / baseline | decode | aggregate | TTFT p50 difference ms |"
+            );
+            let _ = writeln!(out, "|--:|---|--:|--:|--:|");
+            for r in &self.ratios {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.3} | {:.3} | {:+.2} |",
+                    r.concurrency,
+                    r.baseline.name(),
+                    r.decode_tps,
+                    r.aggregate_tps,
+                    r.ttft_p50_delta_ms
+                );
+            }
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(out, "\n| target | measured | needs | met |");
+            let _ = writeln!(out, "|---|--:|--:|---|");
+            for t in &self.targets {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.3} | {} {} | {} |",
+                    t.name,
+                    t.measured,
+                    t.relation,
+                    t.bound,
+                    if t.met { "yes" } else { "**no**" }
+                );
+            }
+        }
+        for o in &self.outputs {
+            let _ = writeln!(
+                out,
+                "\nIdentical output ({}), {} vs {}: {}/{} requests.",
+                o.by,
+                o.paths.0.name(),
+                o.paths.1.name(),
+                o.identical,
+                o.compared
+            );
+        }
+        if let Some(c) = &self.transport_ceiling {
+            out.push('\n');
+            out.push_str(&c.render_markdown());
+        }
+        out
+    }
 }
