@@ -149,7 +149,7 @@ impl Client {
                 r = tokio::time::timeout_at(deadline_at, started) => match r {
                     Err(_) => Err(Error::Deadline { deadline, partial_text: String::new() }),
                     Ok(Ok(started)) => Ok(started),
-                    Ok(Err(status)) => Err(status_error(status)),
+                    Ok(Err(status)) => Err(status_error(status, deadline)),
                 },
                 status = conn.died() => Err(died_before_output(status)),
             };
@@ -303,7 +303,7 @@ impl Client {
                 r = tokio::time::timeout_at(deadline_at, call(conn.channel.clone(), remaining)) => match r {
                     Err(_) => Err(Error::Deadline { deadline, partial_text: String::new() }),
                     Ok(Ok(response)) => Ok(response.into_inner()),
-                    Ok(Err(status)) => Err(status_error(status)),
+                    Ok(Err(status)) => Err(status_error(status, deadline)),
                 },
                 status = conn.died() => Err(died_before_output(status)),
             }
@@ -334,10 +334,16 @@ where
         .await
 }
 
-/// The error for a status received before any output: a broken connection is
-/// `UNAVAILABLE` (retryable), anything else keeps the worker's code.
-fn status_error(status: tonic::Status) -> Error {
-    if transport::is_transport_failure(&status) {
+/// The error for a status received before any output: a passed deadline is
+/// [`Error::Deadline`], a broken connection is `UNAVAILABLE` (retryable), anything else
+/// keeps the worker's code.
+fn status_error(status: tonic::Status, deadline: Duration) -> Error {
+    if transport::is_deadline(&status) {
+        Error::Deadline {
+            deadline,
+            partial_text: String::new(),
+        }
+    } else if transport::is_transport_failure(&status) {
         Error::Rpc {
             code: tonic::Code::Unavailable,
             message: format!("connection to the worker failed: {}", status.message()),

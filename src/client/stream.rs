@@ -192,17 +192,20 @@ impl State {
         }
     }
 
-    /// A status after output: a broken connection or `UNAVAILABLE` means the worker (or
-    /// its engine) died; other codes are the worker's own answer.
+    /// A status after output: a passed deadline is [`Error::Deadline`] (with the text so
+    /// far); a broken connection or `UNAVAILABLE` means the worker (or its engine) died;
+    /// other codes are the worker's own answer.
     fn status_error(&self, status: tonic::Status) -> Error {
-        if transport::is_transport_failure(&status) || status.code() == tonic::Code::Unavailable {
-            tracing::debug!(code = ?status.code(), message = status.message(), "generation cut short: connection or engine failed");
-            self.worker_died(Some(format!("{:?}: {}", status.code(), status.message())))
-        } else if status.code() == tonic::Code::DeadlineExceeded {
+        if transport::is_deadline(&status) {
             Error::Deadline {
                 deadline: self.deadline,
                 partial_text: self.partial_text.clone(),
             }
+        } else if transport::is_transport_failure(&status)
+            || status.code() == tonic::Code::Unavailable
+        {
+            tracing::debug!(code = ?status.code(), message = status.message(), "generation cut short: connection or engine failed");
+            self.worker_died(Some(format!("{:?}: {}", status.code(), status.message())))
         } else {
             Error::from(status)
         }

@@ -21,9 +21,45 @@ pub(crate) fn uds_channel(path: PathBuf) -> Channel {
     ))
 }
 
+/// Whether `status` says the call's deadline passed: the worker's `DEADLINE_EXCEEDED`, or
+/// tonic's own enforcement of the `grpc-timeout` the call carries (`TimeoutExpired`).
+pub(crate) fn is_deadline(status: &tonic::Status) -> bool {
+    if status.code() == tonic::Code::DeadlineExceeded {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 /// Whether `status` came from a failed or broken connection rather than from the worker:
 /// tonic attaches the transport error as the status's source; statuses the worker sent
 /// have none.
 pub(crate) fn is_transport_failure(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonic_timeout_is_a_deadline_and_worker_statuses_are_not_transport_failures() {
+        let timeout = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert!(is_deadline(&timeout));
+        assert!(is_deadline(&tonic::Status::deadline_exceeded("late")));
+        let from_worker = tonic::Status::unavailable("draining");
+        assert!(!is_deadline(&from_worker));
+        assert!(!is_transport_failure(&from_worker));
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(is_transport_failure(&broken));
+        assert!(!is_deadline(&broken));
+    }
 }

@@ -19,7 +19,13 @@ const CHILD_ENV: &str = "MLX_SIDECAR_TEST_CHILD_SANDBOX";
 
 /// Starts the ignored test `name` alone in a child process.
 fn start_child(name: &str, sandbox: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+    // /proc/self/exe still runs this binary after cargo relinked the file (shared target dir).
+    let exe = if cfg!(target_os = "linux") {
+        PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().expect("test binary")
+    };
+    tokio::process::Command::new(exe)
         .args([
             name,
             "--exact",

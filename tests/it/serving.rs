@@ -336,7 +336,9 @@ async fn short_deadline_is_deadline_exceeded_and_worker_carries_on() {
         Err(e) => Err(e),
     };
     let err = result.expect_err("deadline");
+    assert!(matches!(err, Error::Deadline { .. }), "{err:?}");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(!err.is_retryable());
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
