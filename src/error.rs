@@ -206,7 +206,10 @@ mod tests {
             tokens_received,
         };
         let text = died(2).to_string();
-        assert!(text.contains("SIGKILL") && text.contains("2 token(s)"), "{text}");
+        assert!(
+            text.contains("SIGKILL") && text.contains("2 token(s)"),
+            "{text}"
+        );
         assert!(text.contains("not retried"), "{text}");
         assert!(!died(2).is_retryable());
         assert!(died(0).to_string().contains("safe to retry"));
