@@ -522,6 +522,75 @@ async fn fault_17_kills_under_load_lose_nothing() {
     );
 }
 
+/// The heart of fault 17: a request the worker had not started when it died (queued behind
+/// a full batch) is retried on the new worker without the caller doing anything, while the
+/// one that was streaming gets `WorkerDied` with its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_17_queued_request_is_retried_on_the_new_worker() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_args(["--max-batch", "1"]);
+    let supervisor = Supervisor::spawn(support::config(worker, sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let client = supervisor.client();
+    let pid = supervisor.worker_pid().expect("pid");
+    let mut streaming = client
+        .generate(GenerateRequest::text("first").max_tokens(1900))
+        .await
+        .expect("generate");
+    let mut streamed = String::new();
+    while streamed.len() < 8 {
+        if let Some(Ok(GenerateEvent::Token { text, .. })) = streaming.next_event().await {
+            streamed.push_str(&text);
+        }
+    }
+    // The batch holds one sequence: this one waits in the worker's queue.
+    let queued = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let stream = client
+                .generate(GenerateRequest::text("second").max_tokens(12))
+                .await?;
+            let attempts = stream.attempts();
+            stream.collect().await.map(|c| (attempts, c))
+        }
+    });
+    // Give it time to reach the worker's queue (were it still on its way, it would be
+    // re-sent all the same).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!queued.is_finished(), "still queued behind the long one");
+    let killed_at = Instant::now();
+    support::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let err = loop {
+        match streaming.next_event().await {
+            Some(Ok(GenerateEvent::Token { text, .. })) => streamed.push_str(&text),
+            Some(Ok(GenerateEvent::Finished(f))) => panic!("finished despite the kill: {f:?}"),
+            Some(Err(e)) => break e,
+            None => panic!("ended without an error"),
+        }
+    };
+    match &err {
+        Error::WorkerDied { partial_text, .. } => assert_eq!(partial_text, &streamed),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("not retried"), "{err}");
+    let (attempts, completion) = tokio::time::timeout(READY, queued)
+        .await
+        .expect("the queued request completes")
+        .expect("join")
+        .expect("no error for the caller");
+    assert_eq!(completion.token_ids.len(), 12);
+    assert!(attempts >= 2, "it was re-sent: {attempts} attempt(s)");
+    assert_ne!(supervisor.worker_pid(), Some(pid));
+    eprintln!(
+        "FIGURE fault 17: the queued request completed on the new worker {:?} after the kill, {attempts} attempts, caller saw no error",
+        killed_at.elapsed()
+    );
+    supervisor.shutdown().await.expect("shutdown");
+}
+
 /// A random wire request: structurally valid with random values, then maybe mutated, or
 /// plain random bytes.
 fn fuzz_input(rng: &mut StdRng, method: &str) -> Vec<u8> {
