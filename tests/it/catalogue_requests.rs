@@ -522,6 +522,76 @@ async fn fault_17_kills_under_load_lose_nothing() {
     );
 }
 
+/// The `chaos` command's other faults: SIGSTOP (long enough to be replaced, and short),
+/// a removed socket file, a slow restart; all recovered, nothing lost or leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_injects_every_fault_kind() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlx-sidecar"))
+        .arg("--python")
+        .arg(support::python())
+        .arg("--env-dir")
+        .arg(sandbox.path().join("env"))
+        .arg("--model")
+        .arg(support::tiny_model())
+        .arg("--socket-dir")
+        .arg(sandbox.path())
+        .args([
+            "chaos",
+            "--clients",
+            "3",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "300ms",
+            "--faults",
+            "stop:every=1s:for=4s:count=1,stop:every=1s:for=100ms:count=1,\
+             delete-socket:every=1s:count=1,slow-start:every=1s:delay=1500ms:count=1",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run chaos");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "chaos --json: {e}\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let n = |path: &str| {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
+    assert_eq!(report["verdict"]["ok"], true, "{report:#}");
+    assert!(output.status.success());
+    assert_eq!(n("/faults/injected"), 4.0);
+    assert_eq!(n("/faults/recovered"), 4.0);
+    assert_eq!(n("/requests/lost"), 0.0);
+    // The long stop and the removed socket were each noticed by the health probe and the
+    // worker replaced; the slow restart took at least its extra delay.
+    assert!(
+        n("/faults/by_kind/stop/time_to_detect_ms/max") < 3000.0,
+        "{report:#}"
+    );
+    assert!(n("/faults/by_kind/delete-socket/time_to_detect_ms/max") < 2000.0);
+    assert!(n("/faults/by_kind/slow-start/time_to_serve_again_ms/max") >= 1500.0);
+    assert!(
+        n("/restarts") >= 3.0,
+        "long stop, removed socket, slow start: {report:#}"
+    );
+    eprintln!(
+        "FIGURE chaos fault kinds: stop detected {:.0} ms, removed socket detected {:.0} ms and served again {:.0} ms, slow start served again {:.0} ms",
+        n("/faults/by_kind/stop/time_to_detect_ms/max"),
+        n("/faults/by_kind/delete-socket/time_to_detect_ms/max"),
+        n("/faults/by_kind/delete-socket/time_to_serve_again_ms/max"),
+        n("/faults/by_kind/slow-start/time_to_serve_again_ms/max"),
+    );
+}
+
 /// The heart of fault 17: a request the worker had not started when it died (queued behind
 /// a full batch) is retried on the new worker without the caller doing anything, while the
 /// one that was streaming gets `WorkerDied` with its text.

@@ -17,8 +17,8 @@ pub(crate) struct ChaosArgs {
     #[arg(long, value_name = "N")]
     pub(crate) requests: Option<u64>,
 
-    /// Run the load for this long (500ms, 60s, 5m). Default: 60s, unless --requests or
-    /// --kill-cycles sets the end.
+    /// Run the load for this long (500ms, 60s, 5m). Default: 60s, unless --requests,
+    /// --kill-cycles or a --faults schedule where every fault has a count= sets the end.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) duration: Option<Duration>,
 

@@ -59,9 +59,14 @@ pub(crate) async fn run(
     if args.clients == 0 {
         return Err(UsageError("--clients must be at least 1".into()).into());
     }
-    let duration = match (args.duration, args.requests, args.kill_cycles) {
-        (Some(d), _, _) => Some(d),
-        (None, None, None) => Some(DEFAULT_DURATION),
+    // The run ends after --duration, --requests, or once a finite fault schedule is done
+    // (--kill-cycles, or every fault with a count=); else after a minute.
+    let finite_faults = !plans.is_empty() && plans.iter().all(|p| p.count.is_some());
+    let end_on_faults = args.kill_cycles.is_some()
+        || (finite_faults && args.duration.is_none() && args.requests.is_none());
+    let duration = match (args.duration, args.requests) {
+        (Some(d), _) => Some(d),
+        (None, None) if !end_on_faults => Some(DEFAULT_DURATION),
         _ => None,
     };
     let startup_timeout = Duration::try_from_secs_f64(global.startup_timeout)
@@ -168,8 +173,6 @@ pub(crate) async fn run(
         seed: args.seed,
     };
     let mut injector = tokio::spawn(injector.run(plans.clone(), stop_faults.clone()));
-    let finite_faults = plans.iter().all(|p| p.count.is_some());
-    let end_on_faults = args.kill_cycles.is_some();
     let mut interrupted = false;
     let mut fault_records = None;
     {
@@ -192,6 +195,7 @@ pub(crate) async fn run(
                 () = &mut clients_done, if args.requests.is_some() => break,
                 records = &mut injector, if fault_records.is_none() => {
                     fault_records = Some(records.unwrap_or_default());
+                    // An injector that ends early (service did not come back) ends the run.
                     if end_on_faults || !finite_faults {
                         break;
                     }
