@@ -112,12 +112,6 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
-    let timeline = Arc::new(Timeline::new());
-    let recorder = tokio::spawn({
-        let timeline = timeline.clone();
-        let events = supervisor.subscribe();
-        async move { timeline.record(events).await }
-    });
     let ready = supervisor.wait_ready(startup_timeout).await;
     progress.done(None);
     ready.context("waiting for the worker to load the model")?;
@@ -148,7 +142,13 @@ pub(crate) async fn run(
         );
     }
 
-    // The load and the faults.
+    // The load and the faults; the timeline's zero is the start of the load.
+    let timeline = Arc::new(Timeline::new());
+    let recorder = tokio::spawn({
+        let timeline = timeline.clone();
+        let events = supervisor.subscribe();
+        async move { timeline.record(events).await }
+    });
     let started = timeline.now();
     let stop_clients = Arc::new(AtomicBool::new(false));
     let stop_faults = Arc::new(AtomicBool::new(false));
