@@ -21,7 +21,7 @@
 //! | 15 | client cancel mid-stream / in prefill   | `catalogue_requests::fault_15_cancel_frees_the_sequence`      |
 //! | 16 | short deadline                          | `catalogue_requests::fault_16_short_deadline_leaves_no_work`, `serving::short_deadline_is_deadline_exceeded_and_worker_carries_on` |
 //! | 17 | worker killed under concurrent load     | `catalogue_requests::fault_17_kills_under_load_lose_nothing` (the `chaos` command), `catalogue_requests::fault_17_queued_request_is_retried_on_the_new_worker` |
-//! | 18 | out of memory, disk full in conversion  | `catalogue_process::fault_18_disk_full_and_out_of_memory_back_off` |
+//! | 18 | out of memory, disk full in conversion  | `catalogue_process::fault_18_disk_full_and_out_of_memory_back_off`, `catalogue_process::fault_18_failed_load_is_reported_with_its_cause` |
 //! | 19 | fuzzed protobuf input                   | `catalogue_requests::fault_19_fuzzed_requests_never_hurt_the_worker`, `fuzz/` |
 //!
 //! This module holds what those tests share: a raw gRPC channel to a worker's socket (to

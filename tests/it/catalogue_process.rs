@@ -732,6 +732,51 @@ async fn fault_18_disk_full_and_out_of_memory_back_off() {
     }
 }
 
+/// A load that fails for any other reason (the worker's `load_error` switch): the same
+/// clear report, exit code 1, backed-off restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_18_failed_load_is_reported_with_its_cause() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_env("MLX_WORKER_FAULTS", "load_error");
+    let policy = RestartPolicy {
+        initial_delay: Duration::from_millis(100),
+        max_restarts: 1,
+        jitter: false,
+        ..RestartPolicy::default()
+    };
+    let supervisor =
+        Supervisor::spawn(support::config(worker, sandbox.path()).with_restart(policy))
+            .await
+            .expect("spawn");
+    let err = supervisor.wait_ready(READY).await.expect_err("load fails");
+    match &err {
+        Error::GaveUp {
+            last_status,
+            last_log,
+            ..
+        } => {
+            assert_eq!(last_status.as_deref(), Some("exit code 1"));
+            assert!(
+                last_log
+                    .iter()
+                    .any(|l| l.contains("model loading failed") && l.contains("load_error")),
+                "{last_log:?}"
+            );
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    let err = supervisor
+        .client()
+        .tokenize("x")
+        .await
+        .expect_err("gave up");
+    assert!(
+        err.to_string().contains("exit code 1"),
+        "callers are told why: {err}"
+    );
+    supervisor.shutdown().await.expect("shutdown");
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
