@@ -233,7 +233,7 @@ class Engine:
         greedy = SamplingSettings()
         uids = self._bg.insert(
             [[first, first], [first, first]],
-            max_tokens=[2, 2],
+            max_tokens=[1, 1],
             samplers=[make_request_sampler(s, vocab) for s in (greedy, sampled)],
             logits_processors=[make_request_processors(s) for s in (greedy, sampled)],
             stop_sequences=[StopSequences(), StopSequences()],
