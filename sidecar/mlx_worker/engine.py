@@ -405,7 +405,11 @@ class Engine:
             raise RuntimeError(f"fault injection: engine crash after {self.steps - 1} steps")
 
     def _logprobs(self, generated: list[Any]) -> dict[int, pb.TokenLogprob]:
-        """Log-probabilities (and top alternatives) for the requests that asked, in one eval."""
+        """Log-probabilities (and top alternatives) for the requests that asked, in one eval.
+
+        They are mlx-lm's: the log-softmax of the logits after logit bias and penalties, before
+        temperature and top-p / top-k / min-p truncation.
+        """
         wanted = []
         for r in generated:
             a = self._by_uid.get(r.uid)
