@@ -51,7 +51,7 @@ pub(crate) struct Report {
     pub(crate) faults: Faults,
     /// Worker restarts (Starting events after the first).
     pub(crate) restarts: usize,
-    /// After SIGKILL (kill and slow-start), where the time to serve again went.
+    /// After each `kill`, where the time to serve again went.
     pub(crate) restart_breakdown_ms: BTreeMap<&'static str, Stats>,
     pub(crate) final_state: FinalState,
     pub(crate) verdict: Verdict,
@@ -100,6 +100,8 @@ pub(crate) struct KindStats {
     pub(crate) recovered: usize,
     /// Fault to the supervisor's `Crashed`/`Unhealthy` event.
     pub(crate) time_to_detect_ms: Stats,
+    /// Fault to the replacement worker's `Ready` event (health `SERVING`), when replaced.
+    pub(crate) time_to_ready_ms: Stats,
     /// Fault to the next first token after recovery.
     pub(crate) time_to_serve_again_ms: Stats,
 }
@@ -159,6 +161,7 @@ pub(crate) fn build(
                 time_to_detect_ms: Stats::of_secs(
                     of.iter().filter_map(|f| Some(f.detected? - f.at)),
                 ),
+                time_to_ready_ms: Stats::of_secs(of.iter().filter_map(|f| Some(f.ready? - f.at))),
                 time_to_serve_again_ms: Stats::of_secs(
                     of.iter().filter_map(|f| Some(f.serving? - f.at)),
                 ),
@@ -167,7 +170,7 @@ pub(crate) fn build(
     }
     let kills: Vec<&FaultRecord> = faults
         .iter()
-        .filter(|f| matches!(f.kind, FaultKind::Kill | FaultKind::SlowStart) && f.recovered())
+        .filter(|f| f.kind == FaultKind::Kill && f.recovered())
         .collect();
     let phase =
         |f: fn(&FaultRecord) -> Option<f64>| Stats::of_secs(kills.iter().filter_map(|r| f(r)));
@@ -194,7 +197,7 @@ pub(crate) fn build(
     );
     breakdown.insert("6_warmup", phase(|r| Some(r.startup?.warmup.as_secs_f64())));
     breakdown.insert(
-        "7_supervisor_notices_ready",
+        "7_supervisor_sees_ready (+-10 ms clock tick)",
         phase(|r| Some(r.load_time? - r.startup?.process_to_ready.as_secs_f64())),
     );
     breakdown.insert(
@@ -312,6 +315,14 @@ pub(crate) fn render(r: &Report) -> String {
             out,
             "{}",
             stats_row(&format!("{kind}: time to detect"), &k.time_to_detect_ms)
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            stats_row(
+                &format!("{kind}: time to Ready (new worker)"),
+                &k.time_to_ready_ms
+            )
         );
         let _ = writeln!(
             out,
