@@ -395,6 +395,97 @@ pub(crate) fn render(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    fn record(outcome: Outcome, attempts: u32) -> RequestRecord {
+        RequestRecord {
+            client: 0,
+            sent: 0.0,
+            first_token: Some(0.1),
+            ended: 1.0,
+            tokens: 4,
+            attempts,
+            outcome,
+            retry_safe: Some(false),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            model: "m".into(),
+            clients: 1,
+            prompt_tokens: 1,
+            max_tokens: 4,
+            duration_s: 2.0,
+            faults: Vec::new(),
+        }
+    }
+
+    fn fault(serving: Option<f64>) -> FaultRecord {
+        FaultRecord {
+            kind: FaultKind::Kill,
+            pid: 1,
+            at: 1.0,
+            resumed: None,
+            detected: Some(1.01),
+            crashed: Some(1.01),
+            starting: Some(1.1),
+            ready: Some(1.9),
+            load_time: Some(0.8),
+            startup: None,
+            serving,
+        }
+    }
+
+    #[test]
+    fn anything_lost_leaked_or_unrecovered_fails_the_verdict() {
+        let ok = build(
+            settings(),
+            &[
+                record(Outcome::Completed, 1),
+                record(Outcome::Completed, 2),
+                record(Outcome::Failed("worker died mid-stream".into()), 1),
+            ],
+            vec![fault(Some(2.0))],
+            &Marks::default(),
+            FinalState::default(),
+        );
+        assert!(ok.verdict.ok);
+        assert_eq!(ok.requests.retried_transparently, 1);
+        assert_eq!(ok.requests.failed_by_reason["worker died mid-stream"], 1);
+        let kill = &ok.faults.by_kind[&FaultKind::Kill];
+        assert!((kill.time_to_serve_again_ms.p50 - 1000.0).abs() < 1e-6);
+        assert!((kill.time_to_detect_ms.p50 - 10.0).abs() < 1e-6);
+
+        let lost = build(
+            settings(),
+            &[record(Outcome::Lost("hung: no finish".into()), 1)],
+            Vec::new(),
+            &Marks::default(),
+            FinalState::default(),
+        );
+        assert!(!lost.verdict.ok);
+        assert_eq!(lost.requests.lost_by_reason["hung"], 1);
+
+        let leaked = FinalState {
+            fds_before: 10,
+            fds_after: 11,
+            ..FinalState::default()
+        };
+        let leak = build(settings(), &[], Vec::new(), &Marks::default(), leaked);
+        assert_eq!(leak.verdict.leaked, 1);
+        assert!(!leak.verdict.ok);
+
+        let stuck = build(
+            settings(),
+            &[],
+            vec![fault(None)],
+            &Marks::default(),
+            FinalState::default(),
+        );
+        assert_eq!(stuck.verdict.unrecovered, 1);
+        assert!(!stuck.verdict.ok);
+        assert!(render(&stuck).contains("FAIL"));
+    }
+
     #[test]
     fn nearest_rank_percentiles() {
         let s = Stats::of_secs((1..=100).map(|i| f64::from(i) / 1000.0));
