@@ -22,7 +22,7 @@ should, right after parsing its arguments::
 The first use of a name of :mod:`mlx_worker.model` (such as ``load_model``) calls it too,
 which helps only if ``mlx.core`` is not imported yet. Environment variable
 ``MLX_SIDECAR_CPU_BLAS``: ``auto`` (default) loads OpenBLAS where available, ``bundled`` never
-does.
+does. OpenBLAS runs on one thread unless ``OPENBLAS_NUM_THREADS`` says otherwise.
 
 This module imports nothing of MLX.
 """
@@ -118,6 +118,10 @@ def prepare_cpu_blas(enable: bool = True) -> str:
         log.info("package %s not installed; MLX keeps its bundled BLAS", OPENBLAS_PACKAGE)
         _active = "bundled"
         return _active
+    # One thread unless the user says otherwise: with OpenBLAS's threads competing for a
+    # small machine's cores (MLX's own thread, gRPC, other processes), a second thread made
+    # decoding 20x slower when a core was busy; one thread is steady.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         _load(openblas)
     except OSError as e:
