@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from .config import WorkerConfig
 from .engine import Engine, StartupReport
@@ -64,7 +64,7 @@ class Worker:
         self._started_wall = started_wall
         self._started_perf = time.perf_counter()
         self._loop = asyncio.get_running_loop()
-        self._health = HealthServicer()
+        self._health = health_aio.HealthServicer()
         self._engine = Engine(
             config,
             faults,
