@@ -234,8 +234,31 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-/// Runs the bench.
+/// Runs the bench; Ctrl-C or SIGTERM stops it cleanly (the worker, the servers and the
+/// scratch directory go with it) and exits with 130 or 143.
 pub(crate) async fn run(
+    global: &GlobalArgs,
+    args: &BenchArgs,
+    progress: &StderrProgress,
+) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("catching Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    tokio::select! {
+        result = run_bench(global, args, progress) => result,
+        _ = interrupt.recv() => {
+            eprintln!("bench interrupted; stopping");
+            Ok(ExitCode::from(130))
+        }
+        _ = terminate.recv() => {
+            eprintln!("bench terminated; stopping");
+            Ok(ExitCode::from(143))
+        }
+    }
+}
+
+/// The bench itself (see the module docs).
+async fn run_bench(
     global: &GlobalArgs,
     args: &BenchArgs,
     progress: &StderrProgress,
