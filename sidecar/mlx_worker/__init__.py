@@ -15,9 +15,9 @@ How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
 - ``engine.Engine``: the one thread that owns all MLX state. It loads the model
   (``mlx_worker.model``; mlx-lm itself comes through ``fast_import``, without
   ``transformers``), runs mlx-lm's BatchGenerator (continuous batching), builds per-request
-  samplers and logits processors (``sampling``), turns tokens into text (``detokenize``: no
-  partial UTF-8, exact stop strings), times each request (``timings``), and hands each step's
-  output to the event loop in one ``call_soon_threadsafe``.
+  samplers and logits processors (``sampling``), turns each request's tokens into messages
+  (``responses``, with ``detokenize``: no partial UTF-8, exact stop strings; ``timings``), and
+  hands each step's output to the event loop in one ``call_soon_threadsafe``.
 - ``errors.RequestFailure`` carries a gRPC status code from validation or the engine to the
   handler; ``params`` holds the plain data a handler passes to the engine.
 """

@@ -6,8 +6,9 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
    stop); when idle, block on the queue (waking every second to beat the heartbeat);
 2. run one step of mlx-lm's ``BatchGenerator`` (one decode step for the running sequences plus
    at most one prefill chunk of ``prefill_step_size`` tokens for the ones being prompted);
-3. turn the step's tokens into messages (detokenize, stop strings, logprobs, finish) and hand
-   the whole step's output to the event loop with ONE ``call_soon_threadsafe``.
+3. turn the step's tokens into messages (``responses.RequestState``: detokenize, stop strings,
+   logprobs, finish) and hand the whole step's output to the event loop with ONE
+   ``call_soon_threadsafe``.
 
 A cancelled request is removed from the batch (``BatchGenerator.remove``) at the next command
 check, whether it is queued, in prefill or decoding. An error in one request fails that
@@ -25,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,10 +34,10 @@ import grpc
 from mlx_sidecar.v1 import inference_pb2 as pb
 
 from .config import WorkerConfig
-from .detokenize import IncrementalDetokenizer, StopStringFilter
 from .errors import RequestFailure
 from .faults import Faults
 from .params import GenerateParams, SamplingSettings
+from .responses import Finish, RequestState, token_logprobs
 from .streams import ResponseStream, dispatch
 from .timings import RequestClock, now
 
@@ -69,18 +70,6 @@ class StartupReport:
     warmup_s: float
 
 
-@dataclass(eq=False)
-class _Active:
-    """Engine-side state of one request in the BatchGenerator."""
-
-    job: Job
-    uid: int
-    detok: IncrementalDetokenizer
-    stops: StopStringFilter
-    generated: int = 0
-    events: list[Any] = field(default_factory=list)
-
-
 class Engine:
     """Owns the engine thread; its public methods are called from the event loop."""
 
@@ -108,8 +97,8 @@ class Engine:
         # Engine-thread state.
         self._loaded: Any = None
         self._bg: Any = None
-        self._by_job: dict[Job, _Active] = {}
-        self._by_uid: dict[int, _Active] = {}
+        self._by_job: dict[Job, RequestState] = {}
+        self._by_uid: dict[int, RequestState] = {}
         self._out: list[tuple[ResponseStream, list[Any]]] = []
 
     # ---- event-loop side -------------------------------------------------------------
@@ -281,7 +270,7 @@ class Engine:
         elif cmd is _CANCEL_ALL:
             for a in list(self._by_uid.values()):
                 self._remove(a, "shutdown")
-                self._finish(a, pb.FINISH_REASON_CANCELLED, now())
+                a.finish(Finish(pb.FINISH_REASON_CANCELLED))
                 self._emit(a)
         else:
             _, job = cmd
@@ -308,19 +297,13 @@ class Engine:
             log.exception("cannot start request", extra={"fields": {"request_id": p.request_id}})
             self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(e))]))
             return
-        a = _Active(
-            job=job,
-            uid=uid,
-            detok=IncrementalDetokenizer(self._loaded.tokenizer, p.prompt_ids),
-            stops=StopStringFilter(p.stop_strings),
-        )
+        a = RequestState.start(job, uid, self._loaded.tokenizer)
         self._by_job[job] = a
         self._by_uid[uid] = a
 
-    def _remove(self, a: _Active, reason: str) -> None:
+    def _remove(self, a: RequestState, reason: str) -> None:
         """Takes a request out of the batch (and out of the engine's books)."""
-        self._by_uid.pop(a.uid, None)
-        self._by_job.pop(a.job, None)
+        self._forget(a)
         self._bg.remove([a.uid])
         if reason != "finished" and log.isEnabledFor(logging.DEBUG):
             clock = a.job.clock
@@ -390,8 +373,7 @@ class Engine:
                 if r.finish_reason is None:
                     self._remove(a, "error")
                 else:
-                    self._by_uid.pop(a.uid, None)
-                    self._by_job.pop(a.job, None)
+                    self._forget(a)
                 self._out.append(
                     (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
                 )
@@ -405,11 +387,6 @@ class Engine:
             raise RuntimeError(f"fault injection: engine crash after {self.steps - 1} steps")
 
     def _logprobs(self, generated: list[Any]) -> dict[int, pb.TokenLogprob]:
-        """Log-probabilities (and top alternatives) for the requests that asked, in one eval.
-
-        They are mlx-lm's: the log-softmax of the logits after logit bias and penalties, before
-        temperature and top-p / top-k / min-p truncation.
-        """
         wanted = []
         for r in generated:
             a = self._by_uid.get(r.uid)
@@ -417,112 +394,25 @@ class Engine:
                 wanted.append((r, a.job.params.top_logprobs))
         if not wanted:
             return {}
-        import mlx.core as mx
+        return token_logprobs(wanted, self._loaded.tokenizer.token_text)
 
-        arrays = []
-        for r, top_n in wanted:
-            lp = r.logprobs
-            arrays.append(lp[r.token])
-            if top_n:
-                idx = mx.argpartition(-lp, kth=top_n - 1)[:top_n]
-                arrays.extend((idx, lp[idx]))
-        mx.eval(arrays)
-        token_text = self._loaded.tokenizer.token_text
-        out: dict[int, pb.TokenLogprob] = {}
-        i = 0
-        for r, top_n in wanted:
-            entry = pb.TokenLogprob(token_id=r.token, logprob=arrays[i].item())
-            i += 1
-            if top_n:
-                ids, values = arrays[i].tolist(), arrays[i + 1].tolist()
-                i += 2
-                for v, t in sorted(zip(values, ids, strict=True), reverse=True):
-                    entry.top.add(token_id=t, logprob=v, text=token_text(t))
-            out[r.uid] = entry
-        return out
-
-    def _on_token(self, a: _Active, r: Any, logprob: pb.TokenLogprob | None, t: float) -> None:
-        clock = a.job.clock
-        if clock.first_token is None:
-            clock.first_token = t
-        clock.last_token = t
-        a.generated += 1
-        finish = None
-        stop_token = None
-        ids: list[int] = []
-        if r.finish_reason == "stop":  # an end-of-sequence or stop token id: not text
-            finish = pb.FINISH_REASON_STOP
-            stop_token = r.token
-            text = a.detok.flush()
-        else:
-            ids.append(r.token)
-            text = a.detok.add(ids)
-            if r.finish_reason == "length":
-                finish = pb.FINISH_REASON_LENGTH
-                text += a.detok.flush()
-        text, matched = a.stops.feed(text) if text else ("", None)
-        if matched is not None:
-            finish = pb.FINISH_REASON_STOP
-            stop_token = None
-        elif finish is not None:
-            text += a.stops.flush()
-        if text or ids:
-            chunk = pb.GenerateChunk(text=text, token_ids=ids)
-            if logprob is not None:
-                chunk.logprobs.append(logprob)
-            a.events.append(pb.GenerateResponse(chunk=chunk))
+    def _on_token(self, a: RequestState, r: Any, logprob: pb.TokenLogprob | None, t: float) -> None:
+        finish = a.on_token(r.token, r.finish_reason, logprob, t)
         if finish is not None:
             if r.finish_reason is None:
                 self._remove(a, "finished")  # a stop string: the batch doesn't know
             else:
-                self._by_uid.pop(a.uid, None)
-                self._by_job.pop(a.job, None)
-            self._finish(a, finish, t, matched=matched, stop_token=stop_token)
+                self._forget(a)  # the batch has dropped it already
+            a.finish(finish)
         self._emit(a)
 
-    def _finish(
-        self,
-        a: _Active,
-        reason: int,
-        t: float,
-        *,
-        matched: str | None = None,
-        stop_token: int | None = None,
-    ) -> None:
-        p = a.job.params
-        end = now()
-        timings = a.job.clock.to_proto(len(p.prompt_ids), a.generated, end)
-        finished = pb.GenerateFinished(
-            finish_reason=reason,
-            usage=pb.Usage(prompt_tokens=len(p.prompt_ids), completion_tokens=a.generated),
-            timings=timings,
-            matched_stop=matched or "",
-            request_id=p.request_id,
-        )
-        if stop_token is not None:
-            finished.stop_token_id = stop_token
-        a.events.append(pb.GenerateResponse(finished=finished))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "request finished",
-                extra={
-                    "fields": {
-                        "request_id": p.request_id,
-                        "finish_reason": pb.FinishReason.Name(reason),
-                        "prompt_tokens": len(p.prompt_ids),
-                        "completion_tokens": a.generated,
-                        "queue_wait_ms": round(timings.queue_wait_ms, 3),
-                        "ttft_ms": round(timings.time_to_first_token_ms, 3),
-                        "decode_tps": round(timings.decode_tokens_per_second, 2),
-                        "total_ms": round(timings.total_ms, 3),
-                    }
-                },
-            )
+    def _forget(self, a: RequestState) -> None:
+        self._by_uid.pop(a.uid, None)
+        self._by_job.pop(a.job, None)
 
-    def _emit(self, a: _Active) -> None:
+    def _emit(self, a: RequestState) -> None:
         if a.events:
-            events, a.events = a.events, []
-            self._out.append((a.job.stream, events))
+            self._out.append((a.job.stream, a.take_events()))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for a in list(self._by_uid.values()):

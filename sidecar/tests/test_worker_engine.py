@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from mlx_sidecar.v1 import inference_pb2 as pb
-from mlx_worker import engine as engine_mod
 from mlx_worker.config import WorkerConfig
+from mlx_worker.detokenize import IncrementalDetokenizer
 from mlx_worker.engine import Engine
 from mlx_worker.errors import RequestFailure
 from mlx_worker.faults import Faults
@@ -68,21 +68,21 @@ def _run(eng: Engine, params: GenerateParams) -> asyncio.Task[list[Any]]:
 def test_a_failing_request_fails_alone(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_add = engine_mod.IncrementalDetokenizer.add
+    real_add = IncrementalDetokenizer.add
 
     def add(self: Any, ids: Any) -> str:
         if getattr(self, "_poisoned", False):
             raise ValueError("poisoned detokenizer")
         return real_add(self, ids)
 
-    real_init = engine_mod.IncrementalDetokenizer.__init__
+    real_init = IncrementalDetokenizer.__init__
 
     def init(self: Any, tokenizer: Any, prompt_ids: Any = ()) -> None:
         real_init(self, tokenizer, prompt_ids)
         self._poisoned = list(prompt_ids)[:1] == [99]
 
-    monkeypatch.setattr(engine_mod.IncrementalDetokenizer, "add", add)
-    monkeypatch.setattr(engine_mod.IncrementalDetokenizer, "__init__", init)
+    monkeypatch.setattr(IncrementalDetokenizer, "add", add)
+    monkeypatch.setattr(IncrementalDetokenizer, "__init__", init)
 
     async def body(eng: Engine) -> None:
         good = _run(eng, _params("good", [40, 41, 42], 30))
