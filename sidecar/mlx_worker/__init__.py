@@ -11,7 +11,8 @@ How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
   EOF of stdin.
 - ``servicer.InferenceServicer``: the RPC handlers. ``validation`` turns a request into
   ``params`` (or INVALID_ARGUMENT / RESOURCE_EXHAUSTED naming the field); Generate hands the
-  params to the engine and relays what comes back through its ``streams.ResponseStream``.
+  params to the engine and relays what comes back through its ``streams.ResponseStream``;
+  ModelInfo's answer comes from ``model_info``.
 - ``engine.Engine``: the one thread that owns all MLX state. It loads the model
   (``mlx_worker.model``; mlx-lm itself comes through ``fast_import``, without
   ``transformers``), runs mlx-lm's BatchGenerator (continuous batching), builds per-request

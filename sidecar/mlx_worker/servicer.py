@@ -9,11 +9,7 @@ cancelled or went away, or its deadline passed), grpc.aio cancels the handler an
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.metadata
 import logging
-import os
-import platform
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +19,9 @@ from google.protobuf.message import DecodeError
 from mlx_sidecar.v1 import inference_pb2 as pb
 from mlx_sidecar.v1 import inference_pb2_grpc as pb_grpc
 
-from . import __version__
 from .engine import EngineUnavailable
 from .errors import RequestFailure
+from .model_info import static_model_info
 from .streams import ResponseStream
 from .timings import RequestClock, now
 from .validation import ModelLimits, detokenize_request, tokenize_request, validate_generate
@@ -157,7 +153,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             eos_token_ids=frozenset(tok.eos_token_ids),
             default_max_tokens=self._config.default_max_tokens,
         )
-        self._info = _static_model_info(loaded, self._config, load_seconds)
+        self._info = static_model_info(loaded, self._config.max_batch, load_seconds)
 
     async def wait_idle(self) -> None:
         """Returns once no Generate call is in flight."""
@@ -271,68 +267,3 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         info.peak_memory_bytes = mx.get_peak_memory()
         info.cache_memory_bytes = mx.get_cache_memory()
         return info
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
-def _device() -> tuple[int, int, str]:
-    import mlx.core as mx
-
-    dev = mx.default_device()
-    if dev.type == mx.DeviceType.gpu:
-        kind = pb.DEVICE_KIND_GPU
-        if mx.metal.is_available():
-            backend = pb.BACKEND_METAL
-        elif hasattr(mx, "cuda") and mx.cuda.is_available():
-            backend = pb.BACKEND_CUDA
-        else:
-            backend = pb.BACKEND_UNSPECIFIED
-    else:
-        kind, backend = pb.DEVICE_KIND_CPU, pb.BACKEND_CPU
-    name = ""
-    # Older MLX or an exotic device: the name is only descriptive.
-    with contextlib.suppress(Exception):
-        name = str(mx.device_info().get("device_name", ""))
-    return kind, backend, name or ("cpu" if kind == pb.DEVICE_KIND_CPU else "gpu")
-
-
-def _static_model_info(
-    loaded: Any, config: WorkerConfig, load_seconds: float
-) -> pb.ModelInfoResponse:
-    d = loaded.description
-    tok = loaded.tokenizer
-    kind, backend, device_name = _device()
-    return pb.ModelInfoResponse(
-        model_id=d.model_id,
-        model_path=str(d.model_path),
-        architecture=d.architecture,
-        quantization=pb.Quantization(
-            mode=d.quant_mode,
-            bits=d.quant_bits,
-            group_size=d.quant_group_size,
-            dtype=d.dtype,
-            source_format=d.source_format,
-            dequantized=d.dequantized,
-        ),
-        context_length=d.context_length,
-        vocab_size=d.vocab_size,
-        device=kind,
-        backend=backend,
-        device_name=device_name,
-        mlx_version=_version("mlx"),
-        mlx_lm_version=_version("mlx-lm"),
-        worker_pid=os.getpid(),
-        worker_version=__version__,
-        python_version=platform.python_version(),
-        eos_token_ids=sorted(tok.eos_token_ids),
-        has_chat_template=tok.has_chat_template,
-        max_batch_size=config.max_batch,
-        load_seconds=load_seconds,
-        parameter_count=d.parameter_count,
-        cpu_blas=d.cpu_blas if kind == pb.DEVICE_KIND_CPU else "",
-    )
