@@ -48,6 +48,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python warnings (from any library) become JSON lines too, not bare text on stderr.
+    logging.captureWarnings(True)
     # Keep third-party chatter at warning and above, whatever our own level.
     for noisy in ("grpc", "asyncio", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
