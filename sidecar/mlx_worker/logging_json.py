@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+from typing import Any
 
 _LEVELS = {
     logging.DEBUG: "debug",
@@ -48,8 +50,20 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Python warnings (from any library) become JSON lines too, not bare text on stderr.
-    logging.captureWarnings(True)
     # Keep third-party chatter at warning and above, whatever our own level.
     for noisy in ("grpc", "asyncio", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Python warnings (from any library) and uncaught exceptions, in any thread, become JSON
+    # lines too, not bare text on stderr.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda a: _log_uncaught(a.exc_type, a.exc_value, a.exc_traceback)
+
+
+def _log_uncaught(exc_type: Any, exc: Any, tb: Any) -> None:
+    if issubclass(exc_type, SystemExit):
+        return
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("mlx_worker").critical("uncaught exception", exc_info=(exc_type, exc, tb))
