@@ -47,6 +47,17 @@ _STOP = object()
 _CANCEL_ALL = object()
 
 
+# Most prompt tokens one engine step processes (over all sequences being prompted): one step
+# is the unit of cancellation and of the heartbeat, and stalls the running streams' decoding
+# while it runs, so it is bounded (2048 tokens of SmolLM2-135M take seconds on a small CPU).
+PREFILL_TOKENS_PER_STEP = 2048
+
+
+def prefill_batch_size(config: WorkerConfig) -> int:
+    """How many sequences are prompted together (mlx-lm's default 8, within the bound)."""
+    return max(1, min(8, config.max_batch, PREFILL_TOKENS_PER_STEP // config.prefill_step_size))
+
+
 class EngineUnavailable(Exception):
     """The engine thread is not running (it stopped or died)."""
 
@@ -203,7 +214,7 @@ class Engine:
         return BatchGenerator(
             self._loaded.model,
             completion_batch_size=cfg.max_batch,
-            prefill_batch_size=min(8, cfg.max_batch),
+            prefill_batch_size=prefill_batch_size(cfg),
             prefill_step_size=cfg.prefill_step_size,
         )
 
