@@ -118,7 +118,7 @@ def test_unknown_fault_is_refused(spawn_worker: SpawnWorker) -> None:
 
 def test_sigterm_drains_in_flight_work_and_exits_zero(spawn_worker: SpawnWorker) -> None:
     w = spawn_worker("--grace-seconds", "30").wait_serving()
-    call = w.stub.Generate(pb.GenerateRequest(prompt=PROMPT, max_tokens=1500), timeout=60)
+    call = w.stub.Generate(pb.GenerateRequest(prompt=PROMPT, max_tokens=2000), timeout=60)
     msgs = [next(call)]
     w.signal(signal.SIGTERM)
     w.wait_health(NOT_SERVING, timeout=10)
@@ -126,7 +126,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(spawn_worker: SpawnWorker)
     msgs.extend(call)
     fin = msgs[-1].finished
     assert fin.finish_reason == pb.FINISH_REASON_LENGTH
-    assert fin.usage.completion_tokens == 1500
+    assert fin.usage.completion_tokens == 2000
     assert w.wait_exit() == 0
     assert not w.socket_path.exists()
 
