@@ -89,6 +89,10 @@ pub(crate) struct ChaosArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
+    /// Also write the JSON report to this file (for CI artifacts), whatever stdout shows.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json_file: Option<PathBuf>,
+
     /// Write an SVG chart of throughput over time, with the faults marked.
     #[arg(long, value_name = "FILE")]
     pub(crate) chart: Option<PathBuf>,

@@ -264,6 +264,10 @@ pub(crate) async fn run(
         );
         chart::draw(path, &title, run_time, &marks, &report.faults.records)?;
     }
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
