@@ -13,6 +13,17 @@ use tokio::process::Command;
 /// The in-process baseline script, shipped in `scripts/` and carried by the binary.
 const INPROCESS_SCRIPT: &str = include_str!("../../../scripts/bench_inprocess.py");
 
+/// The variables the supervisor passes to the worker from its own environment (the rest is
+/// cleared); kept the same as `PASSED_ENV` in `src/supervisor/command.rs`.
+const PASSED_ENV: [&str; 6] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "MLX_SIDECAR_CACHE_DIR",
+];
+
 /// A scratch directory, removed when dropped.
 #[derive(Debug)]
 pub(crate) struct ScratchDir(PathBuf);
@@ -80,15 +91,22 @@ impl PythonEnv {
     }
 
     /// A command running the interpreter with `args`, in its own process group, killed if
-    /// dropped.
+    /// dropped. Its environment is the one the supervisor gives the worker (cleared, then
+    /// [`PASSED_ENV`] and `PYTHONPATH`), so that no inherited variable (such as
+    /// `OPENBLAS_CORETYPE`) makes a baseline compute differently from the worker.
     pub(crate) fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(&self.python);
-        cmd.args(args)
-            .env("PYTHONPATH", &self.worker_dir)
+        cmd.args(args).env_clear();
+        for key in PASSED_ENV {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
+        cmd.env("PYTHONPATH", &self.worker_dir)
             .env("PYTHONUNBUFFERED", "1")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
