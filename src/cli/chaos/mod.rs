@@ -24,6 +24,7 @@ mod report;
 
 use std::{
     collections::BTreeSet,
+    io::IsTerminal,
     process::ExitCode,
     sync::{
         Arc,
@@ -175,6 +176,9 @@ pub(crate) async fn run(
     let mut injector = tokio::spawn(injector.run(plans.clone(), stop_faults.clone()));
     let mut interrupted = false;
     let mut fault_records = None;
+    progress.spin("chaos");
+    let tty = std::io::stderr().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
     {
         let sleep = async {
             match duration {
@@ -204,6 +208,18 @@ pub(crate) async fn run(
                     interrupted = true;
                     break;
                 }
+                _ = ticker.tick() => {
+                    let (served, crashes) = timeline.counts();
+                    let secs = (timeline.now() - started) as u64;
+                    let line = format!(
+                        "{secs} s: {served} requests served a first token, {crashes} worker crashes"
+                    );
+                    if tty {
+                        progress.detail(&line);
+                    } else if secs > 0 && secs % 30 == 0 && !args.json {
+                        eprintln!("chaos: {line}");
+                    }
+                }
             }
         }
     }
@@ -220,6 +236,7 @@ pub(crate) async fn run(
         requests.extend(done.unwrap_or_default());
     }
     let run_time = timeline.now() - started;
+    progress.done(None);
 
     // Stop and look at what is left.
     let supervisor = Arc::try_unwrap(supervisor)

@@ -76,6 +76,17 @@ impl Timeline {
             .reduce(f64::min)
     }
 
+    /// For progress lines: requests that got a first token, and worker crashes, so far.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let marks = self.marks();
+        let crashes = marks
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, LifecycleEvent::Crashed { .. }))
+            .count();
+        (marks.first_tokens.len(), crashes)
+    }
+
     /// A copy of everything.
     pub(crate) fn snapshot(&self) -> Marks {
         self.marks().clone()
