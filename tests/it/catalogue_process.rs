@@ -91,14 +91,11 @@ async fn fault_06_slow_model_load_is_allowed() {
         times.process_to_ready >= Duration::from_secs(3),
         "{times:?}"
     );
-    let ok = supervisor
-        .client()
-        .generate(GenerateRequest::text("loaded").max_tokens(3))
-        .await
-        .expect("generate")
-        .collect()
-        .await
-        .expect("collect");
+    let ok = support::complete(
+        &supervisor.client(),
+        GenerateRequest::text("loaded").max_tokens(3),
+    )
+    .await;
     assert_eq!(ok.token_ids.len(), 3);
     eprintln!(
         "FIGURE fault 6: ready after {load_time:?} (3 s injected), startup {times:?}, total {:?}",
@@ -355,14 +352,11 @@ async fn fault_09_sigkill_supervisor_takes_the_worker_along() {
         "the dead supervisor's socket directory is removed"
     );
     supervisor.wait_ready(READY).await.expect("ready");
-    let ok = supervisor
-        .client()
-        .generate(GenerateRequest::text("next").max_tokens(3))
-        .await
-        .expect("generate")
-        .collect()
-        .await
-        .expect("collect");
+    let ok = support::complete(
+        &supervisor.client(),
+        GenerateRequest::text("next").max_tokens(3),
+    )
+    .await;
     assert_eq!(ok.token_ids.len(), 3);
     eprintln!(
         "FIGURE fault 9: worker gone {worker_gone:?} after SIGKILL of its supervisor; a bare worker exits {eof_exit:?} after stdin EOF"
@@ -375,10 +369,7 @@ async fn fault_12_sigterm_drains_or_cancels_and_exits_0() {
     let sandbox = tempfile::tempdir().expect("tempdir");
     // (a) SIGTERM from outside: the request in flight finishes, the worker exits 0, and a
     // new one is started.
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = supervisor.client();
     let pid = supervisor.worker_pid().expect("pid");
     let mut events = supervisor.subscribe();

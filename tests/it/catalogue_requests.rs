@@ -43,10 +43,7 @@ fn prompt(n: u32) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_14_bad_requests_get_precise_errors() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let pid = supervisor.worker_pid();
     let mut events = supervisor.subscribe();
     let client = supervisor.client();
@@ -362,10 +359,7 @@ async fn fault_15_cancel_frees_the_sequence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_16_short_deadline_leaves_no_work() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = supervisor.client();
     let idle = active_memory(&client).await;
     let started = Instant::now();
@@ -813,10 +807,7 @@ async fn fault_19_fuzzed_requests_never_hurt_the_worker() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(19);
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let pid = supervisor.worker_pid();
     let mut events = supervisor.subscribe();
     let socket = supervisor.socket_path();

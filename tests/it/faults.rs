@@ -69,10 +69,7 @@ async fn sigkill_idle_worker_is_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_ends_the_stream_with_partial_output() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = supervisor.client();
     let pid = supervisor.worker_pid().expect("pid");
 
@@ -277,14 +274,11 @@ async fn hung_worker_is_detected_and_restarted() {
     let serving = stopped_at.elapsed();
     assert!(support::process_gone(pid));
     assert_ne!(supervisor.worker_pid(), Some(pid));
-    let ok = supervisor
-        .client()
-        .generate(GenerateRequest::text("awake").max_tokens(2))
-        .await
-        .expect("generate")
-        .collect()
-        .await
-        .expect("collect");
+    let ok = support::complete(
+        &supervisor.client(),
+        GenerateRequest::text("awake").max_tokens(2),
+    )
+    .await;
     assert_eq!(ok.token_ids.len(), 2);
     eprintln!(
         "FIGURE sigstop: first failed probe {first_failure:?}, killed {killed:?}, serving again {serving:?} after SIGSTOP"
@@ -321,10 +315,7 @@ async fn startup_that_never_finishes_fails_in_bounded_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_supervisor_leaves_nothing_behind() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let pid = supervisor.worker_pid().expect("pid");
     let dir = supervisor.socket_dir();
     assert!(dir.exists());
@@ -448,10 +439,7 @@ async fn dead_engine_is_not_serving_and_gets_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_socket_file_gets_the_worker_restarted() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let pid = supervisor.worker_pid().expect("pid");
     let mut events = supervisor.subscribe();
     std::fs::remove_file(supervisor.socket_path()).expect("remove the socket file");

@@ -14,10 +14,7 @@ use crate::support::{self, READY};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_tokens_then_finished() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     assert_eq!(supervisor.state(), WorkerState::Ready);
     let client = supervisor.client();
 
@@ -150,10 +147,7 @@ async fn invalid_parameters_are_invalid_argument() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_and_cleans_up() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = supervisor.client();
     let pid = supervisor.worker_pid().expect("pid");
     let dir = supervisor.socket_dir();
@@ -318,10 +312,7 @@ async fn worker_has_a_clean_environment_and_its_own_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_deadline_is_deadline_exceeded_and_worker_carries_on() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = supervisor.client();
     let started = tokio::time::Instant::now();
     let result = match client
@@ -363,10 +354,7 @@ async fn unsupervised_client_over_a_socket_path() {
         .expect_err("nothing listens");
     assert!(matches!(missing, Error::Socket { .. }), "{missing:?}");
 
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = mlx_sidecar::Client::connect_uds(supervisor.socket_path())
         .await
         .expect("connect");
@@ -391,10 +379,7 @@ async fn unsupervised_client_over_a_socket_path() {
 #[tokio::test]
 async fn works_on_a_current_thread_runtime() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let supervisor = Supervisor::spawn(support::config(support::tiny_worker(), sandbox.path()))
-        .await
-        .expect("spawn");
-    supervisor.wait_ready(READY).await.expect("ready");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
     let client = supervisor.client();
     let first = supervisor.worker_pid().expect("pid");
     support::signal(first, nix::sys::signal::Signal::SIGKILL);

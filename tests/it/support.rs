@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use mlx_sidecar::{LifecycleEvent, RestartPolicy, SupervisorConfig, WorkerCommand};
+use mlx_sidecar::{
+    Client, Completion, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor,
+    SupervisorConfig, WorkerCommand,
+};
 use tokio::{sync::broadcast, time::Instant};
 
 /// The Python interpreter with MLX: `MLX_SIDECAR_PYTHON`, else the repository's `.venv`.
@@ -88,6 +91,26 @@ pub(crate) fn config(worker: WorkerCommand, sandbox: &Path) -> SupervisorConfig 
 
 /// How long tests wait for a worker to start (generous: 2 cores, tests run in parallel).
 pub(crate) const READY: Duration = Duration::from_secs(60);
+
+/// A supervisor of the tiny model with [`config`]'s short timings, once its worker is ready.
+pub(crate) async fn ready_tiny_supervisor(sandbox: &Path) -> Supervisor {
+    let supervisor = Supervisor::spawn(config(tiny_worker(), sandbox))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    supervisor
+}
+
+/// Sends `request` and collects the whole answer, failing the test on any error.
+pub(crate) async fn complete(client: &Client, request: GenerateRequest) -> Completion {
+    client
+        .generate(request)
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect")
+}
 
 /// Waits for the first event matching `pred`, failing the test after `timeout`. Returns the
 /// event and everything seen before it.
