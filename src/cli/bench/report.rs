@@ -123,6 +123,22 @@ fn div(a: f64, b: f64) -> f64 {
 }
 
 impl Report {
+    /// Every (path, concurrency, summary) row, by concurrency level, then in path order.
+    fn rows_by_level(&self) -> impl Iterator<Item = (&PathReport, usize, &LevelSummary)> {
+        let mut levels: Vec<usize> = self
+            .paths
+            .iter()
+            .flat_map(|p| p.levels.iter().map(|l| l.concurrency))
+            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        levels.into_iter().flat_map(move |c| {
+            self.paths
+                .iter()
+                .filter_map(move |p| p.level(c).map(|l| (p, c, l)))
+        })
+    }
+
     /// Fills in the ratios, the targets and the output comparison from the paths.
     pub(crate) fn compare(&mut self) {
         self.ratios.clear();
@@ -254,30 +270,20 @@ impl Report {
             "{:<10} {:>5} {:>10} {:>10} {:>12} {:>12} {:>13} {:>13} {:>9}",
             "", "", "ms", "ms", "per stream", "", "s/1k tok", "s/1k tok", ""
         );
-        let mut levels: Vec<usize> = self
-            .paths
-            .iter()
-            .flat_map(|p| p.levels.iter().map(|l| l.concurrency))
-            .collect();
-        levels.sort_unstable();
-        levels.dedup();
-        for c in levels {
-            for p in &self.paths {
-                let Some(l) = p.level(c) else { continue };
-                let _ = writeln!(
-                    out,
-                    "{:<10} {:>5} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>13.3} {:>13.4} {:>9.2}",
-                    p.path.name(),
-                    c,
-                    l.ttft_p50_ms,
-                    l.ttft_p99_ms,
-                    l.decode_tps_per_stream,
-                    l.aggregate_tps,
-                    l.server_cpu_s_per_1k_tokens,
-                    l.client_cpu_s_per_1k_tokens,
-                    l.tokens_per_message
-                );
-            }
+        for (p, c, l) in self.rows_by_level() {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>5} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>13.3} {:>13.4} {:>9.2}",
+                p.path.name(),
+                c,
+                l.ttft_p50_ms,
+                l.ttft_p99_ms,
+                l.decode_tps_per_stream,
+                l.aggregate_tps,
+                l.server_cpu_s_per_1k_tokens,
+                l.client_cpu_s_per_1k_tokens,
+                l.tokens_per_message
+            );
         }
         let _ = writeln!(out, "\npeak resident memory:");
         for p in &self.paths {
@@ -398,30 +404,20 @@ impl Report {
              | server CPU s/1k tok | Rust CPU s/1k tok | tok/msg |"
         );
         let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
-        let mut levels: Vec<usize> = self
-            .paths
-            .iter()
-            .flat_map(|p| p.levels.iter().map(|l| l.concurrency))
-            .collect();
-        levels.sort_unstable();
-        levels.dedup();
-        for c in levels {
-            for p in &self.paths {
-                let Some(l) = p.level(c) else { continue };
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.4} | {:.2} |",
-                    p.path.name(),
-                    c,
-                    l.ttft_p50_ms,
-                    l.ttft_p99_ms,
-                    l.decode_tps_per_stream,
-                    l.aggregate_tps,
-                    l.server_cpu_s_per_1k_tokens,
-                    l.client_cpu_s_per_1k_tokens,
-                    l.tokens_per_message
-                );
-            }
+        for (p, c, l) in self.rows_by_level() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.4} | {:.2} |",
+                p.path.name(),
+                c,
+                l.ttft_p50_ms,
+                l.ttft_p99_ms,
+                l.decode_tps_per_stream,
+                l.aggregate_tps,
+                l.server_cpu_s_per_1k_tokens,
+                l.client_cpu_s_per_1k_tokens,
+                l.tokens_per_message
+            );
         }
         let _ = writeln!(
             out,
