@@ -63,14 +63,21 @@ impl WorkerCommand {
 
 /// When and how often a crashed worker is started again.
 ///
-/// The delay before restart `n` grows exponentially from `initial_delay` by `factor` up to
-/// `max_delay`, with up to 100 % random jitter added when `jitter` is on (backon's
-/// `ExponentialBuilder`). After the worker has served for `reset_after` without a crash the
-/// delays start over. More than `max_restarts` restarts within `within` and the supervisor
-/// gives up (like an Erlang/OTP supervisor's restart intensity).
+/// Like an Erlang/OTP supervisor, the first restart after a worker that had been serving
+/// crashes comes at once (`immediate_first_restart`): one crash after a stable run costs
+/// no waiting. A crash in a row after that backs off: the delay grows exponentially from
+/// `initial_delay` by `factor` up to `max_delay`, with up to 100 % random jitter added when
+/// `jitter` is on (backon's `ExponentialBuilder`). A worker that dies before it ever
+/// reported `SERVING` is always restarted after a delay, so a crash loop at start-up never
+/// spins. After the worker has served for `reset_after` without a crash the delays start
+/// over (and the next restart is immediate again). More than `max_restarts` restarts
+/// within `within` and the supervisor gives up (Erlang/OTP's restart intensity); immediate
+/// restarts count too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
-    /// Delay before the first restart (default 100 ms). Must be above zero for the delays to grow.
+    /// Delay before the first backed-off restart (default 100 ms): the first restart of
+    /// a worker that never became ready, or the second of a crash in a row after an
+    /// immediate one. Must be above zero for the delays to grow.
     pub initial_delay: Duration,
     /// Longest delay between restarts, before jitter (default 30 s).
     pub max_delay: Duration,
@@ -78,13 +85,18 @@ pub struct RestartPolicy {
     pub factor: f32,
     /// Add random jitter to each delay (default on).
     pub jitter: bool,
-    /// After this long serving without a crash, the next restart uses `initial_delay`
-    /// again (default 60 s).
+    /// After this long serving without a crash, the delays start over: the next restart
+    /// is immediate (or after `initial_delay` without `immediate_first_restart`)
+    /// (default 60 s).
     pub reset_after: Duration,
     /// Most restarts allowed within `within` (default 5).
     pub max_restarts: u32,
     /// The window of the restart intensity limit (default 30 s).
     pub within: Duration,
+    /// Restart at once, without a delay, after a crash of a worker that had been serving,
+    /// when it is the first restart since the delays were last reset (or the very first);
+    /// the crashes in a row after it back off from `initial_delay` (default on).
+    pub immediate_first_restart: bool,
 }
 
 impl Default for RestartPolicy {
@@ -97,6 +109,7 @@ impl Default for RestartPolicy {
             reset_after: Duration::from_secs(60),
             max_restarts: 5,
             within: Duration::from_secs(30),
+            immediate_first_restart: true,
         }
     }
 }
@@ -108,6 +121,12 @@ impl RestartPolicy {
             max_restarts: 0,
             ..RestartPolicy::default()
         }
+    }
+
+    /// Sets [`RestartPolicy::immediate_first_restart`].
+    pub fn with_immediate_first_restart(mut self, immediate: bool) -> Self {
+        self.immediate_first_restart = immediate;
+        self
     }
 }
 

@@ -1,5 +1,6 @@
-//! The restart policy at work: backoff delays (backon's exponential builder with jitter),
-//! their reset after a stable period, and the restart intensity limit.
+//! The restart policy at work: the immediate first restart after a served run, backoff
+//! delays (backon's exponential builder with jitter) for crashes in a row, their reset
+//! after a stable period, and the restart intensity limit.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -52,7 +53,10 @@ impl RestartTracker {
     }
 
     /// Decides what follows a crash. `served_for` is how long the worker had been ready
-    /// (`None` if it never became ready): a long enough run resets the backoff.
+    /// (`None` if it never became ready): a long enough run resets the backoff. The first
+    /// restart since the last reset is immediate when the worker had served (and the
+    /// policy says so); it does not use up a backoff step, so the next crash in a row
+    /// waits `initial_delay`.
     pub(crate) fn on_crash(&mut self, served_for: Option<Duration>) -> Decision {
         let now = Instant::now();
         if served_for.is_some_and(|served| served >= self.policy.reset_after) {
@@ -78,8 +82,14 @@ impl RestartTracker {
             };
         }
         self.recent.push_back(now);
+        let immediate =
+            self.policy.immediate_first_restart && self.attempt == 0 && served_for.is_some();
         self.attempt += 1;
-        let delay = self.backoff.next().unwrap_or(self.policy.max_delay);
+        let delay = if immediate {
+            Duration::ZERO
+        } else {
+            self.backoff.next().unwrap_or(self.policy.max_delay)
+        };
         Decision::Restart {
             attempt: self.attempt,
             delay,
@@ -100,6 +110,14 @@ mod tests {
             reset_after: Duration::from_secs(60),
             max_restarts: 4,
             within: Duration::from_secs(30),
+            immediate_first_restart: false,
+        }
+    }
+
+    fn immediate() -> RestartPolicy {
+        RestartPolicy {
+            immediate_first_restart: true,
+            ..policy()
         }
     }
 
@@ -144,6 +162,64 @@ mod tests {
         let mut t = RestartTracker::new(p);
         let first = delay(t.on_crash(None)).unwrap_or_default();
         assert!((100..200).contains(&first), "{first}");
+    }
+
+    #[test]
+    fn first_restart_after_serving_is_immediate_then_backs_off() {
+        let mut t = RestartTracker::new(immediate());
+        let served = Some(Duration::from_secs(1));
+        assert_eq!(
+            t.on_crash(served),
+            Decision::Restart {
+                attempt: 1,
+                delay: Duration::ZERO
+            }
+        );
+        // Crashes in a row back off from initial_delay, as without the immediate restart.
+        assert_eq!(delay(t.on_crash(served)), Some(100));
+        assert_eq!(delay(t.on_crash(None)), Some(200));
+        assert_eq!(delay(t.on_crash(served)), Some(350));
+    }
+
+    #[test]
+    fn a_stable_run_makes_the_next_restart_immediate_again() {
+        let mut t = RestartTracker::new(immediate());
+        assert_eq!(delay(t.on_crash(Some(Duration::ZERO))), Some(0));
+        assert_eq!(delay(t.on_crash(Some(Duration::ZERO))), Some(100));
+        assert_eq!(delay(t.on_crash(Some(Duration::from_secs(61)))), Some(0));
+        assert_eq!(delay(t.on_crash(Some(Duration::ZERO))), Some(100));
+    }
+
+    #[test]
+    fn a_worker_that_never_served_is_never_restarted_at_once() {
+        let mut t = RestartTracker::new(immediate());
+        assert_eq!(delay(t.on_crash(None)), Some(100));
+        assert_eq!(delay(t.on_crash(None)), Some(200));
+        // A crash loop at start-up keeps backing off, then hits the intensity limit.
+        assert_eq!(delay(t.on_crash(None)), Some(350));
+        assert_eq!(delay(t.on_crash(None)), Some(350));
+        assert!(matches!(t.on_crash(None), Decision::GiveUp { .. }));
+    }
+
+    #[test]
+    fn immediate_restarts_count_against_the_intensity_limit() {
+        let mut t = RestartTracker::new(RestartPolicy {
+            max_restarts: 1,
+            ..immediate()
+        });
+        assert_eq!(delay(t.on_crash(Some(Duration::from_secs(61)))), Some(0));
+        assert!(matches!(
+            t.on_crash(Some(Duration::from_secs(61))),
+            Decision::GiveUp { .. }
+        ));
+    }
+
+    #[test]
+    fn the_default_policy_restarts_a_served_worker_at_once() {
+        let mut t = RestartTracker::new(RestartPolicy::default());
+        assert_eq!(delay(t.on_crash(Some(Duration::from_secs(1)))), Some(0));
+        let second = delay(t.on_crash(Some(Duration::from_secs(1)))).unwrap_or_default();
+        assert!((100..200).contains(&second), "{second}");
     }
 
     #[test]

@@ -506,6 +506,7 @@ async fn fault_13_inner() {
         reset_after: Duration::from_secs(60),
         max_restarts: 1000,
         within: Duration::from_secs(600),
+        immediate_first_restart: true,
     };
     let fds_at_start = fd_count();
     let supervisor = Supervisor::spawn(support::config(worker, sandbox).with_restart(policy))
@@ -657,6 +658,8 @@ async fn fault_18_disk_full_and_out_of_memory_back_off() {
         reset_after: Duration::from_secs(60),
         max_restarts: 2,
         within: Duration::from_secs(60),
+        // On, as by default: a worker that never served still backs off.
+        immediate_first_restart: true,
     };
     // Disk full while converting the GGUF into the cache: writes past 64 KiB fail (EFBIG;
     // Python ignores SIGXFSZ). Out of memory: 600 MB of address space, far below what the

@@ -147,6 +147,8 @@ async fn crash_loop_backs_off_then_gives_up() {
         reset_after: Duration::from_secs(60),
         max_restarts: 4,
         within: Duration::from_secs(60),
+        // On, as by default: a worker that never served still backs off.
+        immediate_first_restart: true,
     };
     let config = support::config(worker, sandbox.path()).with_restart(policy);
     let supervisor = Supervisor::spawn(config).await.expect("spawn");
@@ -474,6 +476,8 @@ async fn backoff_resets_after_a_stable_period() {
         reset_after: Duration::from_secs(1),
         max_restarts: 10,
         within: Duration::from_secs(60),
+        // Off: the reset to initial_delay is under test (standby.rs tests the immediate restart).
+        immediate_first_restart: false,
     };
     let config = support::config(support::tiny_worker(), sandbox.path()).with_restart(policy);
     let supervisor = Supervisor::spawn(config).await.expect("spawn");
@@ -594,6 +598,7 @@ async fn failed_restart_spawn_backs_off_and_recovers() {
     worker.python = wrapper.clone();
     let policy = RestartPolicy {
         initial_delay: Duration::from_millis(200),
+        immediate_first_restart: false,
         ..support::quick_restarts()
     };
     let config = support::config(worker, sandbox.path()).with_restart(policy);

@@ -159,6 +159,7 @@ async fn child_crash_cycles() {
             reset_after: Duration::from_secs(3600),
             max_restarts: restarts,
             within: Duration::from_secs(3600),
+            immediate_first_restart: true,
         };
         let config = support::config(crashing.clone(), &sandbox).with_restart(policy);
         let supervisor = Supervisor::spawn(config).await.expect("spawn");

@@ -14,4 +14,5 @@ mod env;
 mod faults;
 mod lifetime;
 mod serving;
+mod standby;
 mod support;

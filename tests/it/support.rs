@@ -75,6 +75,7 @@ pub(crate) fn quick_restarts() -> RestartPolicy {
         reset_after: Duration::from_secs(60),
         max_restarts: 10,
         within: Duration::from_secs(60),
+        immediate_first_restart: true,
     }
 }
 

@@ -60,14 +60,21 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) health_timeout: Duration,
 
-    /// Delay before the first restart after a crash (it doubles, with jitter, while
-    /// crashes come in quick succession).
+    /// Delay before a backed-off restart: the second of crashes in a row (the first
+    /// restart after a served run is immediate), or any restart of a worker that never
+    /// became ready. It doubles, with jitter, while crashes come in quick succession.
     #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) restart_delay: Duration,
 
-    /// A worker that served this long resets the restart delay.
+    /// A worker that served this long resets the restart delay: its crash is restarted at
+    /// once (or after --restart-delay with --no-immediate-restart).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) reset_after: Duration,
+
+    /// Wait --restart-delay before the first restart after a served run too, instead of
+    /// restarting at once (the restart policy's immediate_first_restart off).
+    #[arg(long)]
+    pub(crate) no_immediate_restart: bool,
 
     /// The supervisor gives up after more than this many restarts within --restart-window.
     #[arg(long, default_value_t = 50, value_name = "N")]

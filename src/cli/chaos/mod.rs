@@ -96,6 +96,7 @@ pub(crate) async fn run(
             reset_after: args.reset_after,
             max_restarts: args.max_restarts,
             within: args.restart_window,
+            immediate_first_restart: !args.no_immediate_restart,
         });
     let socket_parent = global.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
     config = config.with_socket_dir(&socket_parent);
