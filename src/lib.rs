@@ -20,11 +20,16 @@
 //!   health every interval with a deadline, and notice the child's exit at once;
 //! - *crashed*: after an exit, or after too many failed probes (the worker is then killed:
 //!   SIGTERM and SIGCONT, a grace period, SIGKILL to the group), ask the restart policy;
-//! - *backoff*: wait the exponential, jittered delay, then start again — or *gave up*
+//! - *backoff*: none for the first restart after a worker that served (Erlang/OTP style),
+//!   else wait the exponential, jittered delay, then start again — or *gave up*
 //!   when the restart intensity limit is hit, after which every call fails with
 //!   [`Error::GaveUp`] saying why (last exit status, last log lines);
 //! - *stop*: on [`Supervisor::shutdown`], SIGTERM lets the worker drain in-flight
 //!   requests; after the grace it is killed; the socket directory is removed.
+//!
+//! With [`SupervisorConfig::standby`], a second task keeps a standby worker loaded and idle
+//! on a second socket; when the active worker dies, *crashed* promotes it instead of
+//! starting a new one (no start-up, no backoff), and a new standby follows.
 //!
 //! Each change is broadcast as a [`LifecycleEvent`] and logged with `tracing`. The
 //! worker's own JSON log lines on stderr are re-emitted as `tracing` events (target

@@ -39,14 +39,15 @@ const PASSED_ENV: [&str; 6] = [
     "MLX_SIDECAR_CACHE_DIR",
 ];
 
-/// The process group of the running worker, shared with [`crate::Supervisor`]'s `Drop`.
+/// The process groups of the running workers (the active one and, with a standby, the
+/// standby), shared with [`crate::Supervisor`]'s `Drop`.
 ///
 /// Spawning happens under this lock and `Drop` sets `closed` under it, so a worker is
 /// either never spawned or its group is known to `Drop`.
 #[derive(Debug, Default)]
 pub(crate) struct ProcessSlot {
     pub(crate) closed: bool,
-    pub(crate) pgid: Option<i32>,
+    pub(crate) pgids: Vec<i32>,
 }
 
 pub(crate) type SharedSlot = Arc<Mutex<ProcessSlot>>;
@@ -133,7 +134,7 @@ fn spawner() -> Result<&'static Mutex<mpsc::Sender<Job>>, Error> {
     Ok(SPAWNER.get_or_init(|| Mutex::new(tx)))
 }
 
-/// Spawns `cmd` on the spawner thread, recording its process group in `slot`.
+/// Spawns `cmd` on the spawner thread, adding its process group to `slot`.
 ///
 /// Fails with [`Error::Stopped`] when the supervisor was dropped meanwhile.
 pub(crate) async fn spawn(
@@ -148,7 +149,8 @@ pub(crate) async fn spawn(
         let result = match slot.lock() {
             Ok(mut slot) if !slot.closed => match cmd.spawn() {
                 Ok(child) => {
-                    slot.pgid = child.id().and_then(|id| i32::try_from(id).ok());
+                    slot.pgids
+                        .extend(child.id().and_then(|id| i32::try_from(id).ok()));
                     Ok(child)
                 }
                 Err(source) => Err(Error::Spawn { python, source }),

@@ -1,7 +1,10 @@
 //! Health probes: `grpc.health.v1.Health/Check` for the service
-//! `mlx_sidecar.v1.Inference`, each with a deadline.
+//! `mlx_sidecar.v1.Inference`, each with a deadline; the liveness probe of a running
+//! worker (its socket file, then the check); and the wait for a starting worker to serve.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
 
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -38,5 +41,40 @@ pub(crate) async fn check(channel: &Channel, timeout: Duration) -> Result<Servin
             Ok(ServingStatus::try_from(response.into_inner().status)
                 .unwrap_or(ServingStatus::Unknown))
         }
+    }
+}
+
+/// One liveness probe of a running worker on `socket`: its socket file must still be
+/// there (an open connection outlives the file, but nobody could connect anew), and the
+/// check must answer `SERVING` within `timeout`.
+pub(crate) async fn probe_worker(
+    channel: &Channel,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    if !socket.exists() {
+        return Err(format!("socket file {} was removed", socket.display()));
+    }
+    probe(channel, timeout).await
+}
+
+/// Resolves once the worker at `socket` reports `SERVING`. Probes when the worker logs
+/// that it listens or is ready (`hint`), and otherwise at growing intervals (20 ms to 500 ms).
+pub(crate) async fn wait_serving(
+    channel: Channel,
+    hint: Arc<Notify>,
+    socket: std::path::PathBuf,
+    timeout: Duration,
+) {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if socket.exists() && probe(&channel, timeout).await.is_ok() {
+            return;
+        }
+        tokio::select! {
+            () = hint.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }

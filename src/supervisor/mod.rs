@@ -8,6 +8,8 @@
 //! - `health` probes `grpc.health.v1`;
 //! - `restart` applies the [`crate::RestartPolicy`];
 //! - `owner` is the task: a state machine with one function per phase;
+//! - `standby` is a second task, only with [`SupervisorConfig::standby`]: it keeps an idle
+//!   standby worker loaded and hands it to `owner` when the active worker dies;
 //! - `state` holds what the outside sees: [`WorkerState`], [`LifecycleEvent`].
 
 mod command;
@@ -17,6 +19,7 @@ mod owner;
 mod process;
 mod restart;
 mod socket;
+mod standby;
 pub(crate) mod state;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -37,6 +40,7 @@ use command::{ProcessSlot, SharedSlot};
 use owner::{Control, Owner};
 use restart::RestartTracker;
 use socket::{Cleanup, SocketPlace};
+use standby::Keeper;
 use state::WorkerView;
 
 /// Keeps one MLX worker process running; see the [crate docs](crate) for how.
@@ -52,7 +56,8 @@ pub struct Supervisor {
     events: broadcast::Sender<LifecycleEvent>,
     slot: SharedSlot,
     task: Option<JoinHandle<()>>,
-    socket_path: PathBuf,
+    /// The standby keeper's task, with [`SupervisorConfig::standby`].
+    standby_task: Option<JoinHandle<()>>,
     socket_dir: PathBuf,
     cleanup: Cleanup,
 }
@@ -67,11 +72,26 @@ impl Supervisor {
         let socket_path = socket.path().to_path_buf();
         let socket_dir = socket.dir();
         let cleanup = socket.cleanup_target();
-        let (view_tx, view_rx) = watch::channel(WorkerView::initial());
+        let (view_tx, view_rx) = watch::channel(WorkerView::initial(socket_path.clone()));
         let (events, _) = broadcast::channel(256);
         let (control_tx, control_rx) = mpsc::channel(8);
         let (first_tx, first_rx) = oneshot::channel();
         let slot: SharedSlot = Arc::new(std::sync::Mutex::new(ProcessSlot::default()));
+        let (standby, standby_task) = if config.standby {
+            let (commands_tx, commands) = mpsc::unbounded_channel();
+            let keeper = Keeper {
+                config: config.clone(),
+                slot: slot.clone(),
+                view: view_tx.clone(),
+                events: events.clone(),
+                commands,
+                restarts: RestartTracker::new(config.restart.clone()),
+                gave_up: false,
+            };
+            (Some(commands_tx), Some(tokio::spawn(keeper.run())))
+        } else {
+            (None, None)
+        };
         let owner = Owner {
             restarts: RestartTracker::new(config.restart.clone()),
             config,
@@ -83,6 +103,8 @@ impl Supervisor {
             first_spawn: Some(first_tx),
             generation: 0,
             shutdown_reply: None,
+            active_socket: socket_path,
+            standby,
         };
         let supervisor = Supervisor {
             control: control_tx,
@@ -91,7 +113,7 @@ impl Supervisor {
             events,
             slot,
             task: Some(tokio::spawn(owner.run())),
-            socket_path,
+            standby_task,
             socket_dir,
             cleanup,
         };
@@ -145,10 +167,16 @@ impl Supervisor {
         self.view.borrow().state.clone()
     }
 
-    /// The running worker's process id.
+    /// The running (active) worker's process id: the one calls go to.
     pub fn worker_pid(&self) -> Option<u32> {
         let view = self.view.borrow();
         if view.alive { view.pid } else { None }
+    }
+
+    /// The standby worker's process id, while one runs (starting or serving), with
+    /// [`SupervisorConfig::standby`]; it gets no calls until it takes over.
+    pub fn standby_pid(&self) -> Option<u32> {
+        self.view.borrow().standby_pid
     }
 
     /// How the last worker process ended, if one has.
@@ -156,9 +184,10 @@ impl Supervisor {
         self.view.borrow().last_status
     }
 
-    /// The worker's socket path.
+    /// The active worker's socket path. With a standby there are two paths in the
+    /// socket directory, and this one changes when the standby takes over.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket_path.clone()
+        self.view.borrow().socket.clone()
     }
 
     /// The directory holding the socket (the supervisor's private directory, unless
@@ -179,7 +208,10 @@ impl Supervisor {
         {
             let _ = reply_rx.await;
         }
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.standby_task.take()]
+            .into_iter()
+            .flatten()
+        {
             task.await.map_err(|e| {
                 Error::io(
                     "the supervisor task failed",
@@ -195,11 +227,14 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         if let Ok(mut slot) = self.slot.lock() {
             slot.closed = true;
-            if let Some(pgid) = slot.pgid.take() {
+            for pgid in slot.pgids.drain(..) {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
         }
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.standby_task.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         self.view_tx.send_modify(|v| {

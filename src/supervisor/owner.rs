@@ -12,6 +12,11 @@
 //! start-up probe, the backoff timer, control messages) and returns the next phase.
 //! Every change is published on the `watch` channel that clients read, and announced as a
 //! [`LifecycleEvent`] (broadcast and `tracing`).
+//!
+//! With a standby (see `standby`), *ready* asks the keeper for one, and *crashed* takes it
+//! instead of backing off: a standby that serves goes straight to *serve* (`Promoted`,
+//! then `Ready`), one still starting to *await* (the second half of *start*). The
+//! restart still counts against the intensity limit.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -26,6 +31,7 @@ use super::{
     process::Worker,
     restart::{Decision, RestartTracker},
     socket::SocketPlace,
+    standby::{self, Handover},
     state::{ExitStatusInfo, GaveUpInfo, LifecycleEvent, WorkerState, WorkerView},
 };
 use crate::{Error, client::transport, config::SupervisorConfig};
@@ -41,6 +47,8 @@ enum Phase {
     Start {
         attempt: u32,
     },
+    /// A spawned worker (a promoted standby) that has not reported `SERVING` yet.
+    Await(Worker),
     Serve(Worker),
     Crashed {
         worker: Worker,
@@ -74,6 +82,10 @@ pub(crate) struct Owner {
     pub(crate) first_spawn: Option<oneshot::Sender<Result<(), Error>>>,
     pub(crate) generation: u64,
     pub(crate) shutdown_reply: Option<oneshot::Sender<()>>,
+    /// The socket path the active worker uses (with a standby, one of two).
+    pub(crate) active_socket: PathBuf,
+    /// The standby keeper's commands, with [`SupervisorConfig::standby`].
+    pub(crate) standby: Option<mpsc::UnboundedSender<standby::Command>>,
 }
 
 impl Owner {
@@ -83,8 +95,9 @@ impl Owner {
         loop {
             phase = match phase {
                 Phase::Start { attempt } => self.start(attempt).await,
+                Phase::Await(worker) => self.await_ready(worker).await,
                 Phase::Serve(worker) => self.serve(worker).await,
-                Phase::Crashed { worker, status } => self.crashed(worker, status),
+                Phase::Crashed { worker, status } => self.crashed(worker, status).await,
                 Phase::Backoff { attempt, delay } => self.backoff(attempt, delay).await,
                 Phase::GaveUp(info) => self.gave_up(info).await,
                 Phase::Stop(worker) => self.stop(worker).await,
@@ -95,25 +108,27 @@ impl Owner {
 
     /// Spawns a worker and waits for it to report `SERVING` within the start-up window.
     async fn start(&mut self, attempt: u32) -> Phase {
-        if let Err(e) = self.socket.claim() {
+        if let Err(e) = self.socket.claim(&self.active_socket) {
             return self.fail_to_start(e);
         }
         self.generation += 1;
         let generation = self.generation;
+        let socket = self.active_socket.clone();
         self.view.send_modify(|v| {
             v.state = WorkerState::Starting;
             v.generation = generation;
             v.alive = false;
             v.pid = None;
             v.channel = None;
+            v.socket = socket;
         });
-        let mut worker =
-            match Worker::spawn(&self.config, self.socket.path(), self.slot.clone()).await {
-                Ok(worker) => worker,
-                Err(Error::Stopped) => return Phase::Done,
-                Err(e) if self.first_spawn.is_some() => return self.fail_to_start(e),
-                Err(e) => return self.spawn_failed(e),
-            };
+        let worker = match Worker::spawn(&self.config, &self.active_socket, self.slot.clone()).await
+        {
+            Ok(worker) => worker,
+            Err(Error::Stopped) => return Phase::Done,
+            Err(e) if self.first_spawn.is_some() => return self.fail_to_start(e),
+            Err(e) => return self.spawn_failed(e),
+        };
         if let Some(first) = self.first_spawn.take() {
             let _ = first.send(Ok(()));
         }
@@ -123,17 +138,27 @@ impl Owner {
             v.pid = Some(pid);
         });
         self.emit(LifecycleEvent::Starting { attempt, pid });
+        self.await_ready(worker).await
+    }
 
-        let ready = wait_serving(
+    /// Waits for a spawned worker to report `SERVING` within the start-up window (counted
+    /// from its spawn).
+    async fn await_ready(&mut self, mut worker: Worker) -> Phase {
+        let pid = worker.pid;
+        let ready = health::wait_serving(
             worker.health.clone(),
             worker.startup_hint.clone(),
-            self.socket.path().to_path_buf(),
+            worker.socket.clone(),
             self.config.health_timeout,
         );
+        let window = self
+            .config
+            .startup_timeout
+            .saturating_sub(worker.spawned_at.elapsed());
         let wake = tokio::select! {
             status = worker.wait() => Wake::Exited(status),
             control = self.control.recv() => Wake::Control(control),
-            ready = tokio::time::timeout(self.config.startup_timeout, ready) => Wake::Other(ready.is_ok()),
+            ready = tokio::time::timeout(window, ready) => Wake::Other(ready.is_ok()),
         };
         match wake {
             Wake::Exited(status) => Phase::Crashed { worker, status },
@@ -155,12 +180,14 @@ impl Owner {
         }
     }
 
-    /// The worker reported `SERVING`: publish its channel.
+    /// The worker reported `SERVING` (a promoted standby: earlier): publish its channel,
+    /// and ask for a standby on the other path.
     fn ready(&mut self, mut worker: Worker) -> Phase {
         let now = Instant::now();
-        worker.ready_at = Some(now);
-        let load_time = now.duration_since(worker.spawned_at);
-        let channel = transport::uds_channel(self.socket.path().to_path_buf());
+        let ready_at = *worker.ready_at.get_or_insert(now);
+        worker.serving_since = Some(now);
+        let load_time = ready_at.duration_since(worker.spawned_at);
+        let channel = transport::uds_channel(worker.socket.clone());
         self.view.send_modify(|v| {
             v.state = WorkerState::Ready;
             v.channel = Some(channel);
@@ -170,6 +197,11 @@ impl Owner {
             load_time,
             startup: worker.log.startup(),
         });
+        if let (Some(keeper), Some(other)) = (&self.standby, self.socket.other(&worker.socket)) {
+            let _ = keeper.send(standby::Command::Keep {
+                socket: other.to_path_buf(),
+            });
+        }
         Phase::Serve(worker)
     }
 
@@ -184,14 +216,10 @@ impl Owner {
         loop {
             let health = worker.health.clone();
             let timeout = self.config.health_timeout;
-            let socket = self.socket.path();
+            let socket = worker.socket.clone();
             let probe = async {
                 ticker.tick().await;
-                // An open connection outlives its socket file, but nobody can connect anew.
-                if !socket.exists() {
-                    return Err(format!("socket file {} was removed", socket.display()));
-                }
-                health::probe(&health, timeout).await
+                health::probe_worker(&health, &socket, timeout).await
             };
             let wake = tokio::select! {
                 status = worker.wait() => Wake::Exited(status),
@@ -230,8 +258,9 @@ impl Owner {
         }
     }
 
-    /// The worker ended unasked: restart after a backoff delay, or give up.
-    fn crashed(&mut self, worker: Worker, status: ExitStatusInfo) -> Phase {
+    /// The worker ended unasked: promote the standby, or restart after a backoff delay, or
+    /// give up.
+    async fn crashed(&mut self, worker: Worker, status: ExitStatusInfo) -> Phase {
         self.view.send_modify(|v| {
             v.alive = false;
             v.channel = None;
@@ -241,9 +270,12 @@ impl Owner {
             pid: worker.pid,
             status,
         });
-        let served_for = worker.ready_at.map(|t| t.elapsed());
+        let served_for = worker.serving_since.map(|t| t.elapsed());
         match self.restarts.on_crash(served_for) {
             Decision::Restart { attempt, delay } => {
+                if let Some(handover) = self.take_standby().await {
+                    return self.promote(handover, attempt);
+                }
                 self.view
                     .send_modify(|v| v.state = WorkerState::Restarting { attempt });
                 self.emit(LifecycleEvent::Restarting { attempt, delay });
@@ -254,6 +286,52 @@ impl Owner {
                 last_status: Some(status),
                 last_log: worker.log.snapshot(),
             }),
+        }
+    }
+
+    /// The standby, if the keeper has one (it is idle afterwards either way).
+    async fn take_standby(&mut self) -> Option<Handover> {
+        let keeper = self.standby.as_ref()?;
+        let (reply, answer) = oneshot::channel();
+        keeper.send(standby::Command::Take { reply }).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Puts the standby in the dead worker's place: a new generation that calls go to as
+    /// soon as it serves (at once, if it already does).
+    fn promote(&mut self, handover: Handover, attempt: u32) -> Phase {
+        let Handover { worker, ready } = handover;
+        self.generation += 1;
+        let generation = self.generation;
+        self.active_socket = worker.socket.clone();
+        let (pid, socket) = (worker.pid, worker.socket.clone());
+        self.view.send_modify(|v| {
+            v.state = WorkerState::Starting;
+            v.generation = generation;
+            v.alive = true;
+            v.pid = Some(pid);
+            v.channel = None;
+            v.socket = socket;
+        });
+        self.emit(LifecycleEvent::Promoted {
+            pid,
+            attempt,
+            was_ready: ready,
+        });
+        if ready {
+            self.ready(worker)
+        } else {
+            Phase::Await(worker)
+        }
+    }
+
+    /// Stops the standby keeper and its worker, if there is one.
+    async fn stop_standby(&mut self) {
+        if let Some(keeper) = self.standby.take() {
+            let (reply, done) = oneshot::channel();
+            if keeper.send(standby::Command::Stop { reply }).is_ok() {
+                let _ = done.await;
+            }
         }
     }
 
@@ -301,6 +379,7 @@ impl Owner {
     /// No more restarts: every call now fails with the reason; wait for shutdown.
     async fn gave_up(&mut self, info: GaveUpInfo) -> Phase {
         tracing::error!(reason = %info.reason, last_log = ?info.last_log, "supervisor gave up on the worker");
+        self.stop_standby().await;
         self.view.send_modify(|v| {
             v.state = WorkerState::GaveUp;
             v.alive = false;
@@ -324,8 +403,8 @@ impl Owner {
         Phase::Stop(worker)
     }
 
-    /// Drains the worker (SIGTERM; it finishes in-flight work within the grace), then
-    /// kills what is left and removes the socket.
+    /// Drains the worker (SIGTERM; it finishes in-flight work within the grace) and stops
+    /// the standby meanwhile, then kills what is left and removes the socket.
     async fn stop(&mut self, worker: Option<Worker>) -> Phase {
         self.view.send_modify(|v| {
             if v.state != WorkerState::GaveUp {
@@ -333,9 +412,19 @@ impl Owner {
             }
             v.channel = None;
         });
-        if let Some(mut worker) = worker {
-            let status = worker.terminate(self.config.shutdown_grace).await;
-            tracing::info!(pid = worker.pid, %status, "worker stopped");
+        let grace = self.config.shutdown_grace;
+        let active = async {
+            match worker {
+                Some(mut worker) => {
+                    let status = worker.terminate(grace).await;
+                    tracing::info!(pid = worker.pid, %status, "worker stopped");
+                    Some(status)
+                }
+                None => None,
+            }
+        };
+        let (status, ()) = tokio::join!(active, self.stop_standby());
+        if let Some(status) = status {
             self.view.send_modify(|v| v.last_status = Some(status));
         }
         self.view.send_modify(|v| {
@@ -378,28 +467,16 @@ impl Owner {
             }
             LifecycleEvent::GaveUp { reason, .. } => tracing::error!(%reason, "gave up"),
             LifecycleEvent::Stopped => tracing::info!("supervisor stopped"),
+            LifecycleEvent::Promoted {
+                pid,
+                attempt,
+                was_ready,
+            } => tracing::info!(pid, attempt, was_ready, "standby worker promoted"),
+            // The standby keeper announces its own events.
+            LifecycleEvent::StandbyStarting { .. }
+            | LifecycleEvent::StandbyReady { .. }
+            | LifecycleEvent::StandbyCrashed { .. } => {}
         }
         let _ = self.events.send(event);
-    }
-}
-
-/// Resolves once the worker at `socket` reports `SERVING`. Probes when the worker logs
-/// that it listens or is ready, and otherwise at growing intervals (20 ms to 500 ms).
-async fn wait_serving(
-    health: tonic::transport::Channel,
-    hint: std::sync::Arc<tokio::sync::Notify>,
-    socket: PathBuf,
-    timeout: Duration,
-) {
-    let mut pause = Duration::from_millis(20);
-    loop {
-        if socket.exists() && health::probe(&health, timeout).await.is_ok() {
-            return;
-        }
-        tokio::select! {
-            () = hint.notified() => {}
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }

@@ -1,7 +1,7 @@
 //! One running worker process, owned by the supervisor's task: the child, its held-open
 //! stdin, its output readers, and the ways to stop it.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use nix::{
     sys::signal::{Signal, killpg},
@@ -27,9 +27,13 @@ use crate::{Error, client::transport, config::SupervisorConfig};
 pub(crate) struct Worker {
     child: Child,
     pub(crate) pid: u32,
+    /// The socket it binds.
+    pub(crate) socket: PathBuf,
     pub(crate) spawned_at: Instant,
     /// When it first reported `SERVING`.
     pub(crate) ready_at: Option<Instant>,
+    /// When it began to take calls as the active worker (for a standby, its promotion).
+    pub(crate) serving_since: Option<Instant>,
     /// Held open, never written: the worker exits on EOF if the supervisor vanishes.
     _stdin: Option<ChildStdin>,
     stderr_reader: Option<JoinHandle<()>>,
@@ -65,8 +69,10 @@ impl Worker {
             _stdin: child.stdin.take(),
             child,
             pid,
+            socket: socket.to_path_buf(),
             spawned_at: Instant::now(),
             ready_at: None,
+            serving_since: None,
             stderr_reader,
             log,
             startup_hint,
@@ -101,9 +107,8 @@ impl Worker {
     async fn after_exit(&mut self) {
         let _ = killpg(self.pgid(), Signal::SIGKILL);
         if let Ok(mut slot) = self.slot.lock() {
-            if slot.pgid == Some(self.pgid().as_raw()) {
-                slot.pgid = None;
-            }
+            let pgid = self.pgid().as_raw();
+            slot.pgids.retain(|&p| p != pgid);
         }
         if let Some(reader) = self.stderr_reader.take() {
             // EOF comes once every holder of the pipe exited; don't wait for strays.

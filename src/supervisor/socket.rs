@@ -3,7 +3,10 @@
 //! By default each supervisor makes a private directory (mode 0700) named
 //! `mlx-sidecar-<pid>-<random>` under `socket_dir` or the system temporary directory, and
 //! the worker binds `worker.sock` in it; directories left by supervisors that died without
-//! cleaning up are removed on the way. With `socket_path` set, that exact path is used.
+//! cleaning up are removed on the way. With a standby worker there is a second path,
+//! `worker-2.sock`: the active and the standby worker each bind one, and as a standby takes
+//! over, the roles of the two paths swap. With `socket_path` set, that exact path is used
+//! (and a standby is refused: its path would not be the one other processes know).
 //!
 //! Before each worker start the path is claimed like pueue does: a socket file that
 //! accepts a connection belongs to a live process and is never taken over; one that
@@ -23,11 +26,15 @@ use crate::{Error, config::SupervisorConfig};
 
 const DIR_PREFIX: &str = "mlx-sidecar-";
 const SOCKET_NAME: &str = "worker.sock";
+const SECOND_SOCKET_NAME: &str = "worker-2.sock";
 
-/// The worker's socket path and the private directory holding it (when the supervisor made one).
+/// The worker's socket path (two with a standby) and the private directory holding it
+/// (when the supervisor made one).
 #[derive(Debug)]
 pub(crate) struct SocketPlace {
     path: PathBuf,
+    /// The other path, for a standby worker.
+    second: Option<PathBuf>,
     private_dir: Option<PathBuf>,
 }
 
@@ -35,10 +42,19 @@ impl SocketPlace {
     /// Picks (and for a private directory, creates) the socket's place for `config`.
     pub(crate) fn prepare(config: &SupervisorConfig) -> Result<Self, Error> {
         if let Some(path) = &config.socket_path {
+            if config.standby {
+                return Err(Error::Socket {
+                    path: path.clone(),
+                    reason: "a standby worker needs the supervisor's private socket directory; \
+                             it cannot be combined with socket_path"
+                        .into(),
+                });
+            }
             check_length(path)?;
             claim(path)?;
             return Ok(SocketPlace {
                 path: path.clone(),
+                second: None,
                 private_dir: None,
             });
         }
@@ -49,6 +65,10 @@ impl SocketPlace {
         let dir = base.join(format!("{DIR_PREFIX}{}-{suffix:016x}", std::process::id()));
         let path = dir.join(SOCKET_NAME);
         check_length(&path)?;
+        let second = config.standby.then(|| dir.join(SECOND_SOCKET_NAME));
+        if let Some(second) = &second {
+            check_length(second)?;
+        }
         fs::DirBuilder::new()
             .recursive(false)
             .mode(0o700)
@@ -59,13 +79,20 @@ impl SocketPlace {
             })?;
         Ok(SocketPlace {
             path,
+            second,
             private_dir: Some(dir),
         })
     }
 
-    /// The socket path the worker binds.
+    /// The socket path the first worker binds.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// With a standby: the path that the worker on `active` does not use.
+    pub(crate) fn other(&self, active: &Path) -> Option<&Path> {
+        let second = self.second.as_deref()?;
+        Some(if active == second { &self.path } else { second })
     }
 
     /// The directory holding the socket.
@@ -80,9 +107,9 @@ impl SocketPlace {
         }
     }
 
-    /// Makes the path free for a new worker (see the module doc).
-    pub(crate) fn claim(&self) -> Result<(), Error> {
-        claim(&self.path)
+    /// Makes `path` (one of this place's paths) free for a new worker (see the module doc).
+    pub(crate) fn claim(&self, path: &Path) -> Result<(), Error> {
+        claim(path)
     }
 
     /// What to remove when the supervisor ends.
@@ -140,7 +167,7 @@ fn check_length(path: &Path) -> Result<(), Error> {
 
 /// Frees `path` for binding: absent is fine, a stale socket is removed, a live one or a
 /// file that is not a socket is refused.
-fn claim(path: &Path) -> Result<(), Error> {
+pub(crate) fn claim(path: &Path) -> Result<(), Error> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

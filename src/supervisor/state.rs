@@ -2,7 +2,9 @@
 //! [`LifecycleEvent`]s it broadcasts, and (crate-internal) the [`WorkerView`] that clients
 //! watch to find the current worker's channel.
 
-use std::{fmt, os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration};
+use std::{
+    fmt, os::unix::process::ExitStatusExt, path::PathBuf, process::ExitStatus, time::Duration,
+};
 
 use tonic::transport::Channel;
 
@@ -139,6 +141,47 @@ pub enum LifecycleEvent {
     },
     /// The supervisor shut down and the worker is gone.
     Stopped,
+    /// A standby worker was spawned (only with [`crate::SupervisorConfig::standby`]). It
+    /// loads the model and waits, idle, to take over when the active worker dies.
+    StandbyStarting {
+        /// 0 for the first standby since the last promotion, then its restart number.
+        attempt: u32,
+        /// The standby's process id.
+        pid: u32,
+    },
+    /// The standby reports `SERVING`: it can take over at once.
+    StandbyReady {
+        /// The standby's process id.
+        pid: u32,
+        /// From spawning the process to `SERVING`.
+        load_time: Duration,
+        /// Where its start-up time went, as it reported it.
+        startup: Option<StartupTimes>,
+    },
+    /// The standby ended (or was killed after failing its health checks) while idle.
+    StandbyCrashed {
+        /// The standby's process id.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatusInfo,
+        /// When the next standby starts; `None` when standby crashes hit the restart
+        /// intensity limit and the supervisor runs without one from now on (the active
+        /// worker is not affected).
+        restart_in: Option<Duration>,
+    },
+    /// The active worker died and the standby took its place, without a backoff delay.
+    /// Follows the old worker's [`LifecycleEvent::Crashed`]. [`LifecycleEvent::Ready`]
+    /// for `pid` comes next: at once when the standby was serving, else once it is (there is
+    /// no [`LifecycleEvent::Starting`] for it: it started earlier, as a standby). A new
+    /// standby is started once this one is ready.
+    Promoted {
+        /// The former standby's process id, now the active worker's.
+        pid: u32,
+        /// Which restart of the active worker this is (as `Restarting` would say).
+        attempt: u32,
+        /// Whether the standby already reported `SERVING` when it took over.
+        was_ready: bool,
+    },
 }
 
 /// Where a worker's start-up time went, from the "startup" event the worker logs when it
@@ -215,10 +258,14 @@ pub(crate) struct WorkerView {
     /// How the last worker process ended.
     pub(crate) last_status: Option<ExitStatusInfo>,
     pub(crate) gave_up: Option<GaveUpInfo>,
+    /// The socket of the current (active) worker.
+    pub(crate) socket: PathBuf,
+    /// The standby worker's process id, while one runs.
+    pub(crate) standby_pid: Option<u32>,
 }
 
 impl WorkerView {
-    pub(crate) fn initial() -> Self {
+    pub(crate) fn initial(socket: PathBuf) -> Self {
         WorkerView {
             state: WorkerState::Starting,
             generation: 0,
@@ -227,6 +274,8 @@ impl WorkerView {
             channel: None,
             last_status: None,
             gave_up: None,
+            socket,
+            standby_pid: None,
         }
     }
 

@@ -1,12 +1,58 @@
 //! Fast recovery: the immediate first restart after a served run, and the standby worker
 //! that takes over at once when the active one dies (`SupervisorConfig::standby`).
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
-use mlx_sidecar::LifecycleEvent;
+use futures_util::StreamExt;
+use mlx_sidecar::{Error, GenerateEvent, GenerateRequest, LifecycleEvent, Supervisor};
 use nix::sys::signal::Signal;
+use tokio::{sync::broadcast, time::Instant};
 
 use crate::support::{self, READY};
+
+/// A supervisor of the tiny model with a standby, once the active worker and the standby
+/// both serve. Returns it, its event receiver (subscribed before either was ready), and
+/// the standby's pid.
+async fn settled_standby_supervisor(
+    sandbox: &Path,
+) -> (Supervisor, broadcast::Receiver<LifecycleEvent>, u32) {
+    let config = support::config(support::tiny_worker(), sandbox).with_standby(true);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let mut events = supervisor.subscribe();
+    supervisor.wait_ready(READY).await.expect("ready");
+    let standby = wait_standby_ready(&mut events, &[]).await;
+    (supervisor, events, standby)
+}
+
+/// Waits for a `StandbyReady` whose pid is not in `not`; returns the pid.
+async fn wait_standby_ready(events: &mut broadcast::Receiver<LifecycleEvent>, not: &[u32]) -> u32 {
+    let (ready, _) = support::wait_event(
+        events,
+        READY,
+        |e| matches!(e, LifecycleEvent::StandbyReady { pid, .. } if !not.contains(pid)),
+    )
+    .await;
+    let LifecycleEvent::StandbyReady { pid, .. } = ready else {
+        unreachable!()
+    };
+    pid
+}
+
+/// Every process gone, the socket files and the private directory removed.
+async fn assert_nothing_left(pids: &[u32], dir: &Path) {
+    support::wait_until(Duration::from_secs(5), "every worker to exit", || async {
+        pids.iter().all(|&pid| support::process_gone(pid))
+    })
+    .await;
+    assert!(!dir.exists(), "socket directory {} removed", dir.display());
+}
 
 /// The first restart after a worker that served crashes comes at once; a crash in a row
 /// after it backs off.
@@ -44,4 +90,206 @@ async fn first_restart_after_serving_is_immediate_then_backs_off() {
         "{delays:?}"
     );
     supervisor.shutdown().await.expect("shutdown");
+}
+
+/// With a standby: two distinct live workers once settled; SIGKILL of the active one makes
+/// the standby serve at once (the same process: calls go to the former standby's pid), and
+/// a new standby comes; SIGKILL of the standby replaces it without disturbing calls to the
+/// active worker; shutdown leaves no process, socket file or directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_at_once_and_is_replaced() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let (supervisor, mut events, standby) = settled_standby_supervisor(sandbox.path()).await;
+    let client = supervisor.client();
+    let active = supervisor.worker_pid().expect("active pid");
+    assert_eq!(supervisor.standby_pid(), Some(standby));
+    assert_ne!(active, standby);
+    assert!(!support::process_gone(active) && !support::process_gone(standby));
+    let dir = supervisor.socket_dir();
+    let first_socket = supervisor.socket_path();
+    assert!(first_socket.starts_with(&dir));
+
+    // The active worker dies: the standby takes over, with no start-up and no backoff.
+    let killed_at = Instant::now();
+    support::signal(active, Signal::SIGKILL);
+    let (_, seen) = support::wait_event(
+        &mut events,
+        Duration::from_secs(5),
+        |e| matches!(e, LifecycleEvent::Ready { pid, .. } if *pid == standby),
+    )
+    .await;
+    let ready_after = killed_at.elapsed();
+    let order: Vec<&LifecycleEvent> = seen
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| {
+            matches!(
+                e,
+                LifecycleEvent::Crashed { .. }
+                    | LifecycleEvent::Promoted { .. }
+                    | LifecycleEvent::Restarting { .. }
+                    | LifecycleEvent::Starting { .. }
+            )
+        })
+        .collect();
+    assert!(
+        matches!(
+            order.as_slice(),
+            [
+                LifecycleEvent::Crashed { pid: c, .. },
+                LifecycleEvent::Promoted { pid: p, was_ready: true, attempt: 1 },
+            ] if *c == active && *p == standby
+        ),
+        "Crashed, then Promoted, and nothing started: {seen:#?}"
+    );
+    let completion = support::complete(&client, GenerateRequest::text("again").max_tokens(4)).await;
+    let served_after = killed_at.elapsed();
+    assert_eq!(completion.token_ids.len(), 4);
+    assert_eq!(
+        supervisor.worker_pid(),
+        Some(standby),
+        "the former standby serves"
+    );
+    let info = client.model_info().await.expect("model_info");
+    assert_eq!(info.worker_pid, standby);
+    assert_ne!(
+        supervisor.socket_path(),
+        first_socket,
+        "it serves on its own socket"
+    );
+    assert!(
+        ready_after < Duration::from_secs(1),
+        "Ready {ready_after:?} after the kill"
+    );
+    eprintln!(
+        "FIGURE standby takeover: Ready {ready_after:?}, a call served {served_after:?} after SIGKILL"
+    );
+
+    // A new standby comes, on the path the dead worker used.
+    let second = wait_standby_ready(&mut events, &[active, standby]).await;
+    assert_eq!(supervisor.standby_pid(), Some(second));
+    assert!(!support::process_gone(second));
+    assert!(
+        first_socket.exists(),
+        "the new standby binds the freed path"
+    );
+
+    // The standby dies: it is replaced, and the active worker serves throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU32::new(0));
+    let load = tokio::spawn({
+        let (client, stop, served) = (client.clone(), stop.clone(), served.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                support::complete(&client, GenerateRequest::text("steady").max_tokens(4)).await;
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    support::signal(second, Signal::SIGKILL);
+    let (crashed, _) = support::wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, LifecycleEvent::StandbyCrashed { .. })
+    })
+    .await;
+    assert!(
+        matches!(crashed, LifecycleEvent::StandbyCrashed { pid, restart_in: Some(_), .. } if pid == second),
+        "{crashed:?}"
+    );
+    let third = wait_standby_ready(&mut events, &[active, standby, second]).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await
+        .expect("no call failed while the standby was replaced");
+    assert!(served.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        supervisor.worker_pid(),
+        Some(standby),
+        "the active worker is untouched"
+    );
+    assert_eq!(supervisor.standby_pid(), Some(third));
+
+    supervisor.shutdown().await.expect("shutdown");
+    assert_nothing_left(&[active, standby, second, third], &dir).await;
+}
+
+/// A stream on the active worker when it is killed still ends with `WorkerDied` and the
+/// text already streamed; the next call is served by the promoted standby. Dropping the
+/// supervisor kills both workers and removes the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_cut_by_a_kill_keeps_its_text_and_the_standby_serves_the_next_call() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let (supervisor, _events, standby) = settled_standby_supervisor(sandbox.path()).await;
+    let client = supervisor.client();
+    let active = supervisor.worker_pid().expect("pid");
+    let dir = supervisor.socket_dir();
+
+    let mut stream = client
+        .generate(
+            GenerateRequest::text("A long story:")
+                .max_tokens(1900)
+                .ignore_eos(true),
+        )
+        .await
+        .expect("generate");
+    let mut received = String::new();
+    while received.len() < 16 {
+        match stream.next().await.expect("event").expect("event ok") {
+            GenerateEvent::Token { text, .. } => received.push_str(&text),
+            GenerateEvent::Finished(f) => panic!("finished too early: {f:?}"),
+        }
+    }
+    support::signal(active, Signal::SIGKILL);
+    let err = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(GenerateEvent::Token { text, .. })) => received.push_str(&text),
+                Some(Ok(GenerateEvent::Finished(f))) => panic!("finished despite the kill: {f:?}"),
+                Some(Err(e)) => break e,
+                None => panic!("stream ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 2 s of the kill");
+    match &err {
+        Error::WorkerDied {
+            partial_text,
+            tokens_received,
+            ..
+        } => {
+            assert_eq!(partial_text, &received, "partial text is what was streamed");
+            assert!(*tokens_received >= 1 && *tokens_received < 1900);
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+
+    let next = support::complete(&client, GenerateRequest::text("next").max_tokens(4)).await;
+    assert_eq!(next.token_ids.len(), 4);
+    assert_eq!(
+        client.model_info().await.expect("model_info").worker_pid,
+        standby
+    );
+
+    // Wait for the next standby, so that Drop has two workers to kill.
+    support::wait_until(READY, "a new standby", || async {
+        supervisor
+            .standby_pid()
+            .is_some_and(|pid| pid != standby && pid != active)
+    })
+    .await;
+    let replacement = supervisor.standby_pid().expect("standby");
+    drop(supervisor);
+    assert_nothing_left(&[active, standby, replacement], &dir).await;
+}
+
+/// A standby needs the private socket directory: a fixed `socket_path` is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_with_a_fixed_socket_path_is_refused() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let config = support::config(support::tiny_worker(), sandbox.path())
+        .with_socket_path(sandbox.path().join("w.sock"))
+        .with_standby(true);
+    let err = Supervisor::spawn(config).await.expect_err("refused");
+    assert!(matches!(err, Error::Socket { .. }), "{err:?}");
+    assert!(err.to_string().contains("standby"), "{err}");
 }
