@@ -96,8 +96,9 @@ impl Session {
             .context("preparing the worker's Python environment")?;
         let timeout = Duration::try_from_secs_f64(global.startup_timeout)
             .context("--startup-timeout must be a non-negative number of seconds")?;
-        let mut config =
-            SupervisorConfig::new(worker_command(&env, global)).with_startup_timeout(timeout);
+        let mut config = SupervisorConfig::new(worker_command(&env, global))
+            .with_startup_timeout(timeout)
+            .with_standby(global.standby);
         if let Some(dir) = &global.socket_dir {
             config = config.with_socket_dir(dir);
         }

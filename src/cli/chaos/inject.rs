@@ -44,6 +44,8 @@ pub(crate) struct FaultRecord {
     pub(crate) crashed: Option<f64>,
     /// The replacement's `Starting` event.
     pub(crate) starting: Option<f64>,
+    /// `Some` when the standby took over (`Promoted`): whether it already served then.
+    pub(crate) promoted: Option<bool>,
     /// The replacement's `Ready` event.
     pub(crate) ready: Option<f64>,
     /// Spawn to ready, as the supervisor measured it.
@@ -167,6 +169,7 @@ impl Injector {
             detected: None,
             crashed: None,
             starting: None,
+            promoted: None,
             ready: None,
             load_time: None,
             startup: None,
@@ -229,7 +232,15 @@ impl Injector {
                     .map(|(t, _)| t);
             }
             if let Some(crashed) = r.crashed {
-                if r.starting.is_none() {
+                if r.promoted.is_none() && r.ready.is_none() {
+                    r.promoted = tl
+                        .find_event(crashed, |e| matches!(e, LifecycleEvent::Promoted { .. }))
+                        .and_then(|(_, e)| match e {
+                            LifecycleEvent::Promoted { was_ready, .. } => Some(was_ready),
+                            _ => None,
+                        });
+                }
+                if r.starting.is_none() && r.promoted.is_none() {
                     r.starting = tl
                         .find_event(crashed, |e| matches!(e, LifecycleEvent::Starting { .. }))
                         .map(|(t, _)| t);
@@ -243,8 +254,11 @@ impl Injector {
                     )) = tl.find_event(crashed, |e| matches!(e, LifecycleEvent::Ready { .. }))
                     {
                         r.ready = Some(t);
-                        r.load_time = Some(load_time.as_secs_f64());
-                        r.startup = startup;
+                        // A promoted standby's start-up happened before the fault.
+                        if r.promoted.is_none() {
+                            r.load_time = Some(load_time.as_secs_f64());
+                            r.startup = startup;
+                        }
                         if r.kind == FaultKind::SlowStart {
                             let _ = std::fs::write(&self.faults_file, "");
                         }

@@ -10,6 +10,10 @@
 //! after each fault, with where a restart's time goes; `chart` draws throughput over time
 //! with the faults marked.
 //!
+//! With `--standby` (a global option) the supervisor keeps a standby worker; the run starts
+//! once it serves, faults still go to the active worker, and the report tells takeovers by
+//! the standby from fresh starts.
+//!
 //! Exit code: 0 when nothing was lost or leaked and service came back after every fault;
 //! 1 otherwise (so it can gate CI); 2 for bad arguments.
 
@@ -97,7 +101,8 @@ pub(crate) async fn run(
             max_restarts: args.max_restarts,
             within: args.restart_window,
             immediate_first_restart: !args.no_immediate_restart,
-        });
+        })
+        .with_standby(global.standby);
     let socket_parent = global.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
     config = config.with_socket_dir(&socket_parent);
 
@@ -114,7 +119,19 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
+    // Subscribed before anything is ready, so that the first standby's pid is seen too.
+    let events = supervisor.subscribe();
+    let mut standby_events = supervisor.subscribe();
     let ready = supervisor.wait_ready(startup_timeout).await;
+    let ready = match ready {
+        // With --standby the run starts once the standby serves too.
+        Ok(()) if global.standby => {
+            progress.spin("starting the standby worker");
+            standby_ready(&mut standby_events, startup_timeout).await
+        }
+        other => other.map_err(anyhow::Error::from),
+    };
+    drop(standby_events);
     progress.done(None);
     ready.context("waiting for the worker to load the model")?;
     let client = supervisor.client();
@@ -135,8 +152,12 @@ pub(crate) async fn run(
     let socket_path = supervisor.socket_path();
     let socket_dir = supervisor.socket_dir();
     if !args.json {
+        let standby = supervisor
+            .standby_pid()
+            .map(|pid| format!(", standby pid {pid}"))
+            .unwrap_or_default();
         eprintln!(
-            "chaos: {} clients against {} (pid {}); faults: {}",
+            "chaos: {} clients against {} (pid {}{standby}); faults: {}",
             args.clients,
             info.model_id,
             first_pid.unwrap_or_default(),
@@ -148,7 +169,6 @@ pub(crate) async fn run(
     let timeline = Arc::new(Timeline::new());
     let recorder = tokio::spawn({
         let timeline = timeline.clone();
-        let events = supervisor.subscribe();
         async move { timeline.record(events).await }
     });
     let started = timeline.now();
@@ -252,7 +272,9 @@ pub(crate) async fn run(
         .events
         .iter()
         .filter_map(|(_, e)| match e {
-            LifecycleEvent::Starting { pid, .. } => Some(*pid),
+            LifecycleEvent::Starting { pid, .. } | LifecycleEvent::StandbyStarting { pid, .. } => {
+                Some(*pid)
+            }
             _ => None,
         })
         .chain(first_pid)
@@ -273,6 +295,8 @@ pub(crate) async fn run(
         max_tokens: args.max_tokens,
         duration_s: run_time,
         faults: plans,
+        standby: global.standby,
+        immediate_restart: !args.no_immediate_restart,
     };
     let report = report::build(settings, &requests, faults, &marks, final_state);
     if let Some(path) = &args.chart {
@@ -301,6 +325,30 @@ pub(crate) async fn run(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Waits for the first standby worker to serve.
+async fn standby_ready(
+    events: &mut tokio::sync::broadcast::Receiver<LifecycleEvent>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(LifecycleEvent::StandbyReady { .. }) => return Ok(()),
+                Ok(LifecycleEvent::StandbyCrashed {
+                    restart_in: None, ..
+                }) => anyhow::bail!("the standby worker crashed too often"),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    anyhow::bail!("the supervisor stopped")
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| anyhow::anyhow!("the standby worker was not ready within {timeout:?}"))?
 }
 
 /// The fault plans the arguments ask for.

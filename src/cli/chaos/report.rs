@@ -51,6 +51,8 @@ pub(crate) struct Report {
     pub(crate) faults: Faults,
     /// Worker restarts (Starting events after the first).
     pub(crate) restarts: usize,
+    /// Takeovers by the standby worker (Promoted events), with --standby.
+    pub(crate) standby_takeovers: usize,
     /// After each `kill`, where the time to serve again went.
     pub(crate) restart_breakdown_ms: BTreeMap<&'static str, Stats>,
     pub(crate) final_state: FinalState,
@@ -65,6 +67,10 @@ pub(crate) struct Settings {
     pub(crate) max_tokens: u32,
     pub(crate) duration_s: f64,
     pub(crate) faults: Vec<FaultPlan>,
+    /// Whether the supervisor kept a standby worker (--standby).
+    pub(crate) standby: bool,
+    /// Whether the first restart after a served run was immediate (no --no-immediate-restart).
+    pub(crate) immediate_restart: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,6 +189,22 @@ pub(crate) fn build(
         "2_backoff (Crashed to Starting)",
         phase(|r| Some(r.starting? - r.crashed?)),
     );
+    let takeovers = |serving: bool| {
+        Stats::of_secs(
+            kills
+                .iter()
+                .filter(|r| r.promoted == Some(serving))
+                .filter_map(|r| Some(r.ready? - r.crashed?)),
+        )
+    };
+    breakdown.insert(
+        "2a_takeover by a serving standby (Crashed to Ready)",
+        takeovers(true),
+    );
+    breakdown.insert(
+        "2b_takeover by a starting standby (Crashed to Ready)",
+        takeovers(false),
+    );
     breakdown.insert(
         "3_python_start (process start to worker object)",
         phase(|r| Some(r.startup?.interpreter.as_secs_f64())),
@@ -214,6 +236,11 @@ pub(crate) fn build(
         .iter()
         .filter(|(_, e)| matches!(e, mlx_sidecar::LifecycleEvent::Starting { attempt, .. } if *attempt > 0))
         .count();
+    let standby_takeovers = marks
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, mlx_sidecar::LifecycleEvent::Promoted { .. }))
+        .count();
     let unrecovered = faults.iter().filter(|f| !f.recovered()).count();
     let leaked = final_state.leaks();
     Report {
@@ -243,6 +270,7 @@ pub(crate) fn build(
         },
         settings,
         restarts,
+        standby_takeovers,
         restart_breakdown_ms: breakdown,
         verdict: Verdict {
             lost,
@@ -275,6 +303,16 @@ pub(crate) fn render(r: &Report) -> String {
         "chaos: {} clients, prompt {} tokens, {} generated each, {:.1} s, model {}",
         s.clients, s.prompt_tokens, s.max_tokens, s.duration_s, s.model
     );
+    let _ = writeln!(
+        out,
+        "supervisor: standby {}, first restart after a served run {}",
+        if s.standby { "on" } else { "off" },
+        if s.immediate_restart {
+            "immediate"
+        } else {
+            "after --restart-delay"
+        }
+    );
     let _ = writeln!(out, "\nrequests");
     let _ = writeln!(out, "  {:<28} {:>8}", "total", q.total);
     let _ = writeln!(out, "  {:<28} {:>8}", "completed", q.completed);
@@ -306,8 +344,8 @@ pub(crate) fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "\nfaults: {} injected, {} recovered, {} restarts",
-        r.faults.injected, r.faults.recovered, r.restarts
+        "\nfaults: {} injected, {} recovered, {} restarts, {} standby takeovers",
+        r.faults.injected, r.faults.recovered, r.restarts, r.standby_takeovers
     );
     let _ = writeln!(out, "{header}");
     for (kind, k) in &r.faults.by_kind {
@@ -320,7 +358,7 @@ pub(crate) fn render(r: &Report) -> String {
             out,
             "{}",
             stats_row(
-                &format!("{kind}: time to Ready (new worker)"),
+                &format!("{kind}: time to Ready (replacement worker)"),
                 &k.time_to_ready_ms
             )
         );
@@ -416,6 +454,8 @@ mod tests {
             max_tokens: 4,
             duration_s: 2.0,
             faults: Vec::new(),
+            standby: false,
+            immediate_restart: true,
         }
     }
 
@@ -428,6 +468,7 @@ mod tests {
             detected: Some(1.01),
             crashed: Some(1.01),
             starting: Some(1.1),
+            promoted: None,
             ready: Some(1.9),
             load_time: Some(0.8),
             startup: None,
@@ -484,6 +525,41 @@ mod tests {
         assert_eq!(stuck.verdict.unrecovered, 1);
         assert!(!stuck.verdict.ok);
         assert!(render(&stuck).contains("FAIL"));
+    }
+
+    #[test]
+    fn standby_takeovers_are_told_apart_from_fresh_starts() {
+        let promoted = FaultRecord {
+            starting: None,
+            promoted: Some(true),
+            ready: Some(1.02),
+            load_time: None,
+            ..fault(Some(1.5))
+        };
+        let r = build(
+            settings(),
+            &[],
+            vec![fault(Some(2.0)), promoted],
+            &Marks::default(),
+            FinalState::default(),
+        );
+        let phase = |name: &str| {
+            r.restart_breakdown_ms
+                .iter()
+                .find(|(k, _)| k.starts_with(name))
+                .map(|(_, s)| *s)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            phase("2_backoff").n,
+            1,
+            "only the fresh start had a backoff"
+        );
+        let takeover = phase("2a_takeover");
+        assert_eq!(takeover.n, 1);
+        assert!((takeover.p50 - 10.0).abs() < 1e-6, "{takeover:?}");
+        assert_eq!(phase("2b_takeover").n, 0);
+        assert_eq!(phase("total").n, 2);
     }
 
     #[test]
