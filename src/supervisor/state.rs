@@ -97,11 +97,12 @@ pub enum LifecycleEvent {
         /// The worker's process id.
         pid: u32,
     },
-    /// The worker reported `SERVING`.
+    /// The worker reported `SERVING` and calls go to it (for a promoted standby: it took over).
     Ready {
         /// The worker's process id.
         pid: u32,
-        /// From spawning the process to `SERVING` (imports, model load, warm-up).
+        /// From spawning the process to `SERVING` (imports, model load, warm-up). For a
+        /// promoted standby that was time spent before it took over.
         load_time: Duration,
         /// Where the start-up time went, as the worker reported it (its "startup" log
         /// event); `None` if that line was not seen.
