@@ -289,12 +289,20 @@ impl Owner {
         }
     }
 
-    /// The standby, if the keeper has one (it is idle afterwards either way).
+    /// The standby, if the keeper has one (it is idle afterwards either way). The keeper
+    /// answers at once unless it is busy stopping an unhealthy standby; then there is
+    /// none to take, and the wait is cut short after `health_timeout`.
     async fn take_standby(&mut self) -> Option<Handover> {
         let keeper = self.standby.as_ref()?;
         let (reply, answer) = oneshot::channel();
         keeper.send(standby::Command::Take { reply }).ok()?;
-        answer.await.ok().flatten()
+        match tokio::time::timeout(self.config.health_timeout, answer).await {
+            Ok(answer) => answer.ok().flatten(),
+            Err(_) => {
+                tracing::warn!("the standby keeper is busy; restarting without a standby");
+                None
+            }
+        }
     }
 
     /// Puts the standby in the dead worker's place: a new generation that calls go to as

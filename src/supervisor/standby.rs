@@ -75,6 +75,8 @@ enum Phase {
         until: Instant,
         socket: PathBuf,
     },
+    /// A standby offered to an owner that no longer waited for it: stop it, then idle.
+    Retire(Worker),
     Stop {
         worker: Option<Worker>,
         reply: Option<oneshot::Sender<()>>,
@@ -117,6 +119,7 @@ impl Keeper {
                     until,
                     socket,
                 } => self.backoff(attempt, until, socket).await,
+                Phase::Retire(worker) => self.retire(worker).await,
                 Phase::Stop { worker, reply } => self.stop(worker, reply).await,
                 Phase::Done => break,
             };
@@ -303,12 +306,9 @@ impl Keeper {
                 self.view.send_modify(|v| v.standby_pid = None);
                 let handover = held.map(|(worker, ready)| Handover { worker, ready });
                 match reply.send(handover) {
-                    Ok(()) => Phase::Idle,
-                    // The owner is gone: stop what was offered.
-                    Err(handover) => Phase::Stop {
-                        worker: handover.map(|h| h.worker),
-                        reply: None,
-                    },
+                    Ok(()) | Err(None) => Phase::Idle,
+                    // The owner stopped waiting (or is gone): stop what was offered.
+                    Err(Some(handover)) => Phase::Retire(handover.worker),
                 }
             }
             Some(Command::Stop { reply }) => Phase::Stop {
@@ -326,6 +326,13 @@ impl Keeper {
                 None => Phase::Start { attempt: 0, socket },
             },
         }
+    }
+
+    /// Stops a standby nobody took, and waits for the next command.
+    async fn retire(&mut self, mut worker: Worker) -> Phase {
+        let status = worker.terminate(self.config.shutdown_grace).await;
+        tracing::info!(pid = worker.pid, %status, "standby worker not taken; stopped");
+        Phase::Idle
     }
 
     /// Stops the standby (SIGTERM: it is idle, so it exits at once; then the grace, then
