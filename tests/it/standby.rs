@@ -11,7 +11,9 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use mlx_sidecar::{Error, GenerateEvent, GenerateRequest, LifecycleEvent, Supervisor};
+use mlx_sidecar::{
+    Error, GenerateEvent, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor,
+};
 use nix::sys::signal::Signal;
 use tokio::{sync::broadcast, time::Instant};
 
@@ -292,4 +294,100 @@ async fn standby_with_a_fixed_socket_path_is_refused() {
     let err = Supervisor::spawn(config).await.expect_err("refused");
     assert!(matches!(err, Error::Socket { .. }), "{err:?}");
     assert!(err.to_string().contains("standby"), "{err}");
+}
+
+/// A standby that cannot start backs off under its own restart limit, then the supervisor
+/// runs without one; the active worker serves throughout, and its own crash is then
+/// restarted the ordinary way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_crash_loop_backs_off_and_spares_the_active_worker() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let faults = sandbox.path().join("faults");
+    std::fs::write(&faults, "").expect("faults file");
+    let worker =
+        support::tiny_worker().with_env("MLX_WORKER_FAULTS_FILE", faults.display().to_string());
+    let policy = RestartPolicy {
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        factor: 2.0,
+        jitter: false,
+        reset_after: Duration::from_secs(60),
+        max_restarts: 3,
+        within: Duration::from_secs(60),
+        immediate_first_restart: true,
+    };
+    let config = support::config(worker, sandbox.path())
+        .with_restart(policy)
+        .with_standby(true);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let mut events = supervisor.subscribe();
+    supervisor.wait_ready(READY).await.expect("ready");
+    let active = supervisor.worker_pid().expect("pid");
+    let client = supervisor.client();
+
+    // From now on every start fails; the standby that may have started already is killed.
+    std::fs::write(&faults, "startup_exit=3").expect("write faults");
+    support::wait_until(READY, "the first standby", || async {
+        supervisor.standby_pid().is_some()
+    })
+    .await;
+    if let Some(pid) = supervisor.standby_pid() {
+        support::signal(pid, Signal::SIGKILL);
+    }
+    let (_, seen) = support::wait_event(&mut events, READY, |e| {
+        matches!(
+            e,
+            LifecycleEvent::StandbyCrashed {
+                restart_in: None,
+                ..
+            }
+        )
+    })
+    .await;
+    let delays: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(_, e)| match e {
+            LifecycleEvent::StandbyCrashed {
+                restart_in: Some(d),
+                ..
+            } => Some(*d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 3, "3 standby restarts allowed: {seen:#?}");
+    // The standbys that failed at start-up waited, growing; only the killed one, if it had
+    // become ready, was restarted at once.
+    let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+    assert!(ms == [0, 50, 100] || ms == [50, 100, 200], "{delays:?}");
+    assert!(
+        !seen.iter().any(|(_, e)| matches!(
+            e,
+            LifecycleEvent::Crashed { .. } | LifecycleEvent::Restarting { .. }
+        )),
+        "the active worker is not touched: {seen:#?}"
+    );
+    assert_eq!(supervisor.worker_pid(), Some(active));
+    assert_eq!(supervisor.standby_pid(), None);
+    support::complete(&client, GenerateRequest::text("still here").max_tokens(4)).await;
+
+    // Without a standby, the active worker's crash is restarted the ordinary way.
+    std::fs::write(&faults, "").expect("clear faults");
+    support::signal(active, Signal::SIGKILL);
+    let (restarting, seen) = support::wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, LifecycleEvent::Restarting { .. })
+    })
+    .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, LifecycleEvent::Promoted { .. })),
+        "{seen:#?}"
+    );
+    assert!(matches!(
+        restarting,
+        LifecycleEvent::Restarting { attempt: 1, .. }
+    ));
+    supervisor.wait_ready(READY).await.expect("ready again");
+    support::complete(&client, GenerateRequest::text("again").max_tokens(4)).await;
+    supervisor.shutdown().await.expect("shutdown");
 }
