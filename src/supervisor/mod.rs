@@ -45,8 +45,9 @@ use state::WorkerView;
 
 /// Keeps one MLX worker process running; see the [crate docs](crate) for how.
 ///
-/// Dropping the supervisor kills the worker's process group at once (SIGKILL) and removes
-/// the socket directory; [`Supervisor::shutdown`] stops it gracefully instead.
+/// Dropping the supervisor kills the worker's process group (and the standby's, if any) at
+/// once (SIGKILL) and removes the socket directory; [`Supervisor::shutdown`] stops it
+/// gracefully instead.
 #[derive(Debug)]
 pub struct Supervisor {
     control: mpsc::Sender<Control>,

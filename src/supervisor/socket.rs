@@ -267,6 +267,35 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_gets_the_second_path_and_the_roles_swap() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let worker = crate::WorkerCommand::new("python", "sidecar");
+        let config = SupervisorConfig::new(worker).with_socket_dir(dir.path());
+        let single = SocketPlace::prepare(&config)?;
+        assert_eq!(single.other(single.path()), None);
+
+        let place = SocketPlace::prepare(&config.clone().with_standby(true))?;
+        let first = place.path().to_path_buf();
+        let second = place.other(&first).ok_or("no second path")?.to_path_buf();
+        assert_ne!(first, second);
+        assert_eq!(first.parent(), second.parent());
+        assert_eq!(place.other(&second), Some(first.as_path()));
+
+        let fixed = config
+            .with_socket_path(dir.path().join("w.sock"))
+            .with_standby(true);
+        assert!(matches!(
+            SocketPlace::prepare(&fixed),
+            Err(Error::Socket { .. })
+        ));
+        for place in [single, place] {
+            place.cleanup_target().run();
+        }
+        Ok(())
+    }
+
+    #[test]
     fn regular_file_is_not_removed() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("s.sock");
