@@ -31,7 +31,8 @@ class WorkerConfig:
     log_level: str = "info"
     dequantize: str = "auto"
     stall_seconds: float = 30.0
-    prefill_step_size: int = 512
+    # None: the engine picks (see engine.prefill_plan).
+    prefill_step_size: int | None = None
     stdin_watch: bool = True
     default_max_tokens: int = 256
     # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
@@ -129,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prefill-step-size",
         type=_positive_int,
-        default=512,
-        help="prompt tokens processed per engine step (bounds how long a cancel waits)",
+        default=None,
+        help="prompt tokens of one sequence processed per engine step (bounds how long a "
+        "cancel waits; default 256 on the CPU, 512 on a GPU)",
     )
     p.add_argument(
         "--synthetic-tokens",

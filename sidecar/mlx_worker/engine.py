@@ -49,13 +49,30 @@ _CANCEL_ALL = object()
 
 # Most prompt tokens one engine step processes (over all sequences being prompted): one step
 # is the unit of cancellation and of the heartbeat, and stalls the running streams' decoding
-# while it runs, so it is bounded (2048 tokens of SmolLM2-135M take seconds on a small CPU).
-PREFILL_TOKENS_PER_STEP = 2048
+# while it runs, so it is bounded (2048 tokens of SmolLM2-135M take seconds on a small CPU; a
+# GPU does 8192 in a fraction of a second).
+PREFILL_TOKENS_PER_STEP_CPU = 2048
+PREFILL_TOKENS_PER_STEP_GPU = 8192
 
 
-def prefill_batch_size(config: WorkerConfig) -> int:
-    """How many sequences are prompted together (mlx-lm's default 8, within the bound)."""
-    return max(1, min(8, config.max_batch, PREFILL_TOKENS_PER_STEP // config.prefill_step_size))
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How prompts are processed: tokens per sequence per step, sequences per step."""
+
+    step_size: int
+    batch_size: int
+
+
+def prefill_plan(config: WorkerConfig, on_gpu: bool) -> PrefillPlan:
+    """Prompts are prefilled 8 at a time (mlx-lm's default) where the per-step bound allows.
+
+    Requests that arrive together are then prefilled together and finish together, so the
+    batch changes shape less often: with 4 at a time, 64 streams on an H100 lost 15-25 % of
+    their throughput to the extra prefill steps and batch reshuffles.
+    """
+    step = config.prefill_step_size or (512 if on_gpu else 256)
+    bound = PREFILL_TOKENS_PER_STEP_GPU if on_gpu else PREFILL_TOKENS_PER_STEP_CPU
+    return PrefillPlan(step_size=step, batch_size=max(1, min(8, config.max_batch, bound // step)))
 
 
 class EngineUnavailable(Exception):
@@ -111,6 +128,7 @@ class Engine:
         self._by_job: dict[Job, RequestState] = {}
         self._by_uid: dict[int, RequestState] = {}
         self._out: list[tuple[ResponseStream, list[Any]]] = []
+        self._prefill = PrefillPlan(step_size=256, batch_size=1)
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -186,8 +204,11 @@ class Engine:
         from .model import load_model
 
         import_batch_generator()
+        import mlx.core as mx
+
         from . import sampling  # noqa: F401  (after mlx_lm.generate: see fast_import)
 
+        self._prefill = prefill_plan(self._config, on_gpu=mx.default_device().type == mx.gpu)
         t2 = now()
         if self._faults.load_error:
             raise RuntimeError("fault injection: load_error")
@@ -214,8 +235,8 @@ class Engine:
         return BatchGenerator(
             self._loaded.model,
             completion_batch_size=cfg.max_batch,
-            prefill_batch_size=prefill_batch_size(cfg),
-            prefill_step_size=cfg.prefill_step_size,
+            prefill_batch_size=self._prefill.batch_size,
+            prefill_step_size=self._prefill.step_size,
         )
 
     def _warm_up(self) -> None:

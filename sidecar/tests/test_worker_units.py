@@ -176,3 +176,18 @@ def test_fast_import_skips_transformers_and_leaves_no_placeholder() -> None:
         timeout=120,
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_prefill_plan_batches_eight_prompts_within_the_per_step_bound() -> None:
+    from mlx_worker.engine import PrefillPlan, prefill_plan
+
+    c = parse_args(["--socket", "/run/w.sock"])
+    assert c.prefill_step_size is None
+    assert prefill_plan(c, on_gpu=False) == PrefillPlan(step_size=256, batch_size=8)
+    assert prefill_plan(c, on_gpu=True) == PrefillPlan(step_size=512, batch_size=8)
+    # An explicit chunk size is kept; the batch shrinks to stay within the bound.
+    big = parse_args(["--socket", "/run/w.sock", "--prefill-step-size", "2048"])
+    assert prefill_plan(big, on_gpu=False) == PrefillPlan(step_size=2048, batch_size=1)
+    assert prefill_plan(big, on_gpu=True) == PrefillPlan(step_size=2048, batch_size=4)
+    small = parse_args(["--socket", "/run/w.sock", "--max-batch", "2", "--prefill-step-size", "16"])
+    assert prefill_plan(small, on_gpu=False).batch_size == 2
