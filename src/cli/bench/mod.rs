@@ -126,6 +126,22 @@ pub(crate) struct BenchArgs {
     /// in the binary.
     #[arg(long, env = "MLX_SIDECAR_WORKER_DIR", value_name = "DIR")]
     pub(crate) worker_dir: Option<PathBuf>,
+
+    /// Set an environment variable for every measured Python process alike (the worker, the
+    /// in-process baseline, mlx-lm's server), such as `MLX_MAX_OPS_PER_BUFFER=100`;
+    /// repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE` for `--env`.
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains('\0') && !value.contains('\0') => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 /// One of the measured paths.
@@ -286,7 +302,12 @@ async fn run_bench(
         .clone()
         .unwrap_or_else(|| env.worker_dir.clone());
     let scratch = ScratchDir::new()?;
-    let py = PythonEnv::new(env.python.clone(), worker_dir, Vec::new(), scratch.path())?;
+    let py = PythonEnv::new(
+        env.python.clone(),
+        worker_dir,
+        args.env.clone(),
+        scratch.path(),
+    )?;
     let model = ModelArgs {
         model: global.model.clone(),
         cache_dir: global.cache_dir.clone(),
