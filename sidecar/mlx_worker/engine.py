@@ -10,6 +10,11 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
    logprobs, finish) and hand the whole step's output to the event loop with ONE
    ``call_soon_threadsafe``.
 
+A request that arrives while the engine is idle, with a prompt that fits in one prefill chunk,
+runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's single-sequence
+``generate_step``, cheaper per token than a batch of one); requests arriving meanwhile join the
+``BatchGenerator`` and each step advances both (see ``solo.py``).
+
 A cancelled request is removed from the batch (``BatchGenerator.remove``) at the next command
 check, whether it is queued, in prefill or decoding. An error in one request fails that
 request (INTERNAL); an error in a whole step fails that step's requests and replaces the
@@ -25,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +135,11 @@ class Engine:
         self._by_uid: dict[int, RequestState] = {}
         self._out: list[tuple[ResponseStream, list[Any]]] = []
         self._prefill = PrefillPlan(step_size=256, batch_size=1)
+        self._solo: Any = None  # the SoloSequence running, if any
+        self._solo_uids = 0  # solo sequences get uids -1, -2, ... (the batch's are >= 0)
+        # Requests waiting for a batch slot that the solo sequence occupies (--max-batch
+        # counts the solo sequence too); they go in when it ends.
+        self._held: deque[Job] = deque()
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -266,8 +277,25 @@ class Engine:
                 if r.finish_reason is not None:
                     pending.discard(r.uid)
             if not pending:
-                return
-        raise RuntimeError("warm-up generation did not finish")
+                break
+        else:
+            raise RuntimeError("warm-up generation did not finish")
+        if self._config.synthetic is None:
+            from .solo import SoloSequence
+
+            for s in (greedy, sampled):
+                solo = SoloSequence(
+                    -1,
+                    self._loaded.model,
+                    [first, first],
+                    2,
+                    make_request_sampler(s, vocab),
+                    make_request_processors(s),
+                    frozenset(),
+                    self._prefill.step_size,
+                )
+                while solo.next().finish_reason is None:
+                    pass
 
     def _serve(self) -> None:
         idle_wait = min(1.0, self._config.stall_seconds / 4)
@@ -300,12 +328,30 @@ class Engine:
         if isinstance(cmd, Job):
             self._insert(cmd)
         elif cmd is _CANCEL_ALL:
+            while self._held:
+                a = RequestState.start(self._held.popleft(), 0, self._loaded.tokenizer)
+                a.finish(Finish(pb.FINISH_REASON_CANCELLED))
+                self._emit(a)
             for a in list(self._by_uid.values()):
                 self._remove(a, "shutdown")
                 a.finish(Finish(pb.FINISH_REASON_CANCELLED))
                 self._emit(a)
         else:
             _, job = cmd
+            if job in self._held:
+                self._held.remove(job)
+                log.debug(
+                    "request removed",
+                    extra={
+                        "fields": {
+                            "request_id": job.params.request_id,
+                            "reason": "client_cancelled",
+                            "stage": "queued",
+                            "completion_tokens": 0,
+                            "since_arrival_ms": round((now() - job.clock.arrival) * 1e3, 3),
+                        }
+                    },
+                )
             a = self._by_job.get(job)
             if a is not None:
                 self._remove(a, "client_cancelled")
@@ -316,6 +362,12 @@ class Engine:
         from .sampling import make_request_processors, make_request_sampler
 
         p = job.params
+        if self._runs_alone(p):
+            self._insert_solo(job)
+            return
+        if self._solo is not None and self._batch_count() + 1 >= self._config.max_batch:
+            self._held.append(job)
+            return
         try:
             vocab = self._loaded.description.vocab_size
             (uid,) = self._bg.insert(
@@ -333,10 +385,58 @@ class Engine:
         self._by_job[job] = a
         self._by_uid[uid] = a
 
+    def _runs_alone(self, p: GenerateParams) -> bool:
+        """Whether a new request runs as the solo sequence: the engine is idle and the prompt
+        fits in one prefill chunk (a longer one is prefilled chunk by chunk in the batch, where
+        a cancel or the heartbeat waits at most one chunk)."""
+        return (
+            self._config.synthetic is None
+            and not self._by_uid
+            and len(p.prompt_ids) <= self._prefill.step_size
+        )
+
+    def _batch_count(self) -> int:
+        """Requests in the BatchGenerator (decoding, prefilling or queued there)."""
+        return sum(1 for uid in self._by_uid if uid >= 0)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, deque()
+        for job in held:
+            self._insert(job)
+
+    def _insert_solo(self, job: Job) -> None:
+        from .sampling import make_request_processors, make_request_sampler
+        from .solo import SoloSequence
+
+        p = job.params
+        self._solo_uids += 1
+        uid = -self._solo_uids
+        try:
+            self._solo = SoloSequence(
+                uid,
+                self._loaded.model,
+                p.prompt_ids,
+                p.max_tokens,
+                make_request_sampler(p.sampling, self._loaded.description.vocab_size),
+                make_request_processors(p.sampling),
+                p.stop_token_ids,
+                self._prefill.step_size,
+            )
+        except Exception as e:
+            log.exception("cannot start request", extra={"fields": {"request_id": p.request_id}})
+            self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(e))]))
+            return
+        a = RequestState.start(job, uid, self._loaded.tokenizer)
+        self._by_job[job] = a
+        self._by_uid[uid] = a
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request runs alone", extra={"fields": {"request_id": p.request_id}})
+
     def _remove(self, a: RequestState, reason: str) -> None:
         """Takes a request out of the batch (and out of the engine's books)."""
         self._forget(a)
-        self._bg.remove([a.uid])
+        if a.uid >= 0:
+            self._bg.remove([a.uid])
         if reason != "finished" and log.isEnabledFor(logging.DEBUG):
             clock = a.job.clock
             stage = (
@@ -363,15 +463,37 @@ class Engine:
         self.steps += 1
         self._maybe_inject_engine_fault()
         t0 = now()
-        try:
-            prompt_responses, generated = self._bg.next()
-        except Exception:
-            log.exception("engine step failed; failing its requests and resetting the batch")
-            self._fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
-            with contextlib.suppress(Exception):
-                self._bg.close()
-            self._bg = self._new_batch_generator()
-            return
+        generated: list[Any] = []
+        prompt_responses: list[Any] = []
+        solo = self._solo
+        if solo is not None:
+            a = self._by_uid[solo.uid]
+            if a.job.clock.prefill_start is None:
+                prompt_responses.append(solo)
+            try:
+                generated.append(solo.next())
+            except Exception as e:
+                log.exception(
+                    "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
+                )
+                self._forget(a)
+                self._out.append(
+                    (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
+                )
+        if len(self._by_uid) > (self._solo is not None):  # the batch has sequences
+            try:
+                batch_prompts, batch_generated = self._bg.next()
+            except Exception:
+                log.exception("engine step failed; failing its requests and resetting the batch")
+                self._fail_batch(
+                    grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)"
+                )
+                with contextlib.suppress(Exception):
+                    self._bg.close()
+                self._bg = self._new_batch_generator()
+                batch_prompts, batch_generated = [], []
+            prompt_responses.extend(batch_prompts)
+            generated.extend(batch_generated)
         t1 = now()
         self.heartbeat = time.monotonic()
         by_uid = self._by_uid
@@ -441,16 +563,28 @@ class Engine:
     def _forget(self, a: RequestState) -> None:
         self._by_uid.pop(a.uid, None)
         self._by_job.pop(a.job, None)
+        if self._solo is not None and a.uid == self._solo.uid:
+            self._solo.close()
+            self._solo = None
+            self._release_held()
 
     def _emit(self, a: RequestState) -> None:
         if a.events:
             self._out.append((a.job.stream, a.take_events()))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
+        while self._held:
+            self._out.append((self._held.popleft().stream, [RequestFailure(code, message)]))
         for a in list(self._by_uid.values()):
+            self._forget(a)
             self._out.append((a.job.stream, [RequestFailure(code, message)]))
-        self._by_uid.clear()
-        self._by_job.clear()
+
+    def _fail_batch(self, code: grpc.StatusCode, message: str) -> None:
+        """Fails the batch's requests (not the solo sequence, which has its own cache)."""
+        for a in list(self._by_uid.values()):
+            if a.uid >= 0:
+                self._forget(a)
+                self._out.append((a.job.stream, [RequestFailure(code, message)]))
 
     def _die(self) -> None:
         """The thread is ending: fail everything it holds or was sent, tell the loop."""

@@ -356,3 +356,21 @@ def test_large_inputs(worker: WorkerProcess, tiny_tokenizer) -> None:
         worker.generate(prompt=pb.Prompt(text=text), max_tokens=1)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert e.value.details().startswith("prompt:")
+
+
+def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(worker: WorkerProcess) -> None:
+    alone, fin = worker.generate(prompt=PROMPT, max_tokens=40, request_id="lone")
+    assert fin.usage.completion_tokens == 40
+    worker.wait_log("request runs alone", request_id="lone")
+    # The same request while another one decodes joins the BatchGenerator beside it.
+    long = worker.stub.Generate(
+        pb.GenerateRequest(prompt=PROMPT, max_tokens=2000, request_id="long"), timeout=120
+    )
+    next(iter(long))  # "long" is decoding (alone)
+    batched, _ = worker.generate(prompt=PROMPT, max_tokens=40, request_id="beside")
+    long.cancel()
+    worker.wait_log("request removed", request_id="long")
+    assert worker.find_log("request runs alone", request_id="beside") is None
+    assert worker.find_log("prefill started", request_id="beside") is not None
+    assert _ids(batched) == _ids(alone)
+    assert "".join(c.text for c in batched) == "".join(c.text for c in alone)
