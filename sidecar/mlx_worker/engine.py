@@ -30,7 +30,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -137,9 +136,6 @@ class Engine:
         self._prefill = PrefillPlan(step_size=256, batch_size=1)
         self._solo: Any = None  # the SoloSequence running, if any
         self._solo_uids = 0  # solo sequences get uids -1, -2, ... (the batch's are >= 0)
-        # Requests waiting for a batch slot that the solo sequence occupies (--max-batch
-        # counts the solo sequence too); they go in when it ends.
-        self._held: deque[Job] = deque()
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -292,7 +288,6 @@ class Engine:
                     make_request_sampler(s, vocab),
                     make_request_processors(s),
                     frozenset(),
-                    self._prefill.step_size,
                 )
                 while solo.next().finish_reason is None:
                     pass
@@ -328,46 +323,31 @@ class Engine:
         if isinstance(cmd, Job):
             self._insert(cmd)
         elif cmd is _CANCEL_ALL:
-            while self._held:
-                a = RequestState.start(self._held.popleft(), 0, self._loaded.tokenizer)
-                a.finish(Finish(pb.FINISH_REASON_CANCELLED))
-                self._emit(a)
             for a in list(self._by_uid.values()):
                 self._remove(a, "shutdown")
                 a.finish(Finish(pb.FINISH_REASON_CANCELLED))
                 self._emit(a)
         else:
             _, job = cmd
-            if job in self._held:
-                self._held.remove(job)
-                log.debug(
-                    "request removed",
-                    extra={
-                        "fields": {
-                            "request_id": job.params.request_id,
-                            "reason": "client_cancelled",
-                            "stage": "queued",
-                            "completion_tokens": 0,
-                            "since_arrival_ms": round((now() - job.clock.arrival) * 1e3, 3),
-                        }
-                    },
-                )
             a = self._by_job.get(job)
             if a is not None:
                 self._remove(a, "client_cancelled")
 
     def _insert(self, job: Job) -> None:
+        p = job.params
+        if self._runs_alone(p):
+            self._insert_solo(job)
+            return
+        if self._solo is not None:
+            self._hand_over_solo()
+        self._insert_batch(job)
+
+    def _insert_batch(self, job: Job) -> None:
         from mlx_lm.generate import StopSequences
 
         from .sampling import make_request_processors, make_request_sampler
 
         p = job.params
-        if self._runs_alone(p):
-            self._insert_solo(job)
-            return
-        if self._solo is not None and self._batch_count() + 1 >= self._config.max_batch:
-            self._held.append(job)
-            return
         try:
             vocab = self._loaded.description.vocab_size
             (uid,) = self._bg.insert(
@@ -395,14 +375,59 @@ class Engine:
             and len(p.prompt_ids) <= self._prefill.step_size
         )
 
-    def _batch_count(self) -> int:
-        """Requests in the BatchGenerator (decoding, prefilling or queued there)."""
-        return sum(1 for uid in self._by_uid if uid >= 0)
+    def _hand_over_solo(self) -> None:
+        """Another request arrived: the solo sequence moves into the BatchGenerator (one
+        model pass per step for everyone, instead of the solo's plus the batch's)."""
+        from mlx_lm.generate import StopSequences
 
-    def _release_held(self) -> None:
-        held, self._held = self._held, deque()
-        for job in held:
-            self._insert(job)
+        solo = self._solo
+        a = self._by_uid[solo.uid]
+        if not solo.started:  # nothing computed yet: it is a plain request
+            self._forget(a)
+            self._insert_batch(a.job)
+            return
+        try:
+            response, state = solo.hand_over()
+        except Exception as e:
+            log.exception(
+                "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
+            )
+            self._forget(a)
+            self._out.append(
+                (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
+            )
+            return
+        self._solo = None
+        self._on_token(a, response, self._logprobs([response]).get(response.uid), now())
+        if state is None or a.job not in self._by_job:  # that token ended it
+            return
+        self._forget(a)
+        try:
+            (uid,) = self._bg.insert(
+                [[state.next_token]],
+                max_tokens=[state.remaining_tokens],
+                caches=[state.cache],
+                all_tokens=[state.history],
+                samplers=[solo.sampler],
+                logits_processors=[solo.processors],
+                stop_sequences=[StopSequences([(t,) for t in sorted(solo.stop_token_ids)])],
+            )
+        except Exception as e:
+            log.exception(
+                "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
+            )
+            self._out.append(
+                (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
+            )
+            return
+        a.uid = uid
+        self._by_job[a.job] = a
+        self._by_uid[uid] = a
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request joins the batch",
+                extra={"fields": {"request_id": a.job.params.request_id, "generated": a.generated}},
+            )
 
     def _insert_solo(self, job: Job) -> None:
         from .sampling import make_request_processors, make_request_sampler
@@ -420,7 +445,6 @@ class Engine:
                 make_request_sampler(p.sampling, self._loaded.description.vocab_size),
                 make_request_processors(p.sampling),
                 p.stop_token_ids,
-                self._prefill.step_size,
             )
         except Exception as e:
             log.exception("cannot start request", extra={"fields": {"request_id": p.request_id}})
@@ -566,15 +590,12 @@ class Engine:
         if self._solo is not None and a.uid == self._solo.uid:
             self._solo.close()
             self._solo = None
-            self._release_held()
 
     def _emit(self, a: RequestState) -> None:
         if a.events:
             self._out.append((a.job.stream, a.take_events()))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
-        while self._held:
-            self._out.append((self._held.popleft().stream, [RequestFailure(code, message)]))
         for a in list(self._by_uid.values()):
             self._forget(a)
             self._out.append((a.job.stream, [RequestFailure(code, message)]))

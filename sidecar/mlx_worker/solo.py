@@ -1,17 +1,19 @@
-"""A request that runs alone: mlx-lm's ``generate_step`` instead of ``BatchGenerator``.
+"""A request that runs alone: one sequence, one KV cache, no ``BatchGenerator``.
 
 For one sequence, ``BatchGenerator`` costs more per token than mlx-lm's single-sequence
 ``generate_step`` (what ``stream_generate`` runs): its batched cache, per-sequence logits
 processing and bookkeeping are pure overhead when the batch holds one sequence. On an H100 with
 the default model, one stream decoded at about 0.7 of ``generate_step``'s rate through
-``BatchGenerator``, and the engine's single stream was correspondingly slower than in-process
-``stream_generate``.
+``BatchGenerator``.
 
-So the engine runs a request that arrives while it is idle (nothing decoding, nothing queued)
-and whose prompt fits in one prefill chunk as a :class:`SoloSequence`: the same model, sampler
-and logits processors, its own KV cache, one token per engine step. Requests that arrive while
-it runs go to the ``BatchGenerator`` as usual; each engine step then advances both. The solo
-sequence never moves into the batch: it finishes where it started.
+So the engine runs a request that arrives while it is idle, with a prompt that fits in one
+prefill chunk, as a :class:`SoloSequence`: ``generate_step``'s loop (the model on a plain
+``KVCache``, logits processors on the whole token history, the request's sampler, the next
+token computed while the current one is handed out). When another request arrives, the engine
+moves the solo sequence into the ``BatchGenerator`` (:meth:`SoloSequence.hand_over`): the token
+already computed is handed out, and the sequence continues in the batch from its own cache,
+with its token history, sampler and processors; it never runs beside the batch, which would
+cost two model passes per step.
 
 ``next()`` returns objects shaped like ``BatchGenerator``'s responses (``uid``, ``token``,
 ``finish_reason``, ``logprobs``), so the engine treats both alike downstream.
@@ -19,9 +21,11 @@ sequence never moves into the batch: it finishes where it started.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import mlx.core as mx
 
 
 @dataclass
@@ -34,8 +38,18 @@ class SoloResponse:
     logprobs: Any
 
 
+@dataclass
+class HandOver:
+    """What the batch needs to continue a solo sequence (``BatchGenerator.insert`` arguments)."""
+
+    next_token: int  # computed, handed out, not yet in the cache: the batch feeds it next
+    cache: list[Any]
+    history: list[int]  # every token in the cache (prompt and generated)
+    remaining_tokens: int
+
+
 class SoloSequence:
-    """One sequence generated with ``generate_step``, one token per ``next()``."""
+    """One sequence decoded alone; ``next()`` gives one token per call."""
 
     def __init__(
         self,
@@ -46,39 +60,96 @@ class SoloSequence:
         sampler: Callable[[Any], Any],
         logits_processors: list[Callable[[Any, Any], Any]],
         stop_token_ids: frozenset[int],
-        prefill_step_size: int,
     ) -> None:
-        import mlx.core as mx
-        from mlx_lm.generate import generate_step
-
         self.uid = uid
+        self.prompt_ids = prompt_ids
+        self.sampler = sampler
+        self.processors = logits_processors
+        self.stop_token_ids = stop_token_ids
+        self._model = model
         self._max_tokens = max_tokens
-        self._stop_token_ids = stop_token_ids
-        self._generated = 0
-        self._steps: Iterator[tuple[int, Any]] = generate_step(
-            mx.array(prompt_ids),
-            model,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=logits_processors or None,
-            prefill_step_size=prefill_step_size,
-        )
+        self._cache: list[Any] | None = None
+        self._history: list[int] = []  # tokens in the cache
+        self._pending: Any = None  # (token, logprobs) arrays being computed
+        self.generated = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether the prompt has been processed (before that, it is just a request)."""
+        return self._pending is not None
+
+    def _compute(self, fed: Any) -> tuple[Any, Any]:
+        """Queues feeding ``fed`` (a lazy 1-D array whose tokens join the cache) and sampling
+        the token after it; returns (token, logprobs), still being computed."""
+        logits = self._model(fed[None], cache=self._cache)[:, -1, :]
+        if self.processors:
+            # The history as mlx-lm's generate_step gives it: everything in the cache.
+            context = mx.concatenate([mx.array(self._history, dtype=fed.dtype), fed])
+            for processor in self.processors:
+                logits = processor(context, logits)
+        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        token = self.sampler(logprobs)
+        mx.async_eval(token, logprobs)
+        return token, logprobs.squeeze(0)
+
+    def _start(self) -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        self._cache = make_prompt_cache(self._model)
+        if len(self.prompt_ids) > 1:
+            self._model(mx.array(self.prompt_ids[:-1])[None], cache=self._cache)
+            mx.eval([c.state for c in self._cache])
+            self._history.extend(self.prompt_ids[:-1])
+        last = self.prompt_ids[-1:]
+        self._pending = self._compute(mx.array(last, dtype=mx.uint32))
+        self._history.extend(last)
+
+    def _take(self) -> tuple[int, Any, str | None]:
+        """Waits for the pending token and counts it."""
+        token_array, logprobs = self._pending
+        token = int(token_array.item())
+        self.generated += 1
+        finish = None
+        if token in self.stop_token_ids:
+            finish = "stop"
+        elif self.generated >= self._max_tokens:
+            finish = "length"
+        return token, logprobs, finish
 
     def next(self) -> SoloResponse:
-        """Generates the next token (the first call also processes the prompt)."""
-        token, logprobs = next(self._steps)
-        self._generated += 1
-        finish = None
-        if token in self._stop_token_ids:
-            finish = "stop"
-        elif self._generated >= self._max_tokens:
-            finish = "length"
+        """The next token; the one after it is computed meanwhile (as ``generate_step`` does)."""
+        if self._pending is None:
+            self._start()
+        following = None
+        if self.generated + 1 < self._max_tokens:
+            following = self._compute(self._pending[0].reshape(-1).astype(mx.uint32))
+        token, logprobs, finish = self._take()
+        if following is not None:
+            self._history.append(token)  # fed above
+        self._pending = following
         if finish is not None:
             self.close()
         return SoloResponse(self.uid, token, finish, logprobs)
 
+    def hand_over(self) -> tuple[SoloResponse, HandOver | None]:
+        """Stops decoding alone: hands out the token already computed and returns what the
+        batch needs to continue (``None`` if that token ended the request)."""
+        token, logprobs, finish = self._take()
+        response = SoloResponse(self.uid, token, finish, logprobs)
+        if finish is not None:
+            self.close()
+            return response, None
+        state = HandOver(
+            next_token=token,
+            cache=self._cache or [],
+            history=list(self._history),
+            remaining_tokens=self._max_tokens - self.generated,
+        )
+        self._cache = None
+        self._pending = None
+        return response, state
+
     def close(self) -> None:
-        """Drops the generator (and with it the KV cache)."""
-        close = getattr(self._steps, "close", None)
-        if close is not None:
-            close()
+        """Drops the cache."""
+        self._cache = None
+        self._pending = None

@@ -374,3 +374,39 @@ def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(worker: WorkerPr
     assert worker.find_log("prefill started", request_id="beside") is not None
     assert _ids(batched) == _ids(alone)
     assert "".join(c.text for c in batched) == "".join(c.text for c in alone)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        pb.SamplingParams(repetition_penalty=1.3, logit_bias={5: 2.0}),
+        pb.SamplingParams(temperature=0.8, top_p=0.9, seed=5),
+    ],
+    ids=["greedy-penalized", "seeded"],
+)
+def test_a_lone_request_joined_midway_moves_into_the_batch_unchanged(
+    worker: WorkerProcess, sampling: pb.SamplingParams
+) -> None:
+    n = 1500
+    alone, _ = worker.generate(prompt=PROMPT, max_tokens=n, sampling=sampling)
+    rid = f"joined-{sampling.seed}"
+    first = worker.stub.Generate(
+        pb.GenerateRequest(prompt=PROMPT, max_tokens=n, sampling=sampling, request_id=rid),
+        timeout=120,
+    )
+    messages = iter(first)
+    chunks = [next(messages).chunk]  # decoding alone
+    other, _ = worker.generate(prompt=PROMPT, max_tokens=5)
+    assert len(other) == 5
+    finished = None
+    for msg in messages:
+        if msg.HasField("chunk"):
+            chunks.append(msg.chunk)
+        else:
+            finished = msg.finished
+    joined = worker.wait_log("request joins the batch", request_id=rid)
+    assert 0 < joined["fields"]["generated"] < n
+    assert finished is not None and finished.usage.completion_tokens == n
+    # The cache, the token history (penalties), the sampler's random key and the count all
+    # carried over: the same tokens as alone.
+    assert _ids(chunks) == _ids(alone)
