@@ -127,6 +127,8 @@ class SoloSequence:
         if following is not None:
             self._history.append(token)  # fed above
         self._pending = following
+        if self.generated % 256 == 0:
+            mx.clear_cache()  # as generate_step does: return freed buffers now and then
         if finish is not None:
             self.close()
         return SoloResponse(self.uid, token, finish, logprobs)
