@@ -12,8 +12,8 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
 
 A request that arrives while the engine is idle, with a prompt that fits in one prefill chunk,
 runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's single-sequence
-``generate_step``, cheaper per token than a batch of one); requests arriving meanwhile join the
-``BatchGenerator`` and each step advances both (see ``solo.py``).
+``generate_step`` loop, cheaper per token than a batch of one); when another request arrives
+it moves into the ``BatchGenerator`` with its cache (see ``solo.py``).
 
 A cancelled request is removed from the batch (``BatchGenerator.remove``) at the next command
 check, whether it is queued, in prefill or decoding. An error in one request fails that
