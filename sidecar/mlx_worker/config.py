@@ -34,6 +34,8 @@ class WorkerConfig:
     # None: the engine picks (see engine.prefill_plan).
     prefill_step_size: int | None = None
     stdin_watch: bool = True
+    # A request that finds the engine idle decodes alone (solo.py): "auto" on a GPU only.
+    solo: str = "auto"
     default_max_tokens: int = 256
     # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
     synthetic: SyntheticSpec | None = None
@@ -122,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="expand quantized weights to floats at load (auto: on CPU with a fast BLAS)",
     )
     p.add_argument(
+        "--solo",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="decode a request that finds the engine idle on mlx-lm's single-sequence loop until "
+        "another arrives (auto: on a GPU, where it is faster; on a CPU it gains nothing)",
+    )
+    p.add_argument(
         "--stall-seconds",
         type=_positive_seconds,
         default=30.0,
@@ -163,6 +172,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         grace_seconds=ns.grace_seconds,
         log_level=ns.log_level,
         dequantize=ns.dequantize,
+        solo=ns.solo,
         stall_seconds=ns.stall_seconds,
         prefill_step_size=ns.prefill_step_size,
         stdin_watch=not ns.no_stdin_watch,

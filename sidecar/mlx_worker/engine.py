@@ -10,10 +10,10 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
    logprobs, finish) and hand the whole step's output to the event loop with ONE
    ``call_soon_threadsafe``.
 
-A request that arrives while the engine is idle, with a prompt that fits in one prefill chunk,
-runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's single-sequence
-``generate_step`` loop, cheaper per token than a batch of one); when another request arrives
-it moves into the ``BatchGenerator`` with its cache (see ``solo.py``).
+On a GPU (``--solo``), a request that arrives while the engine is idle, with a prompt that
+fits in one prefill chunk, runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's
+single-sequence ``generate_step`` loop, cheaper per token than a batch of one); when another
+request arrives it moves into the ``BatchGenerator`` with its cache (see ``solo.py``).
 
 A cancelled request is removed from the batch (``BatchGenerator.remove``) at the next command
 check, whether it is queued, in prefill or decoding. An error in one request fails that
@@ -135,6 +135,7 @@ class Engine:
         self._out: list[tuple[ResponseStream, list[Any]]] = []
         self._prefill = PrefillPlan(step_size=256, batch_size=1)
         self._solo: Any = None  # the SoloSequence running, if any
+        self._solo_enabled = False  # decided at start-up (--solo, and the device)
         self._solo_uids = 0  # solo sequences get uids -1, -2, ... (the batch's are >= 0)
 
     # ---- event-loop side -------------------------------------------------------------
@@ -215,7 +216,12 @@ class Engine:
 
         from . import sampling  # noqa: F401  (after mlx_lm.generate: see fast_import)
 
-        self._prefill = prefill_plan(self._config, on_gpu=mx.default_device().type == mx.gpu)
+        on_gpu = mx.default_device().type == mx.gpu
+        self._prefill = prefill_plan(self._config, on_gpu=on_gpu)
+        solo = self._config.solo
+        self._solo_enabled = self._config.synthetic is None and (
+            solo == "on" or (solo == "auto" and on_gpu)
+        )
         t2 = now()
         if self._faults.load_error:
             raise RuntimeError("fault injection: load_error")
@@ -276,7 +282,7 @@ class Engine:
                 break
         else:
             raise RuntimeError("warm-up generation did not finish")
-        if self._config.synthetic is None:
+        if self._solo_enabled:
             from .solo import SoloSequence
 
             for s in (greedy, sampled):
@@ -370,9 +376,7 @@ class Engine:
         fits in one prefill chunk (a longer one is prefilled chunk by chunk in the batch, where
         a cancel or the heartbeat waits at most one chunk)."""
         return (
-            self._config.synthetic is None
-            and not self._by_uid
-            and len(p.prompt_ids) <= self._prefill.step_size
+            self._solo_enabled and not self._by_uid and len(p.prompt_ids) <= self._prefill.step_size
         )
 
     def _hand_over_solo(self) -> None:

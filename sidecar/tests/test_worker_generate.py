@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import WorkerProcess
+from conftest import WorkerProcess, short_private_dir
 
 from mlx_sidecar.v1 import inference_pb2 as pb
 
@@ -358,22 +360,43 @@ def test_large_inputs(worker: WorkerProcess, tiny_tokenizer) -> None:
     assert e.value.details().startswith("prompt:")
 
 
-def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(worker: WorkerProcess) -> None:
-    alone, fin = worker.generate(prompt=PROMPT, max_tokens=40, request_id="lone")
+@pytest.fixture(scope="module")
+def solo_worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
+    """A worker with the solo path on (``--solo auto`` turns it on for GPUs only)."""
+    d = short_private_dir()
+    args = ["--model", str(tiny_model_dir), "--log-level", "debug", "--solo", "on"]
+    w = WorkerProcess(args, {}, d / "w.sock", d / "worker.log")
+    try:
+        w.wait_serving()
+        yield w
+    finally:
+        w.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(
+    solo_worker: WorkerProcess, worker: WorkerProcess
+) -> None:
+    w = solo_worker
+    alone, fin = w.generate(prompt=PROMPT, max_tokens=40, request_id="lone")
     assert fin.usage.completion_tokens == 40
-    worker.wait_log("request runs alone", request_id="lone")
-    # The same request while another one decodes joins the BatchGenerator beside it.
-    long = worker.stub.Generate(
+    w.wait_log("request runs alone", request_id="lone")
+    # The same request while another one decodes joins the BatchGenerator.
+    long = w.stub.Generate(
         pb.GenerateRequest(prompt=PROMPT, max_tokens=2000, request_id="long"), timeout=120
     )
     next(iter(long))  # "long" is decoding (alone)
-    batched, _ = worker.generate(prompt=PROMPT, max_tokens=40, request_id="beside")
+    batched, _ = w.generate(prompt=PROMPT, max_tokens=40, request_id="beside")
     long.cancel()
-    worker.wait_log("request removed", request_id="long")
-    assert worker.find_log("request runs alone", request_id="beside") is None
-    assert worker.find_log("prefill started", request_id="beside") is not None
+    w.wait_log("request removed", request_id="long")
+    assert w.find_log("request runs alone", request_id="beside") is None
+    assert w.find_log("prefill started", request_id="beside") is not None
     assert _ids(batched) == _ids(alone)
     assert "".join(c.text for c in batched) == "".join(c.text for c in alone)
+    # On a CPU the default (--solo auto) keeps every request in the batch: same tokens.
+    default, _ = worker.generate(prompt=PROMPT, max_tokens=40, request_id="lone-default")
+    assert worker.find_log("request runs alone", request_id="lone-default") is None
+    assert _ids(default) == _ids(alone)
 
 
 @pytest.mark.parametrize(
@@ -385,18 +408,19 @@ def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(worker: WorkerPr
     ids=["greedy-penalized", "seeded"],
 )
 def test_a_lone_request_joined_midway_moves_into_the_batch_unchanged(
-    worker: WorkerProcess, sampling: pb.SamplingParams
+    solo_worker: WorkerProcess, sampling: pb.SamplingParams
 ) -> None:
+    w = solo_worker
     n = 1500
-    alone, _ = worker.generate(prompt=PROMPT, max_tokens=n, sampling=sampling)
+    alone, _ = w.generate(prompt=PROMPT, max_tokens=n, sampling=sampling)
     rid = f"joined-{sampling.seed}"
-    first = worker.stub.Generate(
+    first = w.stub.Generate(
         pb.GenerateRequest(prompt=PROMPT, max_tokens=n, sampling=sampling, request_id=rid),
         timeout=120,
     )
     messages = iter(first)
     chunks = [next(messages).chunk]  # decoding alone
-    other, _ = worker.generate(prompt=PROMPT, max_tokens=5)
+    other, _ = w.generate(prompt=PROMPT, max_tokens=5)
     assert len(other) == 5
     finished = None
     for msg in messages:
@@ -404,7 +428,7 @@ def test_a_lone_request_joined_midway_moves_into_the_batch_unchanged(
             chunks.append(msg.chunk)
         else:
             finished = msg.finished
-    joined = worker.wait_log("request joins the batch", request_id=rid)
+    joined = w.wait_log("request joins the batch", request_id=rid)
     assert 0 < joined["fields"]["generated"] < n
     assert finished is not None and finished.usage.completion_tokens == n
     # The cache, the token history (penalties), the sampler's random key and the count all

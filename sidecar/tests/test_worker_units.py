@@ -191,3 +191,10 @@ def test_prefill_plan_batches_eight_prompts_within_the_per_step_bound() -> None:
     assert prefill_plan(big, on_gpu=True) == PrefillPlan(step_size=2048, batch_size=4)
     small = parse_args(["--socket", "/run/w.sock", "--max-batch", "2", "--prefill-step-size", "16"])
     assert prefill_plan(small, on_gpu=False).batch_size == 2
+
+
+def test_solo_flag() -> None:
+    assert parse_args(["--socket", "/run/w.sock"]).solo == "auto"
+    assert parse_args(["--socket", "/run/w.sock", "--solo", "off"]).solo == "off"
+    with pytest.raises(SystemExit):
+        parse_args(["--socket", "/run/w.sock", "--solo", "maybe"])
