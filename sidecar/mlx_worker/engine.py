@@ -393,13 +393,7 @@ class Engine:
         try:
             response, state = solo.hand_over()
         except Exception as e:
-            log.exception(
-                "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
-            )
-            self._forget(a)
-            self._out.append(
-                (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
-            )
+            self._fail_request(a, e)
             return
         self._solo = None
         self._on_token(a, response, self._logprobs([response]).get(response.uid), now())
@@ -417,12 +411,7 @@ class Engine:
                 stop_sequences=[StopSequences([(t,) for t in sorted(solo.stop_token_ids)])],
             )
         except Exception as e:
-            log.exception(
-                "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
-            )
-            self._out.append(
-                (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
-            )
+            self._fail_request(a, e)  # already out of the books: nothing else to undo
             return
         a.uid = uid
         self._by_job[a.job] = a
@@ -501,13 +490,7 @@ class Engine:
             try:
                 generated.append(solo.next())
             except Exception as e:
-                log.exception(
-                    "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
-                )
-                self._forget(a)
-                self._out.append(
-                    (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
-                )
+                self._fail_request(a, e)
         if len(self._by_uid) > (self._solo is not None):  # the batch has sequences
             try:
                 batch_prompts, batch_generated = self._bg.next()
@@ -549,16 +532,9 @@ class Engine:
             try:
                 self._on_token(a, r, logprobs.get(r.uid), t1)
             except Exception as e:
-                log.exception(
-                    "request failed", extra={"fields": {"request_id": a.job.params.request_id}}
-                )
-                if r.finish_reason is None:
-                    self._remove(a, "error")
-                else:
-                    self._forget(a)
-                self._out.append(
-                    (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {e}")])
-                )
+                if r.finish_reason is None and a.uid >= 0:
+                    self._bg.remove([a.uid])  # still in the batch
+                self._fail_request(a, e)
 
     def _maybe_inject_engine_fault(self) -> None:
         f = self._faults
@@ -598,6 +574,15 @@ class Engine:
     def _emit(self, a: RequestState) -> None:
         if a.events:
             self._out.append((a.job.stream, a.take_events()))
+
+    def _fail_request(self, a: RequestState, error: Exception) -> None:
+        """One request failed on its own (call it while handling ``error``): only it gets
+        INTERNAL; the engine serves on."""
+        log.exception("request failed", extra={"fields": {"request_id": a.job.params.request_id}})
+        self._forget(a)
+        self._out.append(
+            (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {error}")])
+        )
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for a in list(self._by_uid.values()):
