@@ -4,6 +4,7 @@ one request, or in a whole step, fails only what it must, and the engine keeps s
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,5 +122,34 @@ def test_a_failing_step_fails_its_requests_and_the_engine_recovers(
         after = await _run(eng, _params("after", [40, 41, 42], 5))
         assert after[-1].finished.usage.completion_tokens == 5
         assert eng.alive
+
+    asyncio.run(_with_engine(tiny_model_dir, body))
+
+
+def test_requests_sent_together_to_an_idle_engine_are_prefilled_together(
+    tiny_model_dir: Path,
+) -> None:
+    async def wave(eng: Engine, n: int) -> int:
+        """Sends n requests to the idle engine; returns in how many steps their prefill began."""
+        clocks = []
+        tasks = []
+        # As the event loop submits requests that came together: one by one, microseconds apart.
+        for i in range(n):
+            stream = ResponseStream()
+            clock = RequestClock(arrival=now())
+            eng.submit(_params(f"r{i}", [40 + i, 41, 42], 5), stream, clock)
+            clocks.append(clock)
+            tasks.append(asyncio.ensure_future(_collect(stream)))
+            time.sleep(0.00005)
+        for items in await asyncio.gather(*tasks):
+            assert items[-1].finished.usage.completion_tokens == 5
+        return len({c.prefill_start for c in clocks})
+
+    async def body(eng: Engine) -> None:
+        # One engine step starts all four prefills (the first does not go alone). A loaded
+        # machine can pause the submitting thread longer than the engine lingers, so three
+        # waves get the chance; without the lingering every wave splits.
+        steps = [await wave(eng, 4) for _ in range(3)]
+        assert 1 in steps, steps
 
     asyncio.run(_with_engine(tiny_model_dir, body))
