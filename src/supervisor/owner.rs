@@ -245,16 +245,30 @@ impl Owner {
                         failures,
                     });
                     if failures >= self.config.health_failure_threshold {
+                        let grace = self.unresponsive_grace();
                         tracing::warn!(
                             pid = worker.pid,
                             failures,
+                            ?grace,
                             "killing the unresponsive worker"
                         );
-                        let status = worker.terminate(self.config.shutdown_grace).await;
+                        let status = worker.terminate(grace).await;
                         return Phase::Crashed { worker, status };
                     }
                 }
             }
+        }
+    }
+
+    /// How long an unresponsive worker gets to drain after SIGTERM: the shutdown grace, or
+    /// with a standby waiting to take over at most one health timeout (a worker that failed
+    /// its probes rarely finishes anything; the standby serves the callers meanwhile).
+    fn unresponsive_grace(&self) -> Duration {
+        let standby_waiting = self.standby.is_some() && self.view.borrow().standby_pid.is_some();
+        if standby_waiting {
+            self.config.shutdown_grace.min(self.config.health_timeout)
+        } else {
+            self.config.shutdown_grace
         }
     }
 

@@ -391,3 +391,47 @@ async fn a_standby_crash_loop_backs_off_and_spares_the_active_worker() {
     support::complete(&client, GenerateRequest::text("again").max_tokens(4)).await;
     supervisor.shutdown().await.expect("shutdown");
 }
+
+/// A hung active worker that ignores SIGTERM: with a standby waiting, it gets one health
+/// timeout to drain, not the whole shutdown grace, before the standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_replaced_by_the_standby_without_waiting_out_the_grace() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let grace = Duration::from_secs(30);
+    let worker = support::tiny_worker().with_env("MLX_WORKER_FAULTS", "ignore_sigterm");
+    let config = support::config(worker, sandbox.path())
+        .with_standby(true)
+        .with_shutdown_grace(grace);
+    let supervisor = Supervisor::spawn(config).await.expect("spawn");
+    let mut events = supervisor.subscribe();
+    supervisor.wait_ready(READY).await.expect("ready");
+    let standby = wait_standby_ready(&mut events, &[]).await;
+    let active = supervisor.worker_pid().expect("active pid");
+
+    let stopped_at = Instant::now();
+    support::signal(active, Signal::SIGSTOP);
+    support::wait_event(
+        &mut events,
+        Duration::from_secs(20),
+        |e| matches!(e, LifecycleEvent::Ready { pid, .. } if *pid == standby),
+    )
+    .await;
+    let took_over = stopped_at.elapsed();
+    // Detection (3 probes 250 ms apart, 1 s deadline each) plus one health timeout of
+    // grace: seconds, where the 30 s grace would have been waited out before.
+    assert!(
+        took_over < grace / 3,
+        "standby took over after {took_over:?}"
+    );
+    assert!(support::process_gone(active), "the hung worker was killed");
+    let ok = support::complete(
+        &supervisor.client(),
+        GenerateRequest::text("awake").max_tokens(2),
+    )
+    .await;
+    assert_eq!(ok.token_ids.len(), 2);
+    // Drop, not shutdown: these workers ignore SIGTERM, so a drain would wait out the grace.
+    let dir = supervisor.socket_dir();
+    drop(supervisor);
+    assert_nothing_left(&[active, standby], &dir).await;
+}
