@@ -378,8 +378,7 @@ class Engine:
                 stop_sequences=[StopSequences([(t,) for t in sorted(p.stop_token_ids)])],
             )
         except Exception as e:
-            log.exception("cannot start request", extra={"fields": {"request_id": p.request_id}})
-            self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(e))]))
+            self._cannot_start(job, e)
             return
         a = RequestState.start(job, uid, self._loaded.tokenizer)
         self._by_job[job] = a
@@ -454,8 +453,7 @@ class Engine:
                 p.stop_token_ids,
             )
         except Exception as e:
-            log.exception("cannot start request", extra={"fields": {"request_id": p.request_id}})
-            self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(e))]))
+            self._cannot_start(job, e)
             return
         a = RequestState.start(job, uid, self._loaded.tokenizer)
         self._by_job[job] = a
@@ -494,31 +492,18 @@ class Engine:
         self.steps += 1
         self._maybe_inject_engine_fault()
         t0 = now()
-        generated: list[Any] = []
-        prompt_responses: list[Any] = []
-        solo = self._solo
-        if solo is not None:
-            a = self._by_uid[solo.uid]
-            if a.job.clock.prefill_start is None:
-                prompt_responses.append(solo)
+        if self._solo is not None:  # then it is the only request (it leaves when another comes)
+            prompt_responses, generated = self._solo_step()
+        else:
             try:
-                generated.append(solo.next())
-            except Exception as e:
-                self._fail_request(a, e)
-        if len(self._by_uid) > (self._solo is not None):  # the batch has sequences
-            try:
-                batch_prompts, batch_generated = self._bg.next()
+                prompt_responses, generated = self._bg.next()
             except Exception:
                 log.exception("engine step failed; failing its requests and resetting the batch")
-                self._fail_batch(
-                    grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)"
-                )
+                self._fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
                 with contextlib.suppress(Exception):
                     self._bg.close()
                 self._bg = self._new_batch_generator()
-                batch_prompts, batch_generated = [], []
-            prompt_responses.extend(batch_prompts)
-            generated.extend(batch_generated)
+                return
         t1 = now()
         self.heartbeat = time.monotonic()
         by_uid = self._by_uid
@@ -549,6 +534,17 @@ class Engine:
                 if r.finish_reason is None and a.uid >= 0:
                     self._bg.remove([a.uid])  # still in the batch
                 self._fail_request(a, e)
+
+    def _solo_step(self) -> tuple[list[Any], list[Any]]:
+        """One token of the solo sequence, shaped as ``BatchGenerator.next()``'s output."""
+        solo = self._solo
+        a = self._by_uid[solo.uid]
+        prompts = [solo] if a.job.clock.prefill_start is None else []
+        try:
+            return prompts, [solo.next()]
+        except Exception as e:
+            self._fail_request(a, e)
+            return [], []
 
     def _maybe_inject_engine_fault(self) -> None:
         f = self._faults
@@ -589,6 +585,13 @@ class Engine:
         if a.events:
             self._out.append((a.job.stream, a.take_events()))
 
+    def _cannot_start(self, job: Job, error: Exception) -> None:
+        """A request could not be set up (call it while handling ``error``): INTERNAL."""
+        log.exception(
+            "cannot start request", extra={"fields": {"request_id": job.params.request_id}}
+        )
+        self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(error))]))
+
     def _fail_request(self, a: RequestState, error: Exception) -> None:
         """One request failed on its own (call it while handling ``error``): only it gets
         INTERNAL; the engine serves on."""
@@ -602,13 +605,6 @@ class Engine:
         for a in list(self._by_uid.values()):
             self._forget(a)
             self._out.append((a.job.stream, [RequestFailure(code, message)]))
-
-    def _fail_batch(self, code: grpc.StatusCode, message: str) -> None:
-        """Fails the batch's requests (not the solo sequence, which has its own cache)."""
-        for a in list(self._by_uid.values()):
-            if a.uid >= 0:
-                self._forget(a)
-                self._out.append((a.job.stream, [RequestFailure(code, message)]))
 
     def _die(self) -> None:
         """The thread is ending: fail everything it holds or was sent, tell the loop."""

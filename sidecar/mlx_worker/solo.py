@@ -73,6 +73,7 @@ class SoloSequence:
         self._max_tokens = max_tokens
         self._cache: list[Any] | None = None
         self._history: list[int] = []  # tokens in the cache
+        self._context: Any = None  # the same as an array, for the logits processors
         self._pending: Any = None  # (token, logprobs) arrays being computed
         self.generated = 0
 
@@ -86,10 +87,13 @@ class SoloSequence:
         the token after it; returns (token, logprobs), still being computed."""
         logits = self._model(fed[None], cache=self._cache)[:, -1, :]
         if self.processors:
-            # The history as mlx-lm's generate_step gives it: everything in the cache.
-            context = mx.concatenate([mx.array(self._history, dtype=fed.dtype), fed])
+            # The history as mlx-lm's generate_step gives it: everything in the cache,
+            # grown lazily by each fed token rather than rebuilt from the list every step.
+            if self._context is None:
+                self._context = mx.array(self._history, dtype=fed.dtype)
+            self._context = mx.concatenate([self._context, fed])
             for processor in self.processors:
-                logits = processor(context, logits)
+                logits = processor(self._context, logits)
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
         token = self.sampler(logprobs)
         mx.async_eval(token, logprobs)
@@ -150,11 +154,11 @@ class SoloSequence:
             history=list(self._history),
             remaining_tokens=self._max_tokens - self.generated,
         )
-        self._cache = None
-        self._pending = None
+        self.close()
         return response, state
 
     def close(self) -> None:
         """Drops the cache."""
         self._cache = None
         self._pending = None
+        self._context = None

@@ -32,7 +32,7 @@ use super::{
     restart::{Decision, RestartTracker},
     socket::SocketPlace,
     standby::{self, Handover},
-    state::{ExitStatusInfo, GaveUpInfo, LifecycleEvent, WorkerState, WorkerView},
+    state::{self, ExitStatusInfo, GaveUpInfo, LifecycleEvent, WorkerState, WorkerView},
 };
 use crate::{Error, client::transport, config::SupervisorConfig};
 
@@ -465,40 +465,6 @@ impl Owner {
 
     /// Broadcasts `event` and logs it.
     fn emit(&self, event: LifecycleEvent) {
-        match &event {
-            LifecycleEvent::Starting { attempt, pid } => {
-                tracing::info!(attempt, pid, "worker starting");
-            }
-            LifecycleEvent::Ready {
-                pid,
-                load_time,
-                startup,
-            } => {
-                tracing::info!(pid, ?load_time, ?startup, "worker ready");
-            }
-            LifecycleEvent::Unhealthy {
-                pid,
-                reason,
-                failures,
-            } => tracing::warn!(pid, failures, %reason, "worker unhealthy"),
-            LifecycleEvent::Crashed { pid, status } => {
-                tracing::warn!(pid, %status, "worker crashed");
-            }
-            LifecycleEvent::Restarting { attempt, delay } => {
-                tracing::info!(attempt, ?delay, "restarting the worker");
-            }
-            LifecycleEvent::GaveUp { reason, .. } => tracing::error!(%reason, "gave up"),
-            LifecycleEvent::Stopped => tracing::info!("supervisor stopped"),
-            LifecycleEvent::Promoted {
-                pid,
-                attempt,
-                was_ready,
-            } => tracing::info!(pid, attempt, was_ready, "standby worker promoted"),
-            // The standby keeper announces its own events.
-            LifecycleEvent::StandbyStarting { .. }
-            | LifecycleEvent::StandbyReady { .. }
-            | LifecycleEvent::StandbyCrashed { .. } => {}
-        }
-        let _ = self.events.send(event);
+        state::announce(&self.events, event);
     }
 }

@@ -33,7 +33,7 @@ use super::{
     process::Worker,
     restart::{Decision, RestartTracker},
     socket,
-    state::{ExitStatusInfo, LifecycleEvent, WorkerView},
+    state::{self, ExitStatusInfo, LifecycleEvent, WorkerView},
 };
 use crate::{Error, config::SupervisorConfig};
 
@@ -351,22 +351,6 @@ impl Keeper {
 
     /// Broadcasts `event` and logs it.
     fn emit(&self, event: LifecycleEvent) {
-        match &event {
-            LifecycleEvent::StandbyStarting { attempt, pid } => {
-                tracing::info!(attempt, pid, "standby worker starting");
-            }
-            LifecycleEvent::StandbyReady {
-                pid,
-                load_time,
-                startup,
-            } => tracing::info!(pid, ?load_time, ?startup, "standby worker ready"),
-            LifecycleEvent::StandbyCrashed {
-                pid,
-                status,
-                restart_in,
-            } => tracing::warn!(pid, %status, ?restart_in, "standby worker crashed"),
-            _ => {}
-        }
-        let _ = self.events.send(event);
+        state::announce(&self.events, event);
     }
 }

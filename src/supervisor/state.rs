@@ -6,6 +6,7 @@ use std::{
     fmt, os::unix::process::ExitStatusExt, path::PathBuf, process::ExitStatus, time::Duration,
 };
 
+use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
 /// The supervisor's state, as [`crate::Supervisor::state`] reports it.
@@ -183,6 +184,53 @@ pub enum LifecycleEvent {
         /// Whether the standby already reported `SERVING` when it took over.
         was_ready: bool,
     },
+}
+
+/// Logs `event` through `tracing` and broadcasts it: how the owner and the standby keeper
+/// announce every lifecycle event.
+pub(crate) fn announce(events: &broadcast::Sender<LifecycleEvent>, event: LifecycleEvent) {
+    match &event {
+        LifecycleEvent::Starting { attempt, pid } => {
+            tracing::info!(attempt, pid, "worker starting");
+        }
+        LifecycleEvent::Ready {
+            pid,
+            load_time,
+            startup,
+        } => tracing::info!(pid, ?load_time, ?startup, "worker ready"),
+        LifecycleEvent::Unhealthy {
+            pid,
+            reason,
+            failures,
+        } => tracing::warn!(pid, failures, %reason, "worker unhealthy"),
+        LifecycleEvent::Crashed { pid, status } => {
+            tracing::warn!(pid, %status, "worker crashed");
+        }
+        LifecycleEvent::Restarting { attempt, delay } => {
+            tracing::info!(attempt, ?delay, "restarting the worker");
+        }
+        LifecycleEvent::GaveUp { reason, .. } => tracing::error!(%reason, "gave up"),
+        LifecycleEvent::Stopped => tracing::info!("supervisor stopped"),
+        LifecycleEvent::Promoted {
+            pid,
+            attempt,
+            was_ready,
+        } => tracing::info!(pid, attempt, was_ready, "standby worker promoted"),
+        LifecycleEvent::StandbyStarting { attempt, pid } => {
+            tracing::info!(attempt, pid, "standby worker starting");
+        }
+        LifecycleEvent::StandbyReady {
+            pid,
+            load_time,
+            startup,
+        } => tracing::info!(pid, ?load_time, ?startup, "standby worker ready"),
+        LifecycleEvent::StandbyCrashed {
+            pid,
+            status,
+            restart_in,
+        } => tracing::warn!(pid, %status, ?restart_in, "standby worker crashed"),
+    }
+    let _ = events.send(event);
 }
 
 /// Where a worker's start-up time went, from the "startup" event the worker logs when it
