@@ -41,10 +41,13 @@ pub(crate) fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     levels.dedup();
     let root = SVGBackend::new(path, (1500, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = format!(
+    let mut title = format!(
         "mlx-sidecar bench: prompt {} tokens, {} generated per request",
         report.workload.prompt_tokens, report.workload.max_tokens
     );
+    if report.workload.passes > 1 {
+        title.push_str(&format!(", {} passes", report.workload.passes));
+    }
     let root = root
         .titled(&title, ("sans-serif", 22))
         .map_err(|e| err(&e))?;

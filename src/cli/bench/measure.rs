@@ -2,9 +2,12 @@
 //!
 //! Every path (sidecar, in-process, HTTP) produces the same [`RequestRecord`]s, times in seconds
 //! from the start of the level, so that one function ([`LevelSummary::from_records`]) computes
-//! the figures of all three the same way.
+//! the figures of all three the same way. With `--passes`, [`merge_passes`] joins a path's
+//! passes into one run before that.
 
 use serde::{Deserialize, Serialize};
+
+use super::PathRun;
 
 /// One request, as its client saw it. Times are seconds from the start of the level.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,8 +46,63 @@ pub(crate) struct LevelRun {
     pub(crate) server_cpu_s: f64,
     /// CPU seconds the Rust process (supervisor and client) used; 0 for the in-process path.
     pub(crate) client_cpu_s: f64,
-    /// One record per request, in request order.
+    /// One record per request, in request order (merged passes: pass by pass, each in
+    /// request order).
     pub(crate) requests: Vec<RequestRecord>,
+}
+
+impl LevelRun {
+    /// Appends a later pass of the same level as if it had run right after this one: its
+    /// requests go after these, their times shifted by this run's wall time; wall and CPU
+    /// times add up.
+    fn append(&mut self, pass: LevelRun) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            pass.concurrency == self.concurrency,
+            "passes ran different levels ({} and {})",
+            self.concurrency,
+            pass.concurrency
+        );
+        let offset = self.wall_s;
+        self.requests
+            .extend(pass.requests.into_iter().map(|r| RequestRecord {
+                start: r.start + offset,
+                first_token: r.first_token + offset,
+                last_token: r.last_token + offset,
+                end: r.end + offset,
+                ..r
+            }));
+        self.wall_s += pass.wall_s;
+        self.server_cpu_s += pass.server_cpu_s;
+        self.client_cpu_s += pass.client_cpu_s;
+        Ok(())
+    }
+}
+
+/// Joins the passes of one path (`--passes`, in running order) into one run, as if they had
+/// run back to back: per level, the requests of the first pass, then those of the second, and
+/// so on (every path alike, so that requests at the same position sent the same prompt on
+/// every path, as the output comparison needs), wall and CPU times summed (so aggregate tok/s
+/// is all tokens over all wall time, and percentiles are over all requests); peak memory is
+/// the largest of the passes.
+pub(crate) fn merge_passes(passes: Vec<PathRun>) -> anyhow::Result<PathRun> {
+    let mut passes = passes.into_iter();
+    let Some(mut merged) = passes.next() else {
+        anyhow::bail!("no pass to merge");
+    };
+    for pass in passes {
+        anyhow::ensure!(
+            pass.levels.len() == merged.levels.len(),
+            "passes ran different numbers of levels ({} and {})",
+            merged.levels.len(),
+            pass.levels.len()
+        );
+        for (level, next) in merged.levels.iter_mut().zip(pass.levels) {
+            level.append(next)?;
+        }
+        merged.server_peak_rss_bytes = merged.server_peak_rss_bytes.max(pass.server_peak_rss_bytes);
+        merged.client_peak_rss_bytes = merged.client_peak_rss_bytes.max(pass.client_peak_rss_bytes);
+    }
+    Ok(merged)
 }
 
 /// Summary figures of one level.
@@ -157,9 +215,8 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), 0.0);
     }
 
-    #[test]
-    fn summary_of_two_requests() {
-        let record = |start: f64, first: f64, last: f64| RequestRecord {
+    fn record(start: f64, first: f64, last: f64) -> RequestRecord {
+        RequestRecord {
             start,
             first_token: first,
             last_token: last,
@@ -169,7 +226,11 @@ mod tests {
             text: String::new(),
             messages: 11,
             token_ids: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn summary_of_two_requests() {
         let run = LevelRun {
             concurrency: 2,
             wall_s: 2.0,
@@ -184,5 +245,50 @@ mod tests {
         assert!((s.decode_tps_per_stream - (10.0 + 10.0 / 1.7) / 2.0).abs() < 1e-9);
         assert!((s.server_cpu_s_per_1k_tokens - 50.0).abs() < 1e-9);
         assert!((s.tokens_per_message - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn passes_merge_into_one_run() {
+        let pass = |wall_s: f64, server_rss: u64, client_rss: u64, text: &str| PathRun {
+            levels: vec![LevelRun {
+                concurrency: 2,
+                wall_s,
+                server_cpu_s: wall_s / 2.0,
+                client_cpu_s: wall_s / 10.0,
+                requests: ["a", "b"]
+                    .iter()
+                    .map(|prompt| RequestRecord {
+                        text: format!("{prompt}{text}"),
+                        ..record(0.0, 0.1, 1.1)
+                    })
+                    .collect(),
+            }],
+            server_peak_rss_bytes: server_rss,
+            client_peak_rss_bytes: client_rss,
+        };
+        let merged = merge_passes(vec![pass(2.0, 100, 50, "1"), pass(3.0, 300, 20, "2")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(merged.server_peak_rss_bytes, 300);
+        assert_eq!(merged.client_peak_rss_bytes, 50);
+        let [level] = merged.levels.as_slice() else {
+            panic!("one level expected, got {}", merged.levels.len());
+        };
+        assert!((level.wall_s - 5.0).abs() < 1e-9);
+        assert!((level.server_cpu_s - 2.5).abs() < 1e-9);
+        assert!((level.client_cpu_s - 0.5).abs() < 1e-9);
+        let texts: Vec<&str> = level.requests.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts, ["a1", "b1", "a2", "b2"]);
+        // The second pass's times follow the first pass's wall time.
+        assert!((level.requests[2].start - 2.0).abs() < 1e-9);
+        assert!((level.requests[2].first_token - 2.1).abs() < 1e-9);
+        let s = LevelSummary::from_records(level);
+        assert_eq!(s.requests, 4);
+        assert!((s.aggregate_tps - 44.0 / 5.0).abs() < 1e-9);
+        assert!((s.ttft_p50_ms - 100.0).abs() < 1e-9);
+
+        let mut other = pass(1.0, 0, 0, "");
+        other.levels[0].concurrency = 4;
+        assert!(merge_passes(vec![pass(1.0, 0, 0, ""), other]).is_err());
+        assert!(merge_passes(Vec::new()).is_err());
     }
 }

@@ -16,6 +16,9 @@
 //! [`chart`] draws. [`procstat`] reads CPU time and peak memory from `/proc`. [`ceiling`]
 //! measures the transport alone, with the worker in its synthetic-token benchmark mode.
 //! The paths run one after another, never at once, so they don't compete for the machine.
+//! With `--passes N` the whole sequence of paths runs N times, alternating, each path started
+//! afresh every pass, and each path's passes are merged ([`measure::merge_passes`]) into one
+//! run before it is summarized, so that the machine's drift weighs on every path alike.
 
 mod ceiling;
 mod chart;
@@ -82,6 +85,12 @@ pub(crate) struct BenchArgs {
     /// The paths to measure, in running order.
     #[arg(long, value_delimiter = ',', default_value = "sidecar,inprocess,http")]
     pub(crate) paths: Vec<PathKind>,
+
+    /// Run the whole sequence of paths this many times, alternating (sidecar, inprocess,
+    /// sidecar, inprocess, ...), each path started afresh every pass; each path's figures are
+    /// over all its passes. The transport ceiling runs once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) passes: usize,
 
     /// Write every figure (and the per-request measurements) to this JSON file.
     #[arg(long, value_name = "FILE")]
@@ -288,6 +297,7 @@ async fn run_bench(
         "concurrency levels must be > 0"
     );
     anyhow::ensure!(args.max_tokens >= 2, "--max-tokens must be at least 2");
+    anyhow::ensure!(args.passes >= 1, "--passes must be at least 1");
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -322,6 +332,7 @@ async fn run_bench(
         rounds: args.rounds,
         min_requests: args.min_requests,
         warmup_tokens: args.warmup_tokens,
+        passes: args.passes,
     };
     eprintln!(
         "preparing the workload ({} prompts of {} tokens)",
@@ -353,50 +364,62 @@ async fn run_bench(
         versions.extend(map);
     }
 
-    let mut paths = Vec::new();
-    for &kind in &args.paths {
-        eprintln!("path {}:", kind.name());
-        let run = match kind {
-            PathKind::Sidecar => {
-                let sup = sidecar::start(
-                    &py,
-                    &model,
-                    global.socket_dir.as_deref(),
-                    &[],
-                    workload.max_batch,
-                    startup_timeout,
-                )
-                .await?;
-                if let Ok(info) = sup.client().model_info().await {
-                    versions.insert("worker".into(), info.worker_version.clone().into());
-                    versions.insert(
-                        "device".into(),
-                        format!("{} ({})", info.device_name, info.backend).into(),
-                    );
-                    versions.insert("cpu_blas".into(), info.cpu_blas.clone().into());
+    // Every pass runs every path, in order; each path's passes are merged afterwards.
+    let mut runs: Vec<Vec<PathRun>> = vec![Vec::new(); args.paths.len()];
+    for pass in 1..=args.passes {
+        if args.passes > 1 {
+            eprintln!("pass {pass}/{}", args.passes);
+        }
+        for (&kind, passes) in args.paths.iter().zip(&mut runs) {
+            eprintln!("path {}:", kind.name());
+            let run = match kind {
+                PathKind::Sidecar => {
+                    let sup = sidecar::start(
+                        &py,
+                        &model,
+                        global.socket_dir.as_deref(),
+                        &[],
+                        workload.max_batch,
+                        startup_timeout,
+                    )
+                    .await?;
+                    if let Ok(info) = sup.client().model_info().await {
+                        versions.insert("worker".into(), info.worker_version.clone().into());
+                        versions.insert(
+                            "device".into(),
+                            format!("{} ({})", info.device_name, info.backend).into(),
+                        );
+                        versions.insert("cpu_blas".into(), info.cpu_blas.clone().into());
+                    }
+                    let run = sidecar::run(&sup, &workload).await;
+                    sup.shutdown().await.ok();
+                    run?
                 }
-                let run = sidecar::run(&sup, &workload).await;
-                sup.shutdown().await.ok();
-                run?
-            }
-            PathKind::Inprocess => inprocess::run(&py, &model, &workload, &mlx_lm_dir).await?,
-            PathKind::Http => {
-                let server = http::HttpServer::start(
-                    &py,
-                    &mlx_lm_dir,
-                    scratch.path(),
-                    &model.dequantize,
-                    workload.max_batch,
-                    startup_timeout,
-                )
-                .await?;
-                let run = http::run(&server, &workload).await;
-                server.stop().await;
-                run?
-            }
-        };
-        paths.push(PathReport::new(kind, run));
+                PathKind::Inprocess => inprocess::run(&py, &model, &workload, &mlx_lm_dir).await?,
+                PathKind::Http => {
+                    let server = http::HttpServer::start(
+                        &py,
+                        &mlx_lm_dir,
+                        scratch.path(),
+                        &model.dequantize,
+                        workload.max_batch,
+                        startup_timeout,
+                    )
+                    .await?;
+                    let run = http::run(&server, &workload).await;
+                    server.stop().await;
+                    run?
+                }
+            };
+            passes.push(run);
+        }
     }
+    let paths = args
+        .paths
+        .iter()
+        .zip(runs)
+        .map(|(&kind, passes)| Ok(PathReport::new(kind, measure::merge_passes(passes)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let transport_ceiling = if args.transport_ceiling {
         eprintln!("transport ceiling (synthetic tokens):");

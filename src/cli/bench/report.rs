@@ -252,6 +252,13 @@ impl Report {
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        if self.workload.passes > 1 {
+            let _ = writeln!(
+                out,
+                "{} passes, paths alternating; each path's figures are over all its passes\n",
+                self.workload.passes
+            );
+        }
         let _ = writeln!(
             out,
             "{:<10} {:>5} {:>10} {:>10} {:>12} {:>12} {:>13} {:>13} {:>9}",
@@ -391,11 +398,20 @@ impl Report {
             versions.join(", ")
         );
         let w = &self.workload;
+        let passes = if w.passes > 1 {
+            format!(
+                " {} passes, paths alternating (each path started afresh every pass); figures \
+                 over all passes.",
+                w.passes
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
             "Workload: prompts of {} tokens, {} generated tokens per request (greedy, \
              end-of-sequence banned), levels {:?}, max({} x concurrency, {}) requests per level, \
-             warm-up first.\n",
+             warm-up first.{passes}\n",
             w.prompt_tokens, w.max_tokens, w.levels, w.rounds, w.min_requests
         );
         let _ = writeln!(

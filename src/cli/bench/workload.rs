@@ -60,6 +60,9 @@ pub(crate) struct WorkloadSpec {
     pub(crate) min_requests: usize,
     /// Tokens each warm-up request generates.
     pub(crate) warmup_tokens: u32,
+    /// Times the whole sequence of paths runs (`--passes`), the paths alternating; each pass
+    /// sends the same prompts to a freshly started path.
+    pub(crate) passes: usize,
 }
 
 /// The whole workload: prompts, the levels, and the warm-up run before them.
@@ -67,7 +70,7 @@ pub(crate) struct WorkloadSpec {
 pub(crate) struct Workload {
     /// What it was made from.
     pub(crate) spec: WorkloadSpec,
-    /// All prompts; each is sent once in the whole run (warm-up included).
+    /// All prompts; each is sent once in a pass of a path (warm-up included).
     pub(crate) prompts: Vec<Arc<Prompt>>,
     /// End-of-sequence ids, banned with a logit bias.
     pub(crate) eos_token_ids: Vec<u32>,
@@ -176,6 +179,7 @@ mod tests {
             rounds: 1,
             min_requests: 3,
             warmup_tokens: 2,
+            passes: 1,
         }
     }
 
