@@ -135,8 +135,9 @@ impl RestartPolicy {
 pub struct SupervisorConfig {
     /// What to run.
     pub worker: WorkerCommand,
-    /// How long a starting worker may take to report `SERVING` (default 120 s: model
-    /// conversion on first use can be slow).
+    /// How long a starting worker may take to report `SERVING` (default 300 s, as the
+    /// CLI's: converting the model on first use, and on a GPU with an empty kernel cache
+    /// compiling MLX's kernels, take a minute or more once; later starts take seconds).
     pub startup_timeout: Duration,
     /// Time between liveness health checks of a ready worker (default 2 s).
     pub health_interval: Duration,
@@ -173,7 +174,7 @@ impl SupervisorConfig {
     pub fn new(worker: WorkerCommand) -> Self {
         SupervisorConfig {
             worker,
-            startup_timeout: Duration::from_secs(120),
+            startup_timeout: Duration::from_secs(300),
             health_interval: Duration::from_secs(2),
             health_timeout: Duration::from_secs(1),
             health_failure_threshold: 3,

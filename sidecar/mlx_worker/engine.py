@@ -4,7 +4,7 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
 
 1. take every command waiting in its queue (``submit`` a request, ``cancel`` one, cancel all,
    stop); when idle, block on the queue (waking every second to beat the heartbeat), and once
-   woken linger while more requests keep arriving (0.2 ms apart at most, 5 ms in all), so
+   woken linger while more requests keep arriving (1 ms apart at most, 5 ms in all), so
    that requests sent together are prefilled together;
 2. run one step of mlx-lm's ``BatchGenerator`` (one decode step for the running sequences plus
    at most one prefill chunk of ``prefill_step_size`` tokens for the ones being prompted);
@@ -64,8 +64,19 @@ PREFILL_TOKENS_PER_STEP_GPU = 8192
 
 # Woken from idle by a request, the engine waits up to GATHER_GAP_S for another (and so on,
 # for GATHER_MAX_S at most) before its first step: a lone request pays one gap of latency.
-GATHER_GAP_S = 0.0002
+# On an H100 requests sent together reached the engine more than 0.2 ms apart: with a 0.2 ms
+# gap, 16 and 64 streams ran at 0.84-0.89 of in-process with TTFT p50 +111-295 ms; with
+# 1 ms, at 1.06-1.07 with +13-53 ms (side by side, ``bench --passes 2``).
+GATHER_GAP_S = 0.001
 GATHER_MAX_S = 0.005
+
+# On a GPU, MLX compiles a quantized-matmul kernel (NVRTC) the first time it sees a new range
+# of rows (tokens in a forward pass): 15-20 s each on an H100 with an empty kernel cache. A
+# first batch of 16 streams stalled the engine 34 s, long enough for the stall watchdog.
+# Start-up runs one forward pass at each of these row counts (up to the per-step prompt
+# bound) so that the compiling happens before the worker reports SERVING; once compiled, the
+# kernels are cached on disk ($TMPDIR/mlx) and the passes take milliseconds.
+GPU_WARMUP_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,23 @@ def prefill_plan(config: WorkerConfig, on_gpu: bool) -> PrefillPlan:
     step = config.prefill_step_size or (512 if on_gpu else 256)
     bound = PREFILL_TOKENS_PER_STEP_GPU if on_gpu else PREFILL_TOKENS_PER_STEP_CPU
     return PrefillPlan(step_size=step, batch_size=max(1, min(8, config.max_batch, bound // step)))
+
+
+def warm_up_row_counts(model: Any, bound: int) -> list[int]:
+    """One forward pass per entry of ``GPU_WARMUP_ROWS`` up to ``bound`` rows, each on a
+    throwaway cache (see ``GPU_WARMUP_ROWS``); returns the row counts run."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    done = []
+    for rows in GPU_WARMUP_ROWS:
+        if rows > bound:
+            break
+        cache = make_prompt_cache(model)
+        mx.eval(model(mx.zeros((1, rows), dtype=mx.uint32), cache=cache))
+        done.append(rows)
+    mx.clear_cache()
+    return done
 
 
 class EngineUnavailable(Exception):
@@ -144,6 +172,7 @@ class Engine:
         self._prefill = PrefillPlan(step_size=256, batch_size=1)
         self._solo: Any = None  # the SoloSequence running, if any
         self._solo_enabled = False  # decided at start-up (--solo, and the device)
+        self._on_gpu = False  # decided at start-up
         self._solo_uids = 0  # solo sequences get uids -1, -2, ... (the batch's are >= 0)
 
     # ---- event-loop side -------------------------------------------------------------
@@ -225,6 +254,7 @@ class Engine:
         from . import sampling  # noqa: F401  (after mlx_lm.generate: see fast_import)
 
         on_gpu = mx.default_device().type == mx.gpu
+        self._on_gpu = on_gpu
         self._prefill = prefill_plan(self._config, on_gpu=on_gpu)
         solo = self._config.solo
         self._solo_enabled = self._config.synthetic is None and (
@@ -261,7 +291,8 @@ class Engine:
         )
 
     def _warm_up(self) -> None:
-        """One tiny generation, greedy and sampled, so the first request pays no first-use cost."""
+        """One tiny generation, greedy and sampled, so the first request pays no first-use cost
+        (and on a GPU, one forward pass per row count: ``GPU_WARMUP_ROWS``)."""
         from mlx_lm.generate import StopSequences
 
         from .sampling import make_request_processors, make_request_sampler
@@ -305,6 +336,12 @@ class Engine:
                 )
                 while solo.next().finish_reason is None:
                     pass
+        if self._on_gpu and self._config.synthetic is None:
+            # Rows in one step: a prefill step's prompts, or the decoding batch.
+            plan = self._prefill
+            warm_up_row_counts(
+                self._loaded.model, max(plan.step_size * plan.batch_size, self._config.max_batch)
+            )
 
     def _serve(self) -> None:
         idle_wait = min(1.0, self._config.stall_seconds / 4)

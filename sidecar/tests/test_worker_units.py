@@ -198,3 +198,16 @@ def test_solo_flag() -> None:
     assert parse_args(["--socket", "/run/w.sock", "--solo", "off"]).solo == "off"
     with pytest.raises(SystemExit):
         parse_args(["--socket", "/run/w.sock", "--solo", "maybe"])
+
+
+def test_row_count_warm_up_runs_the_model_at_each_count_up_to_the_bound(
+    tiny_model_dir: Path,
+) -> None:
+    from mlx_worker.engine import GPU_WARMUP_ROWS, warm_up_row_counts
+    from mlx_worker.model import load_model
+
+    model = load_model(str(tiny_model_dir)).model
+    assert warm_up_row_counts(model, 16) == [1, 2, 3, 4, 6, 8, 12, 16]
+    assert warm_up_row_counts(model, 100) == [r for r in GPU_WARMUP_ROWS if r <= 100]
+    # The per-step prompt bound on a GPU (8 prompts of 512 tokens) is covered.
+    assert max(GPU_WARMUP_ROWS) >= 8 * 512
