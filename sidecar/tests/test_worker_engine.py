@@ -153,3 +153,32 @@ def test_requests_sent_together_to_an_idle_engine_are_prefilled_together(
         assert 1 in steps, steps
 
     asyncio.run(_with_engine(tiny_model_dir, body))
+
+
+def test_clients_returning_after_a_batch_ends_are_prefilled_together(
+    tiny_model_dir: Path,
+) -> None:
+    async def wave(eng: Engine, n: int, spacing_s: float) -> int:
+        """Sends n requests spacing_s apart; returns in how many steps their prefill began."""
+        clocks = []
+        tasks = []
+        for i in range(n):
+            stream = ResponseStream()
+            clock = RequestClock(arrival=now())
+            eng.submit(_params(f"r{i}", [40 + i, 41, 42], 5), stream, clock)
+            clocks.append(clock)
+            tasks.append(asyncio.ensure_future(_collect(stream)))
+            time.sleep(spacing_s)  # the event loop busy elsewhere between the requests
+        for items in await asyncio.gather(*tasks):
+            assert items[-1].finished.usage.completion_tokens == 5
+        return len({c.prefill_start for c in clocks})
+
+    async def body(eng: Engine) -> None:
+        # Three requests end in one step; their clients send the next three at once, but
+        # they reach the engine 1.5 ms apart, more than the gap it lingers for otherwise.
+        # It waits for all three (a loaded machine can still split a wave, so three tries).
+        await wave(eng, 3, 0.00005)
+        steps = [await wave(eng, 3, 0.0015) for _ in range(3)]
+        assert 1 in steps, steps
+
+    asyncio.run(_with_engine(tiny_model_dir, body))
