@@ -31,10 +31,12 @@ import asyncio
 import contextlib
 import logging
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -105,6 +107,11 @@ def prefill_plan(config: WorkerConfig, on_gpu: bool) -> PrefillPlan:
     step = config.prefill_step_size or (512 if on_gpu else 256)
     bound = PREFILL_TOKENS_PER_STEP_GPU if on_gpu else PREFILL_TOKENS_PER_STEP_CPU
     return PrefillPlan(step_size=step, batch_size=max(1, min(8, config.max_batch, bound // step)))
+
+
+def gpu_kernel_cache() -> Path:
+    """Where MLX CUDA keeps the kernels it compiles (``$TMPDIR/mlx/<version>/ptx``)."""
+    return Path(tempfile.gettempdir()) / "mlx"
 
 
 def warm_up_row_counts(model: Any, bound: int) -> list[int]:
@@ -347,6 +354,12 @@ class Engine:
                 while solo.next().finish_reason is None:
                     pass
         if self._on_gpu and self._config.synthetic is None:
+            kernels = gpu_kernel_cache()
+            if not any(kernels.glob("*/ptx/*.ptx")):
+                log.info(
+                    "compiling GPU kernels (first start here: minutes, then cached)",
+                    extra={"fields": {"kernel_cache": str(kernels)}},
+                )
             # Rows in one step: a prefill step's prompts, or the decoding batch.
             plan = self._prefill
             warm_up_row_counts(
