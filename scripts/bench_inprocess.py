@@ -381,6 +381,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     warmup = workload.get("warmup", {})
+    _warm_up_gpu_kernels(model, max_batch)
     for level in warmup.get("levels", []):
         run_level(
             level["concurrency"], level["prompts"], int(warmup.get("max_tokens", 4))
@@ -396,6 +397,23 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         levels.append(result)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"levels": levels, "peak_rss_bytes": peak_kib * 1024}
+
+
+def _warm_up_gpu_kernels(model: Any, max_batch: int) -> None:
+    """On a GPU, the worker's row-count warm-up (MLX compiles its kernels on first use, for
+    tens of seconds each), so that neither path compiles kernels while it is measured."""
+    import mlx.core as mx
+
+    if mx.default_device().type != mx.gpu:
+        return
+    from mlx_worker.config import parse_args
+    from mlx_worker.engine import prefill_plan, warm_up_row_counts
+
+    config = parse_args(["--socket", "unused", "--max-batch", str(max_batch)])
+    plan = prefill_plan(config, on_gpu=True)
+    warm_up_row_counts(
+        model, max(plan.step_size * plan.batch_size, max_batch), plan.step_size
+    )
 
 
 def _prepare_cpu_blas(dequantize: str) -> None:

@@ -114,9 +114,10 @@ def gpu_kernel_cache() -> Path:
     return Path(tempfile.gettempdir()) / "mlx"
 
 
-def warm_up_row_counts(model: Any, bound: int) -> list[int]:
+def warm_up_row_counts(model: Any, bound: int, step: int) -> list[int]:
     """One forward pass per entry of ``GPU_WARMUP_ROWS`` up to ``bound`` rows, each on a
-    throwaway cache (see ``GPU_WARMUP_ROWS``); returns the row counts run."""
+    throwaway cache (see ``GPU_WARMUP_ROWS``), shaped as the engine's prefill steps are:
+    sequences of at most ``step`` tokens; returns the row counts run."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -124,8 +125,10 @@ def warm_up_row_counts(model: Any, bound: int) -> list[int]:
     for rows in GPU_WARMUP_ROWS:
         if rows > bound:
             break
+        length = min(rows, step)
+        batch = -(-rows // length)
         cache = make_prompt_cache(model)
-        mx.eval(model(mx.zeros((1, rows), dtype=mx.uint32), cache=cache))
+        mx.eval(model(mx.zeros((batch, length), dtype=mx.uint32), cache=cache))
         done.append(rows)
     mx.clear_cache()
     return done
@@ -363,7 +366,9 @@ class Engine:
             # Rows in one step: a prefill step's prompts, or the decoding batch.
             plan = self._prefill
             warm_up_row_counts(
-                self._loaded.model, max(plan.step_size * plan.batch_size, self._config.max_batch)
+                self._loaded.model,
+                max(plan.step_size * plan.batch_size, self._config.max_batch),
+                plan.step_size,
             )
 
     def _serve(self) -> None:

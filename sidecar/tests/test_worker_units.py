@@ -207,7 +207,9 @@ def test_row_count_warm_up_runs_the_model_at_each_count_up_to_the_bound(
     from mlx_worker.model import load_model
 
     model = load_model(str(tiny_model_dir)).model
-    assert warm_up_row_counts(model, 16) == [1, 2, 3, 4, 6, 8, 12, 16]
-    assert warm_up_row_counts(model, 100) == [r for r in GPU_WARMUP_ROWS if r <= 100]
+    assert warm_up_row_counts(model, 16, 256) == [1, 2, 3, 4, 6, 8, 12, 16]
+    assert warm_up_row_counts(model, 100, 256) == [r for r in GPU_WARMUP_ROWS if r <= 100]
+    # Beyond one prefill chunk, the rows come as several sequences of at most a chunk.
+    assert warm_up_row_counts(model, 1024, 256)[-1] == 1024
     # The per-step prompt bound on a GPU (8 prompts of 512 tokens) is covered.
     assert max(GPU_WARMUP_ROWS) >= 8 * 512
