@@ -425,6 +425,26 @@ def _prepare_cpu_blas(dequantize: str) -> None:
         prepare_cpu_blas()
 
 
+def _single_process_distributed() -> None:
+    """mlx-lm's server calls ``mx.distributed.init()``, whose default backend tries Open MPI
+    first: on a machine that has Open MPI but did not launch this process with ``mpirun`` (the
+    H100 machine), that fails in ``MPI_Init`` and the server never starts. Not launched by
+    mpirun nor given a hostfile, the server is one process, as the other paths are: give it
+    MLX's ring backend, which makes the same group of one without touching MPI."""
+    import os
+
+    if "OMPI_COMM_WORLD_SIZE" in os.environ or "MLX_HOSTFILE" in os.environ:
+        return
+    import mlx.core as mx
+
+    init = mx.distributed.init
+
+    def init_single(strict: bool = False, backend: str = "any") -> Any:
+        return init(strict=strict, backend="ring" if backend == "any" else backend)
+
+    mx.distributed.init = init_single
+
+
 def _http_server(argv: list[str]) -> int:
     """Runs mlx-lm's own server (``mlx_lm.server.main``) with the arguments after
     ``--dequantize MODE``, having prepared the CPU BLAS as the worker does (so all three
@@ -433,6 +453,7 @@ def _http_server(argv: list[str]) -> int:
     if argv[:1] == ["--dequantize"] and len(argv) >= 2:
         dequantize, argv = argv[1], argv[2:]
     _prepare_cpu_blas(dequantize)
+    _single_process_distributed()
     from mlx_lm.server import main as server_main
 
     server_args = argv
