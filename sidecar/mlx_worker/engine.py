@@ -81,7 +81,7 @@ GATHER_MAX_S = 0.005
 RETURN_WINDOW_S = 0.05
 
 # On a GPU, MLX compiles a quantized-matmul kernel (NVRTC) the first time it sees a new range
-# of rows (tokens in a forward pass): 15-20 s each on an H100 with an empty kernel cache. A
+# of rows (tokens in a forward pass): 17-25 s each on an H100 with an empty kernel cache. A
 # first batch of 16 streams stalled the engine 34 s, long enough for the stall watchdog.
 # Start-up runs one forward pass at each of these row counts (up to the per-step prompt
 # bound) so that the compiling happens before the worker reports SERVING; once compiled, the
