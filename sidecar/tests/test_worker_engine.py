@@ -176,9 +176,15 @@ def test_clients_returning_after_a_batch_ends_are_prefilled_together(
     async def body(eng: Engine) -> None:
         # Three requests end in one step; their clients send the next three at once, but
         # they reach the engine 1.5 ms apart, more than the gap it lingers for otherwise.
-        # It waits for all three (a loaded machine can still split a wave, so three tries).
-        await wave(eng, 3, 0.00005)
-        steps = [await wave(eng, 3, 0.0015) for _ in range(3)]
-        assert 1 in steps, steps
+        # It waits for all three. A loaded machine can split a wave (then its requests end
+        # in different steps), so up to five tries, each starting with a wave sent together.
+        tries = []
+        for _ in range(5):
+            first = await wave(eng, 3, 0.00005)
+            returning = await wave(eng, 3, 0.0015) if first == 1 else None
+            tries.append((first, returning))
+            if returning == 1:
+                break
+        assert tries[-1][1] == 1, tries
 
     asyncio.run(_with_engine(tiny_model_dir, body))
