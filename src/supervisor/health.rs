@@ -2,9 +2,14 @@
 //! `mlx_sidecar.v1.Inference`, each with a deadline; the liveness probe of a running
 //! worker (its socket file, then the check); and the wait for a starting worker to serve.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::Notify;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -56,6 +61,30 @@ pub(crate) async fn probe_worker(
         return Err(format!("socket file {} was removed", socket.display()));
     }
     probe(channel, timeout).await
+}
+
+/// The liveness probe of a ready worker (the active one or the standby): one
+/// [`probe_worker`] per `interval`, the first one interval from now; a tick missed while a
+/// probe was slow is not made up for.
+pub(crate) struct Liveness {
+    ticker: Interval,
+    timeout: Duration,
+}
+
+impl Liveness {
+    /// Probes every `interval`, each probe with the deadline `timeout`.
+    pub(crate) fn new(interval: Duration, timeout: Duration) -> Self {
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Liveness { ticker, timeout }
+    }
+
+    /// Waits for the next tick, then probes the worker (the channel and socket path are
+    /// owned, so the caller may wait on the worker itself meanwhile).
+    pub(crate) async fn next(&mut self, channel: Channel, socket: PathBuf) -> Result<(), String> {
+        self.ticker.tick().await;
+        probe_worker(&channel, &socket, self.timeout).await
+    }
 }
 
 /// Resolves once the worker at `socket` reports `SERVING`. Probes when the worker logs

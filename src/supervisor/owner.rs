@@ -22,7 +22,7 @@ use std::{path::PathBuf, time::Duration};
 
 use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 
 use super::{
@@ -209,18 +209,11 @@ impl Owner {
     /// `health_failure_threshold` failures in a row (no answer within the deadline,
     /// `NOT_SERVING`, or its socket file gone). A crash is noticed at once.
     async fn serve(&mut self, mut worker: Worker) -> Phase {
-        let interval = self.config.health_interval;
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut liveness =
+            health::Liveness::new(self.config.health_interval, self.config.health_timeout);
         let mut failures = 0u32;
         loop {
-            let health = worker.health.clone();
-            let timeout = self.config.health_timeout;
-            let socket = worker.socket.clone();
-            let probe = async {
-                ticker.tick().await;
-                health::probe_worker(&health, &socket, timeout).await
-            };
+            let probe = liveness.next(worker.health.clone(), worker.socket.clone());
             let wake = tokio::select! {
                 status = worker.wait() => Wake::Exited(status),
                 control = self.control.recv() => Wake::Control(control),

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 
 use super::{
@@ -207,18 +207,11 @@ impl Keeper {
     /// Probes the idle standby like the active worker; kills it after
     /// `health_failure_threshold` failures in a row.
     async fn serve(&mut self, mut worker: Worker) -> Phase {
-        let interval = self.config.health_interval;
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut liveness =
+            health::Liveness::new(self.config.health_interval, self.config.health_timeout);
         let mut failures = 0u32;
         loop {
-            let channel = worker.health.clone();
-            let socket = worker.socket.clone();
-            let timeout = self.config.health_timeout;
-            let probe = async {
-                ticker.tick().await;
-                health::probe_worker(&channel, &socket, timeout).await
-            };
+            let probe = liveness.next(worker.health.clone(), worker.socket.clone());
             let wake = tokio::select! {
                 status = worker.wait() => Wake::Exited(status),
                 command = self.commands.recv() => Wake::Command(command),

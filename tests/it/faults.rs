@@ -5,9 +5,7 @@
 use std::{os::unix::net::UnixListener, time::Duration};
 
 use futures_util::StreamExt;
-use mlx_sidecar::{
-    Error, GenerateEvent, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor, WorkerState,
-};
+use mlx_sidecar::{Error, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor, WorkerState};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
@@ -78,27 +76,10 @@ async fn sigkill_mid_stream_ends_the_stream_with_partial_output() {
         .await
         .expect("generate");
     // Kill once some text has arrived, so there is partial output to keep.
-    let mut received = String::new();
-    while received.len() < 16 {
-        match stream.next().await.expect("event").expect("event ok") {
-            GenerateEvent::Token { text, .. } => received.push_str(&text),
-            GenerateEvent::Finished(f) => panic!("finished too early: {f:?}"),
-        }
-    }
+    let mut received = support::text_of_at_least(&mut stream, 16).await;
     let killed_at = Instant::now();
     support::signal(pid, Signal::SIGKILL);
-    let err = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match stream.next().await {
-                Some(Ok(GenerateEvent::Token { text, .. })) => received.push_str(&text),
-                Some(Ok(GenerateEvent::Finished(f))) => panic!("finished despite the kill: {f:?}"),
-                Some(Err(e)) => break e,
-                None => panic!("stream ended without an error"),
-            }
-        }
-    })
-    .await
-    .expect("the stream must end within 2 s of the kill");
+    let err = support::error_after_kill(&mut stream, &mut received).await;
     let ended_after = killed_at.elapsed();
     match &err {
         Error::WorkerDied {

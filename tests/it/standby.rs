@@ -10,10 +10,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
-use mlx_sidecar::{
-    Error, GenerateEvent, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor,
-};
+use mlx_sidecar::{Error, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor};
 use nix::sys::signal::Signal;
 use tokio::{sync::broadcast, time::Instant};
 
@@ -232,26 +229,9 @@ async fn stream_cut_by_a_kill_keeps_its_text_and_the_standby_serves_the_next_cal
         )
         .await
         .expect("generate");
-    let mut received = String::new();
-    while received.len() < 16 {
-        match stream.next().await.expect("event").expect("event ok") {
-            GenerateEvent::Token { text, .. } => received.push_str(&text),
-            GenerateEvent::Finished(f) => panic!("finished too early: {f:?}"),
-        }
-    }
+    let mut received = support::text_of_at_least(&mut stream, 16).await;
     support::signal(active, Signal::SIGKILL);
-    let err = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match stream.next().await {
-                Some(Ok(GenerateEvent::Token { text, .. })) => received.push_str(&text),
-                Some(Ok(GenerateEvent::Finished(f))) => panic!("finished despite the kill: {f:?}"),
-                Some(Err(e)) => break e,
-                None => panic!("stream ended without an error"),
-            }
-        }
-    })
-    .await
-    .expect("the stream ends within 2 s of the kill");
+    let err = support::error_after_kill(&mut stream, &mut received).await;
     match &err {
         Error::WorkerDied {
             partial_text,

@@ -10,8 +10,8 @@ use std::{
 };
 
 use mlx_sidecar::{
-    Client, Completion, GenerateRequest, LifecycleEvent, RestartPolicy, Supervisor,
-    SupervisorConfig, WorkerCommand,
+    Client, Completion, Error, GenerateEvent, GenerateRequest, GenerateStream, LifecycleEvent,
+    RestartPolicy, Supervisor, SupervisorConfig, WorkerCommand,
 };
 use tokio::{sync::broadcast, time::Instant};
 
@@ -164,4 +164,33 @@ pub(crate) fn process_gone(pid: u32) -> bool {
 /// Sends `signal` to process `pid`.
 pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+}
+
+/// Reads `stream` until at least `bytes` of text have arrived (it must not finish first).
+pub(crate) async fn text_of_at_least(stream: &mut GenerateStream, bytes: usize) -> String {
+    let mut received = String::new();
+    while received.len() < bytes {
+        match stream.next_event().await.expect("event").expect("event ok") {
+            GenerateEvent::Token { text, .. } => received.push_str(&text),
+            GenerateEvent::Finished(f) => panic!("finished too early: {f:?}"),
+        }
+    }
+    received
+}
+
+/// Reads a stream whose worker was just killed: text that still arrives joins `received`,
+/// and the stream must end with an error within 2 s.
+pub(crate) async fn error_after_kill(stream: &mut GenerateStream, received: &mut String) -> Error {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.next_event().await {
+                Some(Ok(GenerateEvent::Token { text, .. })) => received.push_str(&text),
+                Some(Ok(GenerateEvent::Finished(f))) => panic!("finished despite the kill: {f:?}"),
+                Some(Err(e)) => break e,
+                None => panic!("stream ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 2 s of the kill")
 }
