@@ -385,11 +385,13 @@ class Engine:
             # millisecond apart (the event loop validates them one by one), so linger while
             # they keep coming, to prefill them in one step rather than the first alone; and
             # wait for as many as have just finished (see RETURN_WINDOW_S).
-            woken = now()
-            linger_until = woken + GATHER_MAX_S if idle else 0.0
-            returning, finished_at = self._returning
-            expected = returning if idle and woken - finished_at < RETURN_WINDOW_S else 0
-            gathered = 0
+            linger_until, expected, gathered = 0.0, 0, 0
+            if idle:
+                woken = now()
+                linger_until = woken + GATHER_MAX_S
+                returning, finished_at = self._returning
+                if woken - finished_at < RETURN_WINDOW_S:
+                    expected = returning
             while cmd is not None:
                 if cmd is _STOP:
                     self._flush()
@@ -455,9 +457,7 @@ class Engine:
         except Exception as e:
             self._cannot_start(job, e)
             return
-        a = RequestState.start(job, uid, self._loaded.tokenizer)
-        self._by_job[job] = a
-        self._by_uid[uid] = a
+        self._book(RequestState.start(job, uid, self._loaded.tokenizer))
 
     def _runs_alone(self, p: GenerateParams) -> bool:
         """Whether a new request runs as the solo sequence: the engine is idle and the prompt
@@ -502,8 +502,7 @@ class Engine:
             self._fail_request(a, e)  # already out of the books: nothing else to undo
             return
         a.uid = uid
-        self._by_job[a.job] = a
-        self._by_uid[uid] = a
+        self._book(a)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request joins the batch",
@@ -530,9 +529,7 @@ class Engine:
         except Exception as e:
             self._cannot_start(job, e)
             return
-        a = RequestState.start(job, uid, self._loaded.tokenizer)
-        self._by_job[job] = a
-        self._by_uid[uid] = a
+        self._book(RequestState.start(job, uid, self._loaded.tokenizer))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request runs alone", extra={"fields": {"request_id": p.request_id}})
 
@@ -648,6 +645,11 @@ class Engine:
                 self._forget(a)  # the batch has dropped it already
             a.finish(finish)
         self._emit(a)
+
+    def _book(self, a: RequestState) -> None:
+        """Puts a started request in the engine's books (``_forget`` takes it out)."""
+        self._by_job[a.job] = a
+        self._by_uid[a.uid] = a
 
     def _forget(self, a: RequestState) -> None:
         self._by_uid.pop(a.uid, None)

@@ -233,11 +233,12 @@ def spawn_worker(tiny_model_dir: Path) -> Iterator[SpawnWorker]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
-    """A shared worker on the tiny model, serving; tests must leave it serving."""
+@contextlib.contextmanager
+def serving_tiny_worker(model_dir: Path, *extra_args: str) -> Iterator[WorkerProcess]:
+    """A worker on the tiny model with debug logs (and ``extra_args``), serving until the
+    block ends; then it is stopped and its directory removed."""
     d = short_private_dir()
-    args = ["--model", str(tiny_model_dir), "--log-level", "debug"]
+    args = ["--model", str(model_dir), "--log-level", "debug", *extra_args]
     w = WorkerProcess(args, {}, d / "w.sock", d / "worker.log")
     try:
         w.wait_serving()
@@ -245,6 +246,13 @@ def worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
     finally:
         w.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
+    """A shared worker on the tiny model, serving; tests must leave it serving."""
+    with serving_tiny_worker(tiny_model_dir) as w:
+        yield w
 
 
 @pytest.fixture(scope="session")

@@ -126,30 +126,32 @@ def test_a_failing_step_fails_its_requests_and_the_engine_recovers(
     asyncio.run(_with_engine(tiny_model_dir, body))
 
 
+async def _wave(eng: Engine, n: int, spacing_s: float) -> int:
+    """Sends n five-token requests to the idle engine, spacing_s apart (as the event loop
+    submits them: one by one, busy in between); returns in how many steps their prefill
+    began."""
+    clocks = []
+    tasks = []
+    for i in range(n):
+        stream = ResponseStream()
+        clock = RequestClock(arrival=now())
+        eng.submit(_params(f"r{i}", [40 + i, 41, 42], 5), stream, clock)
+        clocks.append(clock)
+        tasks.append(asyncio.ensure_future(_collect(stream)))
+        time.sleep(spacing_s)
+    for items in await asyncio.gather(*tasks):
+        assert items[-1].finished.usage.completion_tokens == 5
+    return len({c.prefill_start for c in clocks})
+
+
 def test_requests_sent_together_to_an_idle_engine_are_prefilled_together(
     tiny_model_dir: Path,
 ) -> None:
-    async def wave(eng: Engine, n: int) -> int:
-        """Sends n requests to the idle engine; returns in how many steps their prefill began."""
-        clocks = []
-        tasks = []
-        # As the event loop submits requests that came together: one by one, microseconds apart.
-        for i in range(n):
-            stream = ResponseStream()
-            clock = RequestClock(arrival=now())
-            eng.submit(_params(f"r{i}", [40 + i, 41, 42], 5), stream, clock)
-            clocks.append(clock)
-            tasks.append(asyncio.ensure_future(_collect(stream)))
-            time.sleep(0.00005)
-        for items in await asyncio.gather(*tasks):
-            assert items[-1].finished.usage.completion_tokens == 5
-        return len({c.prefill_start for c in clocks})
-
     async def body(eng: Engine) -> None:
         # One engine step starts all four prefills (the first does not go alone). A loaded
         # machine can pause the submitting thread longer than the engine lingers, so three
         # waves get the chance; without the lingering every wave splits.
-        steps = [await wave(eng, 4) for _ in range(3)]
+        steps = [await _wave(eng, 4, 0.00005) for _ in range(3)]
         assert 1 in steps, steps
 
     asyncio.run(_with_engine(tiny_model_dir, body))
@@ -158,21 +160,6 @@ def test_requests_sent_together_to_an_idle_engine_are_prefilled_together(
 def test_clients_returning_after_a_batch_ends_are_prefilled_together(
     tiny_model_dir: Path,
 ) -> None:
-    async def wave(eng: Engine, n: int, spacing_s: float) -> int:
-        """Sends n requests spacing_s apart; returns in how many steps their prefill began."""
-        clocks = []
-        tasks = []
-        for i in range(n):
-            stream = ResponseStream()
-            clock = RequestClock(arrival=now())
-            eng.submit(_params(f"r{i}", [40 + i, 41, 42], 5), stream, clock)
-            clocks.append(clock)
-            tasks.append(asyncio.ensure_future(_collect(stream)))
-            time.sleep(spacing_s)  # the event loop busy elsewhere between the requests
-        for items in await asyncio.gather(*tasks):
-            assert items[-1].finished.usage.completion_tokens == 5
-        return len({c.prefill_start for c in clocks})
-
     async def body(eng: Engine) -> None:
         # Three requests end in one step; their clients send the next three at once, but
         # they reach the engine 1.5 ms apart, more than the gap it lingers for otherwise.
@@ -180,8 +167,8 @@ def test_clients_returning_after_a_batch_ends_are_prefilled_together(
         # in different steps), so up to five tries, each starting with a wave sent together.
         tries = []
         for _ in range(5):
-            first = await wave(eng, 3, 0.00005)
-            returning = await wave(eng, 3, 0.0015) if first == 1 else None
+            first = await _wave(eng, 3, 0.00005)
+            returning = await _wave(eng, 3, 0.0015) if first == 1 else None
             tries.append((first, returning))
             if returning == 1:
                 break

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import WorkerProcess, short_private_dir
+from conftest import WorkerProcess, serving_tiny_worker
 
 from mlx_sidecar.v1 import inference_pb2 as pb
 
@@ -363,15 +362,8 @@ def test_large_inputs(worker: WorkerProcess, tiny_tokenizer) -> None:
 @pytest.fixture(scope="module")
 def solo_worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
     """A worker with the solo path on (``--solo auto`` turns it on for GPUs only)."""
-    d = short_private_dir()
-    args = ["--model", str(tiny_model_dir), "--log-level", "debug", "--solo", "on"]
-    w = WorkerProcess(args, {}, d / "w.sock", d / "worker.log")
-    try:
-        w.wait_serving()
+    with serving_tiny_worker(tiny_model_dir, "--solo", "on") as w:
         yield w
-    finally:
-        w.close()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(
