@@ -36,6 +36,9 @@ class WorkerConfig:
     stdin_watch: bool = True
     # A request that finds the engine idle decodes alone (solo.py): "auto" on a GPU only.
     solo: str = "auto"
+    # Least time between two messages of one stream, but for its first and its end: tokens
+    # that come sooner go out together (0: each engine step's tokens at once).
+    stream_interval_ms: float = 0.0
     default_max_tokens: int = 256
     # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
     synthetic: SyntheticSpec | None = None
@@ -65,7 +68,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
@@ -73,7 +76,7 @@ def _seconds(text: str) -> float:
 
 
 def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
+    value = _non_negative_float(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
@@ -112,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grace-seconds",
-        type=_seconds,
+        type=_non_negative_float,
         default=10.0,
         help="on SIGTERM, how long in-flight requests may run before they are cancelled",
     )
@@ -129,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="decode a request that finds the engine idle on mlx-lm's single-sequence loop until "
         "another arrives (auto: on a GPU, where it is faster; on a CPU it gains nothing)",
+    )
+    p.add_argument(
+        "--stream-interval-ms",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="MS",
+        help="least time between two messages of one stream: tokens that come sooner wait and "
+        "go out together, the first token and the end at once (default 0: each engine step's "
+        "tokens go out when the step ends)",
     )
     p.add_argument(
         "--stall-seconds",
@@ -173,6 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         log_level=ns.log_level,
         dequantize=ns.dequantize,
         solo=ns.solo,
+        stream_interval_ms=ns.stream_interval_ms,
         stall_seconds=ns.stall_seconds,
         prefill_step_size=ns.prefill_step_size,
         stdin_watch=not ns.no_stdin_watch,

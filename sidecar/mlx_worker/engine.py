@@ -9,9 +9,11 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
    are prefilled together;
 2. run one step of mlx-lm's ``BatchGenerator`` (one decode step for the running sequences plus
    at most one prefill chunk of ``prefill_step_size`` tokens for the ones being prompted);
-3. turn the step's tokens into messages (``responses.RequestState``: detokenize, stop strings,
-   logprobs, finish) and hand the whole step's output to the event loop with ONE
-   ``call_soon_threadsafe``.
+3. turn the step's tokens into output (``responses.RequestState``: detokenize, stop strings,
+   logprobs, finish) and hand everything gathered to the event loop with ONE
+   ``call_soon_threadsafe``: after every step, or with ``--stream-interval-ms`` at most once
+   per interval, except that a first token, a finish or a failure goes at the step's end.
+   Each request's tokens since the last hand-over go out as one chunk.
 
 On a GPU (``--solo``), a request that arrives while the engine is idle, with a prompt that
 fits in one prefill chunk, runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's
@@ -186,7 +188,6 @@ class Engine:
         self._bg: Any = None
         self._by_job: dict[Job, RequestState] = {}
         self._by_uid: dict[int, RequestState] = {}
-        self._out: list[tuple[ResponseStream, list[Any]]] = []
         self._prefill = PrefillPlan(step_size=256, batch_size=1)
         self._solo: Any = None  # the SoloSequence running, if any
         self._solo_enabled = False  # decided at start-up (--solo, and the device)
@@ -194,6 +195,13 @@ class Engine:
         # (how many requests the step that left the engine idle finished, when it ended)
         self._returning: tuple[int, float] = (0, 0.0)
         self._solo_uids = 0  # solo sequences get uids -1, -2, ... (the batch's are >= 0)
+        # Output for the event loop: requests with output to take, failures to send; handed
+        # over when due (``_flush``).
+        self._pending: dict[RequestState, None] = {}
+        self._out: list[tuple[ResponseStream, list[Any]]] = []
+        self._urgent = False  # a first token, a finish or a failure is waiting
+        self._flushed_at = 0.0
+        self._stream_interval = config.stream_interval_ms / 1000
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -409,12 +417,23 @@ class Engine:
                 self._step()
                 if not self._by_uid:
                     self._returning = (running, now())
-            self._flush()
+            self._flush(
+                self._urgent
+                or not self._by_uid
+                or now() - self._flushed_at >= self._stream_interval
+            )
 
-    def _flush(self) -> None:
-        if self._out:
-            out, self._out = self._out, []
-            self._post(dispatch, out)
+    def _flush(self, due: bool = True) -> None:
+        """Hands the output gathered so far to the event loop in one call, if ``due``."""
+        if not due or not (self._out or self._pending):
+            return
+        for a in self._pending:
+            self._out.append((a.job.stream, a.take_output()))
+        self._pending.clear()
+        out, self._out = self._out, []
+        self._urgent = False
+        self._flushed_at = now()
+        self._post(dispatch, out)
 
     def _command(self, cmd: Any) -> None:
         if isinstance(cmd, Job):
@@ -644,7 +663,7 @@ class Engine:
             else:
                 self._forget(a)  # the batch has dropped it already
             a.finish(finish)
-        self._emit(a)
+        self._emit(a, urgent=finish is not None or a.generated == 1)
 
     def _book(self, a: RequestState) -> None:
         """Puts a started request in the engine's books (``_forget`` takes it out)."""
@@ -658,30 +677,41 @@ class Engine:
             self._solo.close()
             self._solo = None
 
-    def _emit(self, a: RequestState) -> None:
-        if a.events:
-            self._out.append((a.job.stream, a.take_events()))
+    def _emit(self, a: RequestState, urgent: bool = True) -> None:
+        """Marks a request's output for the next hand-over (``urgent``: at the end of this
+        step, whatever the stream interval)."""
+        if a.has_output:
+            self._pending[a] = None
+            self._urgent |= urgent
+
+    def _send_failure(self, stream: ResponseStream, failure: RequestFailure) -> None:
+        self._urgent = True
+        self._out.append((stream, [failure]))
+
+    def _fail(self, a: RequestState, failure: RequestFailure) -> None:
+        """Ends a started request with ``failure``, after the output it already has."""
+        self._forget(a)
+        self._pending.pop(a, None)
+        if a.has_output:
+            self._out.append((a.job.stream, a.take_output()))
+        self._send_failure(a.job.stream, failure)
 
     def _cannot_start(self, job: Job, error: Exception) -> None:
         """A request could not be set up (call it while handling ``error``): INTERNAL."""
         log.exception(
             "cannot start request", extra={"fields": {"request_id": job.params.request_id}}
         )
-        self._out.append((job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, str(error))]))
+        self._send_failure(job.stream, RequestFailure(grpc.StatusCode.INTERNAL, str(error)))
 
     def _fail_request(self, a: RequestState, error: Exception) -> None:
         """One request failed on its own (call it while handling ``error``): only it gets
         INTERNAL; the engine serves on."""
         log.exception("request failed", extra={"fields": {"request_id": a.job.params.request_id}})
-        self._forget(a)
-        self._out.append(
-            (a.job.stream, [RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {error}")])
-        )
+        self._fail(a, RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {error}"))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for a in list(self._by_uid.values()):
-            self._forget(a)
-            self._out.append((a.job.stream, [RequestFailure(code, message)]))
+            self._fail(a, RequestFailure(code, message))
 
     def _die(self) -> None:
         """The thread is ending: fail everything it holds or was sent, tell the loop."""
@@ -694,8 +724,8 @@ class Engine:
             except queue.Empty:
                 break
             if isinstance(cmd, Job):
-                self._out.append(
-                    (cmd.stream, [RequestFailure(grpc.StatusCode.UNAVAILABLE, "engine stopped")])
+                self._send_failure(
+                    cmd.stream, RequestFailure(grpc.StatusCode.UNAVAILABLE, "engine stopped")
                 )
         self._flush()
         self._post(self._on_died)

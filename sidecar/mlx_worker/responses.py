@@ -1,10 +1,11 @@
 """One request's output inside the engine: tokens in, GenerateResponse messages out.
 
-:class:`RequestState` turns each generated token into at most one chunk (text from the
-incremental detokenizer, cut by the stop-string filter, plus the token id and its
-log-probability) and decides when the request is finished: an end-of-sequence or stop token
-id (not sent as text), a stop string (text ends just before it), or max_tokens. It only
-builds messages; the engine owns the batch and the hand-over to the event loop.
+:class:`RequestState` takes each generated token (text from the incremental detokenizer,
+cut by the stop-string filter, plus the token id and its log-probability) and decides when the
+request is finished: an end-of-sequence or stop token id (not sent as text), a stop string
+(text ends just before it), or max_tokens. What it holds goes out as one chunk however many
+tokens it covers (``take_output``), then the final message. It only builds messages; the
+engine owns the batch and decides when output is handed to the event loop.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ class RequestState:
     detok: IncrementalDetokenizer
     stops: StopStringFilter
     generated: int = 0
-    events: list[Any] = field(default_factory=list)
+    # Output not yet taken: the text, ids and log-probabilities of the tokens since the last
+    # take (sent as ONE chunk, however many tokens), then the final message.
+    _text: list[str] = field(default_factory=list)
+    _ids: list[int] = field(default_factory=list)
+    _logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    _finished: pb.GenerateResponse | None = None
 
     @classmethod
     def start(cls, job: Job, uid: int, tokenizer: Any) -> RequestState:
@@ -79,11 +85,11 @@ class RequestState:
             finish = Finish(pb.FINISH_REASON_STOP, matched_stop=matched)
         elif finish is not None:
             text += self.stops.flush()
-        if text or ids:
-            chunk = pb.GenerateChunk(text=text, token_ids=ids)
-            if logprob is not None:
-                chunk.logprobs.append(logprob)
-            self.events.append(pb.GenerateResponse(chunk=chunk))
+        if text:
+            self._text.append(text)
+        self._ids.extend(ids)
+        if logprob is not None:
+            self._logprobs.append(logprob)
         return finish
 
     def finish(self, finish: Finish) -> None:
@@ -99,7 +105,7 @@ class RequestState:
         )
         if finish.stop_token is not None:
             finished.stop_token_id = finish.stop_token
-        self.events.append(pb.GenerateResponse(finished=finished))
+        self._finished = pb.GenerateResponse(finished=finished)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request finished",
@@ -117,9 +123,25 @@ class RequestState:
                 },
             )
 
-    def take_events(self) -> list[Any]:
-        events, self.events = self.events, []
-        return events
+    @property
+    def has_output(self) -> bool:
+        """Whether there is output that ``take_output`` would return."""
+        return bool(self._text or self._ids or self._finished is not None)
+
+    def take_output(self) -> list[pb.GenerateResponse]:
+        """The output since the last take: at most one chunk, then the final message if the
+        request has finished."""
+        out = []
+        if self._text or self._ids:
+            chunk = pb.GenerateChunk(text="".join(self._text), token_ids=self._ids)
+            if self._logprobs:
+                chunk.logprobs.extend(self._logprobs)
+            out.append(pb.GenerateResponse(chunk=chunk))
+            self._text, self._ids, self._logprobs = [], [], []
+        if self._finished is not None:
+            out.append(self._finished)
+            self._finished = None
+        return out
 
 
 def token_logprobs(wanted: list[tuple[Any, int]], token_text: Any) -> dict[int, pb.TokenLogprob]:

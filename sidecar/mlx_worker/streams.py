@@ -1,7 +1,8 @@
 """The loop-side mailbox of one Generate call.
 
-The engine thread hands each step's output to the event loop once (``call_soon_threadsafe``);
-:func:`dispatch` then pushes each request's items into its :class:`ResponseStream`. The handler
+The engine thread hands its output to the event loop once per step, or per stream interval
+(``call_soon_threadsafe``); :func:`dispatch` then pushes each request's items into its
+:class:`ResponseStream`. The handler
 takes everything that arrived since it last looked, so a slow client gets fewer, bigger
 messages rather than a backlog.
 """
@@ -46,6 +47,6 @@ class ResponseStream:
 
 
 def dispatch(events: Iterable[tuple[ResponseStream, Sequence[Any]]]) -> None:
-    """Fans one engine step's output out to the requests' streams."""
+    """Fans one hand-over of the engine's output out to the requests' streams."""
     for stream, items in events:
         stream.push(items)

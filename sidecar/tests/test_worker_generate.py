@@ -426,3 +426,28 @@ def test_a_lone_request_joined_midway_moves_into_the_batch_unchanged(
     # The cache, the token history (penalties), the sampler's random key and the count all
     # carried over: the same tokens as alone.
     assert _ids(chunks) == _ids(alone)
+
+
+def test_a_stream_interval_groups_tokens_but_sends_the_first_and_the_end_at_once(
+    tiny_model_dir: Path, worker: WorkerProcess
+) -> None:
+    interval_s, n = 0.05, 300
+    reference, _ = worker.generate(prompt=PROMPT, max_tokens=n, ignore_eos=True)
+    request = pb.GenerateRequest(prompt=PROMPT, max_tokens=n, ignore_eos=True)
+    chunks: list[pb.GenerateChunk] = []
+    arrivals: list[float] = []
+    finished = None
+    with serving_tiny_worker(tiny_model_dir, "--stream-interval-ms", str(interval_s * 1000)) as w:
+        for msg in w.stub.Generate(request, timeout=60):
+            arrivals.append(time.monotonic())
+            if msg.HasField("chunk"):
+                chunks.append(msg.chunk)
+            else:
+                finished = msg.finished
+    assert finished is not None and finished.usage.completion_tokens == n
+    assert _ids(chunks) == _ids(reference)
+    assert _text(chunks) == _text(reference)
+    assert len(chunks[0].token_ids) == 1  # the first token is not held back
+    # After the first token, at most one message per interval (the end comes with the last).
+    span = arrivals[-1] - arrivals[0]
+    assert len(chunks) - 1 <= span / interval_s + 2, (len(chunks), span)

@@ -74,6 +74,8 @@ def test_command_line_defaults_and_flags(monkeypatch: pytest.MonkeyPatch) -> Non
             "2.5",
             "--prefill-step-size",
             "128",
+            "--stream-interval-ms",
+            "7.5",
             "--cache-dir",
             "/c",
         ]
@@ -85,6 +87,7 @@ def test_command_line_defaults_and_flags(monkeypatch: pytest.MonkeyPatch) -> Non
         2.5,
         128,
     )
+    assert c.stream_interval_ms == 7.5
     assert c.cache_dir == Path("/c")
 
 
@@ -96,6 +99,7 @@ def test_command_line_defaults_and_flags(monkeypatch: pytest.MonkeyPatch) -> Non
         ["--socket", "s", "--grace-seconds", "inf"],
         ["--socket", "s", "--dequantize", "maybe"],
         ["--socket", "s", "--stall-seconds", "0"],
+        ["--socket", "s", "--stream-interval-ms", "-1"],
     ],
 )
 def test_bad_command_lines_exit_2(argv: list[str]) -> None:

@@ -5,7 +5,8 @@ use crate::proto::v1 as pb;
 /// One event of a generation stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
-    /// Output that became ready in one engine step (one or more tokens).
+    /// Output that became ready together (one or more tokens): one engine step's, or, with
+    /// the worker's `--stream-interval-ms`, the tokens of up to one interval.
     Token {
         /// The text since the previous event (never a partial UTF-8 character or a
         /// possible stop string prefix).

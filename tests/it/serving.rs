@@ -1,7 +1,7 @@
 //! A supervised worker serving real requests: streaming, concurrency, tokenization, model
 //! info, invalid parameters, graceful shutdown, and the real default model answering.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use mlx_sidecar::{
@@ -73,6 +73,60 @@ async fn streams_tokens_then_finished() {
         HealthStatus::Serving
     );
 
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+/// The worker's `--stream-interval-ms`, given through `WorkerCommand::with_args`: the same
+/// tokens and text in fewer events (at most one per interval), the first token at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_interval_gives_the_same_tokens_in_fewer_events() {
+    let request = || {
+        GenerateRequest::text("Hello")
+            .max_tokens(300)
+            .ignore_eos(true)
+    };
+    let plain_dir = tempfile::tempdir().expect("tempdir");
+    let plain = support::ready_tiny_supervisor(plain_dir.path()).await;
+    let reference = support::complete(&plain.client(), request()).await;
+    plain.shutdown().await.expect("shutdown");
+
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let worker = support::tiny_worker().with_args(["--stream-interval-ms", "50"]);
+    let supervisor = Supervisor::spawn(support::config(worker, sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let mut stream = supervisor
+        .client()
+        .generate(request())
+        .await
+        .expect("generate");
+    let mut events: Vec<Vec<u32>> = Vec::new();
+    let mut text = String::new();
+    let mut first_at = None;
+    while let Some(event) = stream.next().await {
+        match event.expect("event") {
+            GenerateEvent::Token {
+                text: t, token_ids, ..
+            } => {
+                first_at.get_or_insert_with(Instant::now);
+                text.push_str(&t);
+                events.push(token_ids);
+            }
+            GenerateEvent::Finished(finished) => {
+                assert_eq!(finished.usage.completion_tokens, 300);
+            }
+        }
+    }
+    let span = first_at.expect("tokens came").elapsed().as_secs_f64();
+    assert_eq!(events.concat(), reference.token_ids);
+    assert_eq!(text, reference.text);
+    assert_eq!(events[0].len(), 1, "the first token is not held back");
+    assert!(
+        (events.len() - 1) as f64 <= span / 0.05 + 2.0,
+        "{} events in {span:.3} s",
+        events.len()
+    );
     supervisor.shutdown().await.expect("shutdown");
 }
 
