@@ -18,7 +18,8 @@
 //! The paths run one after another, never at once, so they don't compete for the machine.
 //! With `--passes N` the whole sequence of paths runs N times, alternating, each path started
 //! afresh every pass, and each path's passes are merged ([`measure::merge_passes`]) into one
-//! run before it is summarized, so that the machine's drift weighs on every path alike.
+//! run before it is summarized, so that the machine's drift weighs on every path alike; the
+//! aggregate ratios are also given pass by pass, which shows how far that drift moves them.
 
 mod ceiling;
 mod chart;
@@ -418,7 +419,7 @@ async fn run_bench(
         .paths
         .iter()
         .zip(runs)
-        .map(|(&kind, passes)| Ok(PathReport::new(kind, measure::merge_passes(passes)?)))
+        .map(|(&kind, passes)| PathReport::new(kind, passes))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let transport_ceiling = if args.transport_ceiling {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::ceiling::CeilingReport;
-use super::measure::{LevelRun, LevelSummary};
+use super::measure::{LevelRun, LevelSummary, merge_passes};
 use super::workload::WorkloadSpec;
 use super::{PathKind, PathRun};
 
@@ -23,24 +23,45 @@ pub(crate) struct PathReport {
     /// Peak resident memory of the Rust process while it drove this path (supervisor and
     /// client); 0 for the in-process path.
     pub(crate) client_peak_rss_bytes: u64,
+    /// Summary figures of each pass on its own, one list per pass (empty with one pass).
+    pub(crate) pass_levels: Vec<Vec<LevelSummary>>,
     /// The raw per-request measurements.
     pub(crate) raw: Vec<LevelRun>,
 }
 
 impl PathReport {
-    /// Summarizes a path's raw run.
-    pub(crate) fn new(path: PathKind, run: PathRun) -> Self {
-        Self {
+    /// Summarizes a path's raw runs, one per pass: each pass on its own, and all merged.
+    pub(crate) fn new(path: PathKind, passes: Vec<PathRun>) -> anyhow::Result<Self> {
+        let pass_levels = if passes.len() > 1 {
+            passes
+                .iter()
+                .map(|run| run.levels.iter().map(LevelSummary::from_records).collect())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let run = merge_passes(passes)?;
+        Ok(Self {
             path,
             levels: run.levels.iter().map(LevelSummary::from_records).collect(),
             server_peak_rss_bytes: run.server_peak_rss_bytes,
             client_peak_rss_bytes: run.client_peak_rss_bytes,
+            pass_levels,
             raw: run.levels,
-        }
+        })
     }
 
     fn level(&self, concurrency: usize) -> Option<&LevelSummary> {
         self.levels.iter().find(|l| l.concurrency == concurrency)
+    }
+
+    /// Aggregate tokens per second at one level, pass by pass.
+    fn aggregate_by_pass(&self, concurrency: usize) -> Vec<f64> {
+        self.pass_levels
+            .iter()
+            .filter_map(|levels| levels.iter().find(|l| l.concurrency == concurrency))
+            .map(|l| l.aggregate_tps)
+            .collect()
     }
 }
 
@@ -59,6 +80,22 @@ pub(crate) struct Ratio {
     pub(crate) ttft_p50_delta_ms: f64,
     /// Time to first token (p50), sidecar / baseline.
     pub(crate) ttft_p50: f64,
+    /// Aggregate tokens per second, sidecar / baseline, pass by pass (the sidecar's pass i
+    /// against the baseline's pass i; empty with one pass): how far the machine's drift moves
+    /// one pass's ratio.
+    pub(crate) aggregate_tps_by_pass: Vec<f64>,
+}
+
+impl Ratio {
+    /// The per-pass ratios as text ("0.93 1.12 1.01"), empty with one pass.
+    fn by_pass(&self) -> String {
+        let parts: Vec<String> = self
+            .aggregate_tps_by_pass
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        parts.join(" ")
+    }
 }
 
 /// One of the targets.
@@ -162,6 +199,12 @@ impl Report {
                     aggregate_tps: div(s.aggregate_tps, b.aggregate_tps),
                     ttft_p50_delta_ms: s.ttft_p50_ms - b.ttft_p50_ms,
                     ttft_p50: div(s.ttft_p50_ms, b.ttft_p50_ms),
+                    aggregate_tps_by_pass: sidecar
+                        .aggregate_by_pass(s.concurrency)
+                        .iter()
+                        .zip(base.aggregate_by_pass(s.concurrency))
+                        .map(|(&a, b)| div(a, b))
+                        .collect(),
                 });
             }
         }
@@ -313,18 +356,28 @@ impl Report {
             let _ = writeln!(out, "\nsidecar vs baselines:");
             let _ = writeln!(
                 out,
-                "  {:>5} {:<10} {:>12} {:>12} {:>14}",
-                "conc", "baseline", "decode", "aggregate", "TTFT p50 Δ ms"
+                "  {:>5} {:<10} {:>12} {:>12} {:>14}  {}",
+                "conc",
+                "baseline",
+                "decode",
+                "aggregate",
+                "TTFT p50 Δ ms",
+                if self.workload.passes > 1 {
+                    "aggregate, pass by pass"
+                } else {
+                    ""
+                }
             );
             for r in &self.ratios {
                 let _ = writeln!(
                     out,
-                    "  {:>5} {:<10} {:>12.3} {:>12.3} {:>+14.2}",
+                    "  {:>5} {:<10} {:>12.3} {:>12.3} {:>+14.2}  {}",
                     r.concurrency,
                     r.baseline.name(),
                     r.decode_tps,
                     r.aggregate_tps,
-                    r.ttft_p50_delta_ms
+                    r.ttft_p50_delta_ms,
+                    r.by_pass()
                 );
             }
         }
@@ -454,13 +507,23 @@ impl Report {
             );
         }
         if !self.ratios.is_empty() {
+            let by_pass = self.workload.passes > 1;
             let _ = writeln!(
                 out,
-                "\n| conc | sidecar / baseline | decode | aggregate | TTFT p50 difference ms |"
+                "\n| conc | sidecar / baseline | decode | aggregate | TTFT p50 difference ms |{}",
+                if by_pass {
+                    " aggregate, pass by pass |"
+                } else {
+                    ""
+                }
             );
-            let _ = writeln!(out, "|--:|---|--:|--:|--:|");
+            let _ = writeln!(
+                out,
+                "|--:|---|--:|--:|--:|{}",
+                if by_pass { "---|" } else { "" }
+            );
             for r in &self.ratios {
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "| {} | {} | {:.3} | {:.3} | {:+.2} |",
                     r.concurrency,
@@ -469,6 +532,10 @@ impl Report {
                     r.aggregate_tps,
                     r.ttft_p50_delta_ms
                 );
+                if by_pass {
+                    let _ = write!(out, " {} |", r.by_pass());
+                }
+                let _ = writeln!(out);
             }
         }
         if !self.targets.is_empty() {
@@ -502,5 +569,91 @@ impl Report {
             out.push_str(&c.render_markdown());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::bench::measure::RequestRecord;
+
+    /// One pass of one level: `tokens` tokens in `wall_s` seconds (one request).
+    fn pass(wall_s: f64, tokens: u64) -> PathRun {
+        PathRun {
+            levels: vec![LevelRun {
+                concurrency: 4,
+                wall_s,
+                server_cpu_s: 0.0,
+                client_cpu_s: 0.0,
+                requests: vec![RequestRecord {
+                    start: 0.0,
+                    first_token: 0.1,
+                    last_token: wall_s,
+                    end: wall_s,
+                    tokens,
+                    prompt_tokens: 8,
+                    text: String::new(),
+                    messages: tokens,
+                    token_ids: vec![1; tokens as usize],
+                }],
+            }],
+            server_peak_rss_bytes: 0,
+            client_peak_rss_bytes: 0,
+        }
+    }
+
+    fn compared(paths: Vec<PathReport>, passes: usize) -> Report {
+        let mut report = Report {
+            command: String::new(),
+            started_unix_s: 0,
+            machine: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            model: serde_json::Value::Null,
+            workload: WorkloadSpec {
+                levels: vec![4],
+                prompt_tokens: 8,
+                max_tokens: 100,
+                rounds: 1,
+                min_requests: 1,
+                warmup_tokens: 1,
+                passes,
+            },
+            paths,
+            ratios: Vec::new(),
+            targets: Vec::new(),
+            outputs: Vec::new(),
+            transport_ceiling: None,
+        };
+        report.compare();
+        report
+    }
+
+    #[test]
+    fn ratios_are_given_pass_by_pass_as_well_as_over_all_passes() {
+        let path = |kind, passes| PathReport::new(kind, passes).unwrap_or_else(|e| panic!("{e}"));
+        // The sidecar: 100 tokens in 1 s, then in 2 s; in-process: in 2 s, then in 1 s.
+        let sidecar = path(PathKind::Sidecar, vec![pass(1.0, 100), pass(2.0, 100)]);
+        let inprocess = path(PathKind::Inprocess, vec![pass(2.0, 100), pass(1.0, 100)]);
+        assert_eq!(sidecar.pass_levels.len(), 2);
+        let report = compared(vec![sidecar, inprocess], 2);
+        let [ratio] = report.ratios.as_slice() else {
+            panic!("one ratio expected, got {:?}", report.ratios);
+        };
+        assert!((ratio.aggregate_tps - 1.0).abs() < 1e-9, "{ratio:?}");
+        assert_eq!(ratio.aggregate_tps_by_pass, [2.0, 0.5]);
+        assert!(report.render().contains("2.00 0.50"));
+        assert!(report.render_markdown().contains("| 2.00 0.50 |"));
+
+        // One pass: no pass-by-pass figures.
+        let one = compared(
+            vec![
+                path(PathKind::Sidecar, vec![pass(1.0, 100)]),
+                path(PathKind::Inprocess, vec![pass(2.0, 100)]),
+            ],
+            1,
+        );
+        assert!(one.paths[0].pass_levels.is_empty());
+        assert!(one.ratios[0].aggregate_tps_by_pass.is_empty());
+        assert!(!one.render_markdown().contains("pass by pass"));
     }
 }
