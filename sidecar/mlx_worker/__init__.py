@@ -18,7 +18,8 @@ How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
   ``transformers``), runs mlx-lm's BatchGenerator (continuous batching), builds per-request
   samplers and logits processors (``sampling``), turns each request's tokens into messages
   (``responses``, with ``detokenize``: no partial UTF-8, exact stop strings; ``timings``), and
-  hands each step's output to the event loop in one ``call_soon_threadsafe``.
+  hands each step's output (or, with ``--stream-interval-ms``, each interval's) to the event
+  loop in one ``call_soon_threadsafe``.
 - ``errors.RequestFailure`` carries a gRPC status code from validation or the engine to the
   handler; ``params`` holds the plain data a handler passes to the engine.
 """
