@@ -432,8 +432,14 @@ def test_a_stream_interval_groups_tokens_but_sends_the_first_and_the_end_at_once
     tiny_model_dir: Path, worker: WorkerProcess
 ) -> None:
     interval_s, n = 0.05, 300
-    reference, _ = worker.generate(prompt=PROMPT, max_tokens=n, ignore_eos=True)
-    request = pb.GenerateRequest(prompt=PROMPT, max_tokens=n, ignore_eos=True)
+    fields: dict[str, Any] = {
+        "prompt": PROMPT,
+        "max_tokens": n,
+        "ignore_eos": True,
+        "logprobs": pb.LogprobsOptions(enabled=True, top_n=2),
+    }
+    reference, _ = worker.generate(**fields)
+    request = pb.GenerateRequest(**fields)
     chunks: list[pb.GenerateChunk] = []
     arrivals: list[float] = []
     finished = None
@@ -447,6 +453,9 @@ def test_a_stream_interval_groups_tokens_but_sends_the_first_and_the_end_at_once
     assert finished is not None and finished.usage.completion_tokens == n
     assert _ids(chunks) == _ids(reference)
     assert _text(chunks) == _text(reference)
+    logprobs = [lp for c in chunks for lp in c.logprobs]
+    assert logprobs == [lp for c in reference for lp in c.logprobs]
+    assert len(logprobs) == n  # one per token, in order, however the tokens were grouped
     assert len(chunks[0].token_ids) == 1  # the first token is not held back
     # After the first token, at most one message per interval (the end comes with the last).
     span = arrivals[-1] - arrivals[0]
