@@ -217,3 +217,17 @@ def test_row_count_warm_up_runs_the_model_at_each_count_up_to_the_bound(
     assert warm_up_row_counts(model, 1024, 256)[-1] == 1024
     # The per-step prompt bound on a GPU (8 prompts of 512 tokens) is covered.
     assert max(GPU_WARMUP_ROWS) >= 8 * 512
+
+
+def test_gathering_waits_for_the_expected_returning_requests_then_goes_at_once() -> None:
+    from mlx_worker.engine import GATHER_GAP_S, gather_wait
+
+    left = 0.004
+    # No one expected: one gap for another request (at most what is left).
+    assert gather_wait(1, 0, left) == GATHER_GAP_S
+    assert gather_wait(3, 0, 0.0002) == 0.0002
+    # Three returning clients expected: wait for them whatever the gaps, then not at all.
+    assert gather_wait(1, 3, left) == left
+    assert gather_wait(2, 3, left) == left
+    assert gather_wait(3, 3, left) == 0.0
+    assert gather_wait(4, 3, left) == 0.0
