@@ -13,7 +13,8 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
    logprobs, finish) and hand everything gathered to the event loop with ONE
    ``call_soon_threadsafe``: after every step, or with ``--stream-interval-ms`` at most once
    per interval, except that a first token, a finish or a failure goes at the step's end.
-   Each request's tokens since the last hand-over go out as one chunk.
+   Each request's tokens since the last hand-over go out as one chunk. After a hand-over that
+   holds a first token the thread sleeps 0.5 ms, so that the loop sends it at once.
 
 On a GPU (``--solo``), a request that arrives while the engine is idle, with a prompt that
 fits in one prefill chunk, runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's
