@@ -175,3 +175,21 @@ def test_clients_returning_after_a_batch_ends_are_prefilled_together(
         assert tries[-1][1] == 1, tries
 
     asyncio.run(_with_engine(tiny_model_dir, body))
+
+
+def test_more_requests_than_just_finished_are_still_prefilled_together(
+    tiny_model_dir: Path,
+) -> None:
+    async def body(eng: Engine) -> None:
+        # One request ends, then four arrive together (a growing load, the bench's next
+        # level): the engine, expecting one returning client, must not start with that one
+        # alone. Up to five tries, for a loaded machine's pauses.
+        tries = []
+        for _ in range(5):
+            await _wave(eng, 1, 0.0)
+            tries.append(await _wave(eng, 4, 0.00005))
+            if tries[-1] == 1:
+                break
+        assert tries[-1] == 1, tries
+
+    asyncio.run(_with_engine(tiny_model_dir, body))

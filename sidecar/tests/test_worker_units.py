@@ -219,15 +219,16 @@ def test_row_count_warm_up_runs_the_model_at_each_count_up_to_the_bound(
     assert max(GPU_WARMUP_ROWS) >= 8 * 512
 
 
-def test_gathering_waits_for_the_expected_returning_requests_then_goes_at_once() -> None:
+def test_gathering_waits_for_the_expected_returning_requests_then_one_gap_at_a_time() -> None:
     from mlx_worker.engine import GATHER_GAP_S, gather_wait
 
     left = 0.004
     # No one expected: one gap for another request (at most what is left).
     assert gather_wait(1, 0, left) == GATHER_GAP_S
     assert gather_wait(3, 0, 0.0002) == 0.0002
-    # Three returning clients expected: wait for them whatever the gaps, then not at all.
+    # Three returning clients expected: wait for them whatever the gaps, then one gap at a
+    # time for more (a growing load sends more than just finished).
     assert gather_wait(1, 3, left) == left
     assert gather_wait(2, 3, left) == left
-    assert gather_wait(3, 3, left) == 0.0
-    assert gather_wait(4, 3, left) == 0.0
+    assert gather_wait(3, 3, left) == GATHER_GAP_S
+    assert gather_wait(4, 3, left) == GATHER_GAP_S
