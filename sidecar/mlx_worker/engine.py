@@ -444,15 +444,20 @@ class Engine:
                 self._step()
                 if not self._by_uid:
                     self._returning = (running, now())
-            self._flush(
-                self._urgent
-                or not self._by_uid
-                or now() - self._flushed_at >= self._stream_interval
-            )
+            self._flush(force=False)
 
-    def _flush(self, due: bool = True) -> None:
-        """Hands the output gathered so far to the event loop in one call, if ``due``."""
-        if not due or not (self._out or self._pending):
+    def _flush(self, force: bool = True) -> None:
+        """Hands the output gathered so far to the event loop in one call: when ``force``d,
+        or when it is due (a first token, a finish or a failure; the engine going idle; the
+        stream interval passed)."""
+        if not (self._out or self._pending):
+            return
+        if not (
+            force
+            or self._urgent
+            or not self._by_uid
+            or now() - self._flushed_at >= self._stream_interval
+        ):
             return
         for a in self._pending:
             self._out.append((a.job.stream, a.take_output()))

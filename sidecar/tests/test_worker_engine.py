@@ -157,21 +157,30 @@ def test_requests_sent_together_to_an_idle_engine_are_prefilled_together(
     asyncio.run(_with_engine(tiny_model_dir, body))
 
 
+async def _second_wave(
+    eng: Engine, first: tuple[int, float], second: tuple[int, float]
+) -> list[tuple[int, int | None]]:
+    """Sends a wave (n, spacing_s) and, if its prefill began in one step, a second one as soon
+    as it has ended. A loaded machine can split a wave, so up to five tries, until the second
+    begins in one step; returns (steps of the first, steps of the second or None) per try."""
+    tries: list[tuple[int, int | None]] = []
+    for _ in range(5):
+        steps = await _wave(eng, *first)
+        again = await _wave(eng, *second) if steps == 1 else None
+        tries.append((steps, again))
+        if again == 1:
+            break
+    return tries
+
+
 def test_clients_returning_after_a_batch_ends_are_prefilled_together(
     tiny_model_dir: Path,
 ) -> None:
     async def body(eng: Engine) -> None:
         # Three requests end in one step; their clients send the next three at once, but
         # they reach the engine 1.5 ms apart, more than the gap it lingers for otherwise.
-        # It waits for all three. A loaded machine can split a wave (then its requests end
-        # in different steps), so up to five tries, each starting with a wave sent together.
-        tries = []
-        for _ in range(5):
-            first = await _wave(eng, 3, 0.00005)
-            returning = await _wave(eng, 3, 0.0015) if first == 1 else None
-            tries.append((first, returning))
-            if returning == 1:
-                break
+        # It waits for all three.
+        tries = await _second_wave(eng, (3, 0.00005), (3, 0.0015))
         assert tries[-1][1] == 1, tries
 
     asyncio.run(_with_engine(tiny_model_dir, body))
@@ -183,13 +192,8 @@ def test_more_requests_than_just_finished_are_still_prefilled_together(
     async def body(eng: Engine) -> None:
         # One request ends, then four arrive together (a growing load, the bench's next
         # level): the engine, expecting one returning client, must not start with that one
-        # alone. Up to five tries, for a loaded machine's pauses.
-        tries = []
-        for _ in range(5):
-            await _wave(eng, 1, 0.0)
-            tries.append(await _wave(eng, 4, 0.00005))
-            if tries[-1] == 1:
-                break
-        assert tries[-1] == 1, tries
+        # alone.
+        tries = await _second_wave(eng, (1, 0.0), (4, 0.00005))
+        assert tries[-1][1] == 1, tries
 
     asyncio.run(_with_engine(tiny_model_dir, body))
