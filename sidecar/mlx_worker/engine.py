@@ -137,6 +137,11 @@ def prefill_plan(config: WorkerConfig, on_gpu: bool) -> PrefillPlan:
     return PrefillPlan(step_size=step, batch_size=max(1, min(8, config.max_batch, bound // step)))
 
 
+def warm_up_bound(plan: PrefillPlan, max_batch: int) -> int:
+    """The most rows one engine step runs: a prefill step's prompts, or the decoding batch."""
+    return max(plan.step_size * plan.batch_size, max_batch)
+
+
 def gpu_kernel_cache() -> Path:
     """Where MLX CUDA keeps the kernels it compiles (``$TMPDIR/mlx/<version>/ptx``)."""
     return Path(tempfile.gettempdir()) / "mlx"
@@ -398,11 +403,10 @@ class Engine:
                     "compiling GPU kernels (first start here: minutes, then cached)",
                     extra={"fields": {"kernel_cache": str(kernels)}},
                 )
-            # Rows in one step: a prefill step's prompts, or the decoding batch.
             plan = self._prefill
             warm_up_row_counts(
                 self._loaded.model,
-                max(plan.step_size * plan.batch_size, self._config.max_batch),
+                warm_up_bound(plan, self._config.max_batch),
                 plan.step_size,
             )
 
