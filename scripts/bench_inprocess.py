@@ -3,6 +3,7 @@ process that calls mlx-lm directly, with no transport in between.
 
     bench_inprocess.py prepare --model M --out-dir DIR --prompt-tokens N --count K
     bench_inprocess.py run --model M --tokenizer-dir DIR --workload FILE|-
+    bench_inprocess.py serve --model M --tokenizer-dir DIR --workload FILE
     bench_inprocess.py http-server [--dequantize MODE] MLX_LM_SERVER_ARGS...
 
 ``prepare`` loads the model with the worker's own loader (``mlx_worker.model.load_model``, so
@@ -20,6 +21,10 @@ request generates exactly ``max_tokens`` tokens. Concurrency is a closed loop: `
 flight, a new one inserted as soon as one finishes. It prints JSON: per level, one record per
 request (times in seconds from the level's start), the level's wall time and this process's
 CPU time; and the process's peak resident memory.
+
+``serve`` loads the model and warms up as ``run`` does, then runs single requests on demand
+(one JSON line in, one record out), so that the bench's paired mode (``--paired``) can
+alternate requests between it and the worker, both kept running.
 
 ``http-server`` runs mlx-lm's own HTTP server (``python -m mlx_lm server``), after importing
 the worker's model package so that it uses the same CPU BLAS as the worker.
@@ -348,29 +353,37 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from mlx_lm.utils import load_tokenizer
+class _Baseline:
+    """The model loaded as the worker loads it, and the workload's levels run on it."""
 
-    source = sys.stdin if args.workload == "-" else open(args.workload)  # noqa: SIM115
-    with source:
-        workload = json.load(source)
-    loaded = _load(args)
-    tokenizer = load_tokenizer(Path(args.tokenizer_dir))
-    model = loaded.model
-    eos_ids = list(workload["eos_token_ids"])
-    max_tokens = int(workload["max_tokens"])
-    max_batch = int(workload.get("max_batch", 64))
+    def __init__(self, args: argparse.Namespace, workload: dict[str, Any]) -> None:
+        from mlx_lm.utils import load_tokenizer
+
+        self.model = _load(args).model
+        self.tokenizer = load_tokenizer(Path(args.tokenizer_dir))
+        self.eos_ids = list(workload["eos_token_ids"])
+        self.max_batch = int(workload.get("max_batch", 64))
+        self.workload = workload
 
     def run_level(
-        concurrency: int, prompts: list[list[int]], tokens: int
+        self, concurrency: int, prompts: list[list[int]], tokens: int
     ) -> dict[str, Any]:
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         if concurrency == 1:
-            records = _run_single(model, tokenizer, prompts, tokens, eos_ids, t0)
+            records = _run_single(
+                self.model, self.tokenizer, prompts, tokens, self.eos_ids, t0
+            )
         else:
             records = _run_batch(
-                model, tokenizer, prompts, tokens, eos_ids, concurrency, max_batch, t0
+                self.model,
+                self.tokenizer,
+                prompts,
+                tokens,
+                self.eos_ids,
+                concurrency,
+                self.max_batch,
+                t0,
             )
         wall = time.perf_counter() - t0
         return {
@@ -380,23 +393,60 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             "requests": [asdict(r) for r in records],
         }
 
-    warmup = workload.get("warmup", {})
-    _warm_up_gpu_kernels(model, max_batch)
-    for level in warmup.get("levels", []):
-        run_level(
-            level["concurrency"], level["prompts"], int(warmup.get("max_tokens", 4))
-        )
-    _log("warm-up done")
+    def warm_up(self) -> None:
+        warmup = self.workload.get("warmup", {})
+        _warm_up_gpu_kernels(self.model, self.max_batch)
+        for level in warmup.get("levels", []):
+            self.run_level(
+                level["concurrency"], level["prompts"], int(warmup.get("max_tokens", 4))
+            )
+        _log("warm-up done")
+
+
+def _read_workload(path: str) -> dict[str, Any]:
+    source = sys.stdin if path == "-" else open(path)  # noqa: SIM115
+    with source:
+        return json.load(source)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    workload = _read_workload(args.workload)
+    baseline = _Baseline(args, workload)
+    baseline.warm_up()
     levels = []
     for level in workload["levels"]:
-        result = run_level(level["concurrency"], level["prompts"], max_tokens)
+        result = baseline.run_level(
+            level["concurrency"], level["prompts"], int(workload["max_tokens"])
+        )
         n = sum(r["tokens"] for r in result["requests"])
         _log(
             f"concurrency {level['concurrency']}: {n} tokens in {result['wall_s']:.2f} s"
         )
         levels.append(result)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"levels": levels, "peak_rss_bytes": peak_kib * 1024}
+    return {"levels": levels, "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def _serve(args: argparse.Namespace) -> dict[str, Any]:
+    """Single requests on demand, for the bench's paired mode: after the warm-up it prints
+    ``{"ready": true}``, then answers each stdin line ``{"prompt": [ids], "max_tokens": n}``
+    with one line: the request's record (times from its receipt), run as ``run`` runs a
+    single stream. At the end of stdin the process's CPU time and peak memory follow (the
+    final line, printed by ``main``)."""
+    baseline = _Baseline(args, _read_workload(args.workload))
+    baseline.warm_up()
+    print(json.dumps({"ready": True}), flush=True)
+    cpu0 = _cpu_seconds()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        level = baseline.run_level(1, [request["prompt"]], int(request["max_tokens"]))
+        print(json.dumps(level["requests"][0]), flush=True)
+    return {"cpu_s": _cpu_seconds() - cpu0, "peak_rss_bytes": _peak_rss_bytes()}
 
 
 def _warm_up_gpu_kernels(model: Any, max_batch: int) -> None:
@@ -468,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("prepare", "run"):
+    for name in ("prepare", "run", "serve"):
         p = sub.add_parser(name)
         p.add_argument(
             "--model", default=None, help="model path or GGUF (default model if unset)"
@@ -481,16 +531,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     prepare.add_argument("--prompt-tokens", type=int, required=True)
     prepare.add_argument("--count", type=int, required=True)
-    run = sub.choices["run"]
-    run.add_argument(
-        "--tokenizer-dir", required=True, help="the directory `prepare` wrote"
-    )
-    run.add_argument(
-        "--workload", required=True, help="workload JSON file, or - for stdin"
-    )
+    for name in ("run", "serve"):
+        p = sub.choices[name]
+        p.add_argument(
+            "--tokenizer-dir", required=True, help="the directory `prepare` wrote"
+        )
+        p.add_argument(
+            "--workload",
+            required=True,
+            help="workload JSON file" + (", or - for stdin" if name == "run" else ""),
+        )
     args = parser.parse_args(argv)
     _prepare_cpu_blas(args.dequantize)
-    result = _prepare(args) if args.command == "prepare" else _run(args)
+    commands = {"prepare": _prepare, "run": _run, "serve": _serve}
+    result = commands[args.command](args)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -44,13 +44,8 @@ fn check_level(path: &str, level: &Value, concurrency: u64) {
     }
 }
 
-#[test]
-fn bench_measures_three_paths_and_the_transport_ceiling() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (json, chart) = (
-        scratch.path().join("bench.json"),
-        scratch.path().join("bench.svg"),
-    );
+/// Runs `mlx-sidecar bench ARGS` on the tiny model in `scratch`, within [`DEADLINE`].
+fn run_bench(scratch: &std::path::Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(BIN);
     for var in [
         "MLX_SIDECAR_ENV_DIR",
@@ -59,30 +54,15 @@ fn bench_measures_three_paths_and_the_transport_ceiling() {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("MLX_SIDECAR_CACHE_DIR", scratch.path().join("cache"))
+    cmd.env("MLX_SIDECAR_CACHE_DIR", scratch.join("cache"))
         .arg("--python")
         .arg(python())
         .arg("--env-dir")
-        .arg(scratch.path().join("env"))
+        .arg(scratch.join("env"))
         .arg("--model")
         .arg(tiny_model())
         .arg("bench")
-        .args(["--concurrency", "1,2", "--prompt-tokens", "12"])
-        .args(["--max-tokens", &MAX_TOKENS.to_string()])
-        .args([
-            "--rounds",
-            "1",
-            "--min-requests",
-            "2",
-            "--warmup-tokens",
-            "2",
-        ])
-        .args(["--transport-ceiling", "--ceiling-concurrency", "1,2"])
-        .args(["--ceiling-tokens", "40", "--ceiling-unary-calls", "20"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--chart")
-        .arg(&chart)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -92,13 +72,52 @@ fn bench_measures_three_paths_and_the_transport_ceiling() {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(DEADLINE) {
+    match rx.recv_timeout(DEADLINE) {
         Ok(out) => out.expect("wait for mlx-sidecar bench"),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             panic!("mlx-sidecar bench did not finish within {DEADLINE:?}");
         }
-    };
+    }
+}
+
+#[test]
+fn bench_measures_three_paths_and_the_transport_ceiling() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (json, chart) = (
+        scratch.path().join("bench.json"),
+        scratch.path().join("bench.svg"),
+    );
+    let max_tokens = MAX_TOKENS.to_string();
+    let (json_arg, chart_arg) = (json.display().to_string(), chart.display().to_string());
+    let out = run_bench(
+        scratch.path(),
+        &[
+            "--concurrency",
+            "1,2",
+            "--prompt-tokens",
+            "12",
+            "--max-tokens",
+            &max_tokens,
+            "--rounds",
+            "1",
+            "--min-requests",
+            "2",
+            "--warmup-tokens",
+            "2",
+            "--transport-ceiling",
+            "--ceiling-concurrency",
+            "1,2",
+            "--ceiling-tokens",
+            "40",
+            "--ceiling-unary-calls",
+            "20",
+            "--json",
+            &json_arg,
+            "--chart",
+            &chart_arg,
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -198,5 +217,93 @@ fn bench_measures_three_paths_and_the_transport_ceiling() {
     assert!(
         svg.starts_with("<svg") && svg.contains("sidecar"),
         "not an SVG chart"
+    );
+}
+
+#[test]
+fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline() {
+    const PAIRS: usize = 6;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let json = scratch.path().join("paired.json");
+    let (pairs_arg, max_tokens, json_arg) = (
+        PAIRS.to_string(),
+        MAX_TOKENS.to_string(),
+        json.display().to_string(),
+    );
+    let out = run_bench(
+        scratch.path(),
+        &[
+            "--paired",
+            &pairs_arg,
+            "--prompt-tokens",
+            "12",
+            "--max-tokens",
+            &max_tokens,
+            "--warmup-tokens",
+            "2",
+            "--worker-arg=--stream-interval-ms=0",
+            "--json",
+            &json_arg,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench --paired failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("single stream, paired: 6 pairs"),
+        "{stdout}"
+    );
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("read the JSON")).expect("JSON");
+    let pairs = report["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), PAIRS);
+    for (i, pair) in pairs.iter().enumerate() {
+        // The order swaps every pair; both requests of a pair generate the same greedy ids.
+        assert_eq!(pair["sidecar_first"].as_bool(), Some(i % 2 == 0), "{pair}");
+        for side in ["sidecar", "inprocess"] {
+            let r = &pair[side];
+            assert_eq!(r["tokens"].as_u64(), Some(MAX_TOKENS), "{side}: {r}");
+            assert!(
+                num(r, "start") <= num(r, "first_token")
+                    && num(r, "first_token") <= num(r, "last_token"),
+                "{side}: {r}"
+            );
+        }
+        assert_eq!(pair["sidecar"]["token_ids"], pair["inprocess"]["token_ids"]);
+    }
+    let summary = &report["summary"];
+    assert_eq!(summary["pairs"].as_u64(), Some(PAIRS as u64));
+    assert_eq!(summary["identical_token_ids"].as_u64(), Some(PAIRS as u64));
+    for key in ["decode_ratio", "ttft_delta_ms"] {
+        let m = &summary[key];
+        assert!(
+            num(m, "ci95_low") <= num(m, "median") && num(m, "median") <= num(m, "ci95_high"),
+            "{key}: {m}"
+        );
+    }
+    assert!(num(&summary["decode_ratio"], "median") > 0.0);
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2);
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["met"].is_boolean() && t["settled"].is_boolean())
+    );
+}
+
+#[test]
+fn bench_paired_refuses_the_options_of_the_level_design() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let out = run_bench(scratch.path(), &["--paired", "4", "--concurrency", "1,4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--paired") && stderr.contains("--concurrency"),
+        "{stderr}"
     );
 }

@@ -20,6 +20,8 @@
 //! afresh every pass, and each path's passes are merged ([`measure::merge_passes`]) into one
 //! run before it is summarized, so that the machine's drift weighs on every path alike; the
 //! aggregate ratios are also given pass by pass, which shows how far that drift moves them.
+//! `--paired N` instead measures the single-stream targets request by request, both paths
+//! kept running and alternating ([`paired`]), which cancels that drift.
 
 mod ceiling;
 mod chart;
@@ -27,6 +29,7 @@ mod drive;
 mod http;
 mod inprocess;
 mod measure;
+mod paired;
 mod procstat;
 mod python;
 mod report;
@@ -93,6 +96,14 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) passes: usize,
 
+    /// Instead of the levels and passes: the single-stream targets, paired. The worker and
+    /// the in-process baseline are started once and kept running, and N requests go to each,
+    /// one at a time, alternating (the same prompt to both, back to back, the order swapped
+    /// every pair), so that the machine's drift weighs on both alike; prints the medians of
+    /// the pairs' decode ratios and TTFT differences with 95 % intervals.
+    #[arg(long, value_name = "N", conflicts_with_all = ["concurrency", "paths", "passes", "transport_ceiling", "chart"])]
+    pub(crate) paired: Option<usize>,
+
     /// Write every figure (and the per-request measurements) to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
@@ -136,6 +147,11 @@ pub(crate) struct BenchArgs {
     /// in the binary.
     #[arg(long, env = "MLX_SIDECAR_WORKER_DIR", value_name = "DIR")]
     pub(crate) worker_dir: Option<PathBuf>,
+
+    /// An option for the measured worker (the sidecar path only), such as
+    /// `--worker-arg=--stream-interval-ms=10`; repeatable.
+    #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub(crate) worker_args: Vec<String>,
 
     /// Set an environment variable for every measured Python process alike (the worker, the
     /// in-process baseline, mlx-lm's server), such as `MLX_MAX_OPS_PER_BUFFER=100`;
@@ -255,6 +271,37 @@ fn machine() -> BTreeMap<String, serde_json::Value> {
     m
 }
 
+/// What the worker says about itself, for the report's versions.
+fn add_worker_versions(
+    versions: &mut BTreeMap<String, serde_json::Value>,
+    info: &mlx_sidecar::client::ModelInfo,
+) {
+    versions.insert("worker".into(), info.worker_version.clone().into());
+    versions.insert(
+        "device".into(),
+        format!("{} ({})", info.device_name, info.backend).into(),
+    );
+    versions.insert("cpu_blas".into(), info.cpu_blas.clone().into());
+}
+
+/// Writes `--json` (the report) and `--markdown` (made by `markdown`), where asked for.
+fn write_outputs(
+    args: &BenchArgs,
+    report: &impl Serialize,
+    markdown: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// The command line as typed, for the report.
 fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
@@ -325,13 +372,24 @@ async fn run_bench(
         dequantize: args.dequantize.clone(),
     };
 
-    // The workload.
+    // The workload (paired: one single-stream level of N requests).
+    if let Some(n) = args.paired {
+        anyhow::ensure!(n >= 1, "--paired needs at least one pair");
+    }
     let spec = WorkloadSpec {
-        levels: args.concurrency.clone(),
+        levels: if args.paired.is_some() {
+            vec![1]
+        } else {
+            args.concurrency.clone()
+        },
         prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
-        rounds: args.rounds,
-        min_requests: args.min_requests,
+        rounds: if args.paired.is_some() {
+            1
+        } else {
+            args.rounds
+        },
+        min_requests: args.paired.unwrap_or(args.min_requests),
         warmup_tokens: args.warmup_tokens,
         passes: args.passes,
     };
@@ -365,6 +423,39 @@ async fn run_bench(
         versions.extend(map);
     }
 
+    if args.paired.is_some() {
+        let setup = paired::PairedSetup {
+            py: &py,
+            model: &model,
+            socket_dir: global.socket_dir.as_deref(),
+            worker_args: &args.worker_args,
+            mlx_lm_dir: &mlx_lm_dir,
+            scratch: scratch.path(),
+            timeout: startup_timeout,
+        };
+        let run = paired::run(&setup, &workload).await?;
+        if let Some(info) = &run.worker_info {
+            add_worker_versions(&mut versions, info);
+        }
+        let summary = paired::PairedSummary::new(&run.pairs, run.usage);
+        let targets = summary.targets();
+        let text = summary.render(&targets);
+        println!("{text}");
+        let report = serde_json::json!({
+            "command": command_line(),
+            "started_unix_s": started_unix_s,
+            "machine": machine(),
+            "versions": versions,
+            "model": model_value,
+            "workload": workload.spec,
+            "summary": summary,
+            "targets": targets,
+            "pairs": run.pairs,
+        });
+        write_outputs(args, &report, || format!("```\n{text}```\n"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
     // Every pass runs every path, in order; each path's passes are merged afterwards.
     let mut runs: Vec<Vec<PathRun>> = vec![Vec::new(); args.paths.len()];
     for pass in 1..=args.passes {
@@ -379,18 +470,13 @@ async fn run_bench(
                         &py,
                         &model,
                         global.socket_dir.as_deref(),
-                        &[],
+                        &args.worker_args,
                         workload.max_batch,
                         startup_timeout,
                     )
                     .await?;
                     if let Ok(info) = sup.client().model_info().await {
-                        versions.insert("worker".into(), info.worker_version.clone().into());
-                        versions.insert(
-                            "device".into(),
-                            format!("{} ({})", info.device_name, info.backend).into(),
-                        );
-                        versions.insert("cpu_blas".into(), info.cpu_blas.clone().into());
+                        add_worker_versions(&mut versions, &info);
                     }
                     let run = sidecar::run(&sup, &workload).await;
                     sup.shutdown().await.ok();
@@ -454,16 +540,7 @@ async fn run_bench(
     };
     report.compare();
     println!("{}", report.render());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, report.render_markdown())
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
+    write_outputs(args, &report, || report.render_markdown())?;
     if let Some(path) = &args.chart {
         chart::draw(&report, path)?;
         eprintln!("wrote {}", path.display());
