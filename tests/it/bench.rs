@@ -221,7 +221,7 @@ fn bench_measures_three_paths_and_the_transport_ceiling() {
 }
 
 #[test]
-fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline() {
+fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline_in_sessions() {
     const PAIRS: usize = 6;
     let scratch = tempfile::tempdir().expect("tempdir");
     let json = scratch.path().join("paired.json");
@@ -235,6 +235,8 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline()
         &[
             "--paired",
             &pairs_arg,
+            "--passes",
+            "2",
             "--prompt-tokens",
             "12",
             "--max-tokens",
@@ -263,8 +265,14 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline()
     let pairs = report["pairs"].as_array().expect("pairs");
     assert_eq!(pairs.len(), PAIRS);
     for (i, pair) in pairs.iter().enumerate() {
-        // The order swaps every pair; both requests of a pair generate the same greedy ids.
-        assert_eq!(pair["sidecar_first"].as_bool(), Some(i % 2 == 0), "{pair}");
+        // Two sessions of three pairs; the order swaps every pair; both requests of a pair
+        // generate the same greedy ids.
+        assert_eq!(pair["pass"].as_u64(), Some((i / 3) as u64), "{pair}");
+        assert_eq!(
+            pair["sidecar_first"].as_bool(),
+            Some(i % 3 % 2 == 0),
+            "{pair}"
+        );
         for side in ["sidecar", "inprocess"] {
             let r = &pair[side];
             assert_eq!(r["tokens"].as_u64(), Some(MAX_TOKENS), "{side}: {r}");
@@ -275,6 +283,11 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline()
             );
         }
         assert_eq!(pair["sidecar"]["token_ids"], pair["inprocess"]["token_ids"]);
+        // The worker's own TTFT (from its final message) is part of the client's.
+        let worker_ttft = num(&pair["sidecar"], "server_ttft_ms");
+        let client_ttft =
+            1e3 * (num(&pair["sidecar"], "first_token") - num(&pair["sidecar"], "start"));
+        assert!(worker_ttft > 0.0 && worker_ttft <= client_ttft, "{pair}");
     }
     let summary = &report["summary"];
     assert_eq!(summary["pairs"].as_u64(), Some(PAIRS as u64));
@@ -287,6 +300,12 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline()
         );
     }
     assert!(num(&summary["decode_ratio"], "median") > 0.0);
+    assert!(num(summary, "worker_ttft_p50_ms") > 0.0, "{summary}");
+    assert_eq!(
+        summary["by_pass"].as_array().map(Vec::len),
+        Some(2),
+        "{summary}"
+    );
     let targets = report["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 2);
     assert!(

@@ -264,6 +264,7 @@ async fn one_request(
         text,
         messages,
         token_ids: Vec::new(),
+        server_ttft_ms: None,
     })
 }
 

@@ -33,6 +33,11 @@ pub(crate) struct RequestRecord {
     /// The generated token ids, where the path reports them (not over HTTP).
     #[serde(default)]
     pub(crate) token_ids: Vec<u32>,
+    /// The serving process's own time to first token (the worker's: from the request's
+    /// arrival to its first token, in ms), where it reports one; so that the client's TTFT
+    /// splits into the server's part and the transport's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) server_ttft_ms: Option<f64>,
 }
 
 /// The raw measurements of one concurrency level on one path.
@@ -226,6 +231,7 @@ mod tests {
             text: String::new(),
             messages: 11,
             token_ids: Vec::new(),
+            server_ttft_ms: None,
         }
     }
 

@@ -100,8 +100,9 @@ pub(crate) struct BenchArgs {
     /// the in-process baseline are started once and kept running, and N requests go to each,
     /// one at a time, alternating (the same prompt to both, back to back, the order swapped
     /// every pair), so that the machine's drift weighs on both alike; prints the medians of
-    /// the pairs' decode ratios and TTFT differences with 95 % intervals.
-    #[arg(long, value_name = "N", conflicts_with_all = ["concurrency", "paths", "passes", "transport_ceiling", "chart"])]
+    /// the pairs' decode ratios and TTFT differences with 95 % intervals. With `--passes P`
+    /// the N pairs are shared out over P sessions, both processes started afresh for each.
+    #[arg(long, value_name = "N", conflicts_with_all = ["concurrency", "paths", "transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
 
     /// Write every figure (and the per-request measurements) to this JSON file.
@@ -433,7 +434,7 @@ async fn run_bench(
             scratch: scratch.path(),
             timeout: startup_timeout,
         };
-        let run = paired::run(&setup, &workload).await?;
+        let run = paired::run(&setup, &workload, args.passes).await?;
         if let Some(info) = &run.worker_info {
             add_worker_versions(&mut versions, info);
         }

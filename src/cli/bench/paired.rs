@@ -11,7 +11,10 @@
 //! wake. Each pair gives a decode ratio (sidecar / in-process tokens per second after the
 //! first token) and a TTFT difference; the report gives their medians with a distribution-free
 //! 95 % interval (order statistics of the binomial), the pooled decode ratio, and says for each
-//! target whether it is met and whether the interval settles it.
+//! target whether it is met and whether the interval settles it. A process's start matters
+//! too (two sessions of the same build on the 2-core CPU gave 1.008 and 0.959, each with an
+//! interval under ±0.01), so `--passes P` shares the pairs out over P sessions, each starting
+//! both processes afresh, and gives each session's medians.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -142,6 +145,8 @@ impl InprocessServer {
 /// One pair: the same prompt on both paths, back to back.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Pair {
+    /// Which pass (session of both processes, from 0) it ran in.
+    pub(crate) pass: usize,
     /// Whether the sidecar ran first in this pair.
     pub(crate) sidecar_first: bool,
     /// The full path's request.
@@ -284,8 +289,14 @@ pub(crate) struct PairedSummary {
     pub(crate) decode_ratio_pooled: f64,
     /// Sidecar minus in-process TTFT, ms, pair by pair.
     pub(crate) ttft_delta_ms: Median,
+    /// The median decode ratio and TTFT difference of each pass (both processes started
+    /// afresh), which shows how much a process's start moves them.
+    pub(crate) by_pass: Vec<(f64, f64)>,
     /// TTFT p50 of each path, ms.
     pub(crate) ttft_p50_ms: (f64, f64),
+    /// p50 of the worker's own TTFT (from the request's arrival to its first token), ms: the
+    /// rest of the sidecar's TTFT is the way there and back (client, gRPC, socket).
+    pub(crate) worker_ttft_p50_ms: f64,
     /// Median decode rate of each path, tokens per second.
     pub(crate) decode_tps_p50: (f64, f64),
     /// Pairs whose two requests generated the same token ids.
@@ -348,9 +359,29 @@ impl PairedSummary {
                 0.0
             },
             ttft_delta_ms: median_ci95(&deltas),
+            by_pass: {
+                let passes = pairs.iter().map(|p| p.pass + 1).max().unwrap_or(0);
+                (0..passes)
+                    .map(|pass| {
+                        let of = |f: fn(&Pair) -> f64| {
+                            let v: Vec<f64> =
+                                pairs.iter().filter(|p| p.pass == pass).map(f).collect();
+                            percentile(&v, 50.0)
+                        };
+                        (of(Pair::decode_ratio), of(Pair::ttft_delta_ms))
+                    })
+                    .collect()
+            },
             ttft_p50_ms: (
                 column(ttft_ms, |p| &p.sidecar),
                 column(ttft_ms, |p| &p.inprocess),
+            ),
+            worker_ttft_p50_ms: percentile(
+                &pairs
+                    .iter()
+                    .filter_map(|p| p.sidecar.server_ttft_ms)
+                    .collect::<Vec<_>>(),
+                50.0,
             ),
             decode_tps_p50: (
                 column(decode_tps, |p| &p.sidecar),
@@ -419,11 +450,27 @@ impl PairedSummary {
             &self.ttft_delta_ms,
             2,
         ));
+        if self.by_pass.len() > 1 {
+            let list = |f: fn(&(f64, f64)) -> f64, digits: usize| {
+                self.by_pass
+                    .iter()
+                    .map(|p| format!("{:.*}", digits, f(p)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            out.push_str(&format!(
+                "  {:<42} decode ratio {}; TTFT difference {}\n",
+                "medians pass by pass",
+                list(|p| p.0, 3),
+                list(|p| p.1, 2)
+            ));
+        }
         out.push_str(&format!(
-            "  {:<42} {:>9.2} / {:.2}\n  {:<42} {:>9.1} / {:.1}\n",
+            "  {:<42} {:>9.2} / {:.2} (in the worker {:.2})\n  {:<42} {:>9.1} / {:.1}\n",
             "TTFT p50 ms, sidecar / in-process",
             self.ttft_p50_ms.0,
             self.ttft_p50_ms.1,
+            self.worker_ttft_p50_ms,
             "decode tok/s p50, sidecar / in-process",
             self.decode_tps_p50.0,
             self.decode_tps_p50.1,
@@ -489,8 +536,48 @@ pub(crate) struct PairedSetup<'a> {
     pub(crate) timeout: Duration,
 }
 
-/// Starts both paths, warms them up, and runs `workload.levels[0]`'s prompts as pairs.
-pub(crate) async fn run(setup: &PairedSetup<'_>, workload: &Workload) -> anyhow::Result<PairedRun> {
+/// Runs `workload.levels[0]`'s prompts as pairs in `passes` sessions (both paths started
+/// afresh for each, the prompts shared out in order), and joins the sessions.
+pub(crate) async fn run(
+    setup: &PairedSetup<'_>,
+    workload: &Workload,
+    passes: usize,
+) -> anyhow::Result<PairedRun> {
+    let plan = workload
+        .levels
+        .first()
+        .context("the paired workload has no level")?;
+    let per_pass = plan.prompts.len().div_ceil(passes.max(1));
+    let mut joined = PairedRun {
+        pairs: Vec::new(),
+        usage: PairedUsage::default(),
+        worker_info: None,
+    };
+    for (pass, prompts) in plan.prompts.chunks(per_pass.max(1)).enumerate() {
+        if passes > 1 {
+            eprintln!("pass {}/{passes}", pass + 1);
+        }
+        let run = run_session(setup, workload, prompts, pass).await?;
+        joined.pairs.extend(run.pairs);
+        let (u, r) = (&mut joined.usage, run.usage);
+        u.worker_cpu_s += r.worker_cpu_s;
+        u.inprocess_cpu_s += r.inprocess_cpu_s;
+        u.client_cpu_s += r.client_cpu_s;
+        u.worker_peak_rss_bytes = u.worker_peak_rss_bytes.max(r.worker_peak_rss_bytes);
+        u.inprocess_peak_rss_bytes = u.inprocess_peak_rss_bytes.max(r.inprocess_peak_rss_bytes);
+        joined.worker_info = joined.worker_info.or(run.worker_info);
+    }
+    Ok(joined)
+}
+
+/// Starts both paths, warms them up, and runs `prompts` (indices into the workload's
+/// prompts) as pairs, numbered as pass `pass`.
+async fn run_session(
+    setup: &PairedSetup<'_>,
+    workload: &Workload,
+    prompts: &[usize],
+    pass: usize,
+) -> anyhow::Result<PairedRun> {
     let PairedSetup {
         py,
         model,
@@ -500,10 +587,6 @@ pub(crate) async fn run(setup: &PairedSetup<'_>, workload: &Workload) -> anyhow:
         scratch,
         timeout,
     } = *setup;
-    let plan = workload
-        .levels
-        .first()
-        .context("the paired workload has no level")?;
     eprintln!("starting the worker and the in-process baseline");
     let sup = sidecar::start(
         py,
@@ -535,8 +618,8 @@ pub(crate) async fn run(setup: &PairedSetup<'_>, workload: &Workload) -> anyhow:
     let worker_cpu0 = worker_pid.and_then(procstat::cpu_seconds);
     let client_cpu0 = procstat::own_cpu_seconds();
     let max_tokens = workload.spec.max_tokens;
-    let mut pairs = Vec::with_capacity(plan.prompts.len());
-    for (i, &index) in plan.prompts.iter().enumerate() {
+    let mut pairs = Vec::with_capacity(prompts.len());
+    for (i, &index) in prompts.iter().enumerate() {
         let prompt: Arc<Prompt> = workload.prompts[index].clone();
         let sidecar_first = i % 2 == 0;
         let mut via_sidecar = None;
@@ -554,11 +637,12 @@ pub(crate) async fn run(setup: &PairedSetup<'_>, workload: &Workload) -> anyhow:
                 .with_context(|| format!("pair {i}, sidecar"))?,
         };
         pairs.push(Pair {
+            pass,
             sidecar_first,
             sidecar,
             inprocess,
         });
-        if (i + 1) % 10 == 0 || i + 1 == plan.prompts.len() {
+        if (i + 1) % 10 == 0 || i + 1 == prompts.len() {
             let summary = PairedSummary::new(&pairs, PairedUsage::default());
             eprintln!(
                 "  {} pairs: decode ratio median {:.3}, TTFT difference median {:+.2} ms",
@@ -604,6 +688,7 @@ mod tests {
             text: String::new(),
             messages: tokens,
             token_ids: vec![1; tokens as usize],
+            server_ttft_ms: None,
         }
     }
 
@@ -633,6 +718,7 @@ mod tests {
         // its first token comes 1 ms later, in every pair.
         let pairs: Vec<Pair> = (0..20)
             .map(|i| Pair {
+                pass: i / 10,
                 sidecar_first: i % 2 == 0,
                 sidecar: record(0.011, 10, 0.1),
                 inprocess: record(0.010, 10, 0.09),
@@ -643,6 +729,8 @@ mod tests {
         assert!((s.decode_ratio_pooled - 0.9).abs() < 1e-9);
         assert!((s.ttft_delta_ms.median - 1.0).abs() < 1e-9);
         assert_eq!(s.identical_token_ids, 20);
+        assert_eq!(s.by_pass.len(), 2);
+        assert!((s.by_pass[1].0 - 0.9).abs() < 1e-9 && (s.by_pass[1].1 - 1.0).abs() < 1e-9);
         let targets = s.targets();
         assert!(!targets[0].met && targets[0].settled);
         assert!(targets[1].met && targets[1].settled);

@@ -595,6 +595,7 @@ mod tests {
                     text: String::new(),
                     messages: tokens,
                     token_ids: vec![1; tokens as usize],
+                    server_ttft_ms: None,
                 }],
             }],
             server_peak_rss_bytes: 0,

@@ -66,7 +66,7 @@ async fn one_request(
     let mut stream = client.generate(request).await?;
     let (mut first, mut last) = (None, start);
     let (mut messages, mut text, mut ids) = (0u64, String::new(), Vec::new());
-    let mut prompt_tokens = None;
+    let (mut prompt_tokens, mut server_ttft_ms) = (None, None);
     while let Some(event) = stream.next_event().await {
         match event? {
             GenerateEvent::Token {
@@ -81,6 +81,7 @@ async fn one_request(
             }
             GenerateEvent::Finished(done) => {
                 prompt_tokens = Some(u64::from(done.usage.prompt_tokens));
+                server_ttft_ms = Some(done.timings.time_to_first_token_ms);
             }
         }
     }
@@ -98,6 +99,7 @@ async fn one_request(
         text,
         messages,
         token_ids: ids,
+        server_ttft_ms,
     })
 }
 
