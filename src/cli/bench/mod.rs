@@ -100,8 +100,9 @@ pub(crate) struct BenchArgs {
     /// the in-process baseline are started once and kept running, and N requests go to each,
     /// one at a time, alternating (the same prompt to both, back to back, the order swapped
     /// every pair), so that the machine's drift weighs on both alike; prints the medians of
-    /// the pairs' decode ratios and TTFT differences with 95 % intervals. With `--passes P`
-    /// the N pairs are shared out over P sessions, both processes started afresh for each.
+    /// the pairs' decode ratios and TTFT differences with 95 % intervals. The N pairs are
+    /// shared out over `--passes` sessions (rounded up to an even number, at least 2), both
+    /// processes started afresh for each, the worker first in every other session.
     #[arg(long, value_name = "N", conflicts_with_all = ["concurrency", "paths", "transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
 

@@ -11,10 +11,14 @@
 //! wake. Each pair gives a decode ratio (sidecar / in-process tokens per second after the
 //! first token) and a TTFT difference; the report gives their medians with a distribution-free
 //! 95 % interval (order statistics of the binomial), the pooled decode ratio, and says for each
-//! target whether it is met and whether the interval settles it. A process's start matters
-//! too (two sessions of the same build on the 2-core CPU gave 1.008 and 0.959, each with an
-//! interval under ±0.01), so `--passes P` shares the pairs out over P sessions, each starting
-//! both processes afresh, and gives each session's medians.
+//! target whether it is met and whether the interval settles it.
+//!
+//! Which process starts first matters: on the 2-core CPU, two copies of the same baseline
+//! script, paired this way, gave the one started first 0.93 to 0.96 of the other's decode rate
+//! and a TTFT 1 to 13 ms longer, in eight sessions out of eight, whichever copy it was. So the
+//! pairs are shared out over an even number of sessions (`--passes P`, rounded up to even,
+//! at least 2), each starting both processes afresh, the worker first in even sessions and
+//! the baseline first in odd ones; each session's medians are given too.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -147,6 +151,8 @@ impl InprocessServer {
 pub(crate) struct Pair {
     /// Which pass (session of both processes, from 0) it ran in.
     pub(crate) pass: usize,
+    /// Whether the worker was started before the baseline in that session.
+    pub(crate) worker_started_first: bool,
     /// Whether the sidecar ran first in this pair.
     pub(crate) sidecar_first: bool,
     /// The full path's request.
@@ -450,7 +456,7 @@ impl PairedSummary {
             &self.ttft_delta_ms,
             2,
         ));
-        if self.by_pass.len() > 1 {
+        if !self.by_pass.is_empty() {
             let list = |f: fn(&(f64, f64)) -> f64, digits: usize| {
                 self.by_pass
                     .iter()
@@ -460,7 +466,7 @@ impl PairedSummary {
             };
             out.push_str(&format!(
                 "  {:<42} decode ratio {}; TTFT difference {}\n",
-                "medians pass by pass",
+                "medians by session (worker first in 1, 3, ...)",
                 list(|p| p.0, 3),
                 list(|p| p.1, 2)
             ));
@@ -518,6 +524,12 @@ pub(crate) struct PairedRun {
     pub(crate) worker_info: Option<mlx_sidecar::client::ModelInfo>,
 }
 
+/// Sessions a paired run uses for `--passes P`: P rounded up to an even number, at least 2,
+/// so that each process starts first equally often.
+pub(crate) fn sessions(passes: usize) -> usize {
+    passes.max(2).next_multiple_of(2)
+}
+
 /// Where and how both paths start.
 pub(crate) struct PairedSetup<'a> {
     /// The interpreter and worker source.
@@ -547,16 +559,15 @@ pub(crate) async fn run(
         .levels
         .first()
         .context("the paired workload has no level")?;
-    let per_pass = plan.prompts.len().div_ceil(passes.max(1));
+    let passes = sessions(passes);
+    let per_pass = plan.prompts.len().div_ceil(passes);
     let mut joined = PairedRun {
         pairs: Vec::new(),
         usage: PairedUsage::default(),
         worker_info: None,
     };
     for (pass, prompts) in plan.prompts.chunks(per_pass.max(1)).enumerate() {
-        if passes > 1 {
-            eprintln!("pass {}/{passes}", pass + 1);
-        }
+        eprintln!("pass {}/{passes}", pass + 1);
         let run = run_session(setup, workload, prompts, pass).await?;
         joined.pairs.extend(run.pairs);
         let (u, r) = (&mut joined.usage, run.usage);
@@ -587,7 +598,17 @@ async fn run_session(
         scratch,
         timeout,
     } = *setup;
-    eprintln!("starting the worker and the in-process baseline");
+    // Which process starts first alternates from session to session (see the module docs).
+    let worker_first = pass % 2 == 0;
+    let start_baseline =
+        || InprocessServer::start(py, model, workload, mlx_lm_dir, scratch, timeout);
+    let mut baseline = None;
+    if !worker_first {
+        eprintln!("starting the in-process baseline, then the worker");
+        baseline = Some(start_baseline().await?);
+    } else {
+        eprintln!("starting the worker, then the in-process baseline");
+    }
     let sup = sidecar::start(
         py,
         model,
@@ -610,8 +631,10 @@ async fn run_session(
         )
         .await?;
     }
-    let mut baseline =
-        InprocessServer::start(py, model, workload, mlx_lm_dir, scratch, timeout).await?;
+    let mut baseline = match baseline {
+        Some(b) => b,
+        None => start_baseline().await?,
+    };
     if let Some(pid) = worker_pid {
         procstat::reset_peak(pid);
     }
@@ -638,6 +661,7 @@ async fn run_session(
         };
         pairs.push(Pair {
             pass,
+            worker_started_first: worker_first,
             sidecar_first,
             sidecar,
             inprocess,
@@ -719,6 +743,7 @@ mod tests {
         let pairs: Vec<Pair> = (0..20)
             .map(|i| Pair {
                 pass: i / 10,
+                worker_started_first: i < 10,
                 sidecar_first: i % 2 == 0,
                 sidecar: record(0.011, 10, 0.1),
                 inprocess: record(0.010, 10, 0.09),
@@ -739,6 +764,11 @@ mod tests {
             text.contains("[MISSED]") && text.contains("[met]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn sessions_are_even_so_each_process_starts_first_as_often() {
+        assert_eq!([0, 1, 2, 3, 4, 5].map(sessions), [2, 2, 2, 4, 4, 6]);
     }
 
     #[test]
