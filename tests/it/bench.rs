@@ -269,7 +269,11 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline_i
         // generate the same greedy ids.
         // The worker starts first in the first session, the baseline in the second.
         assert_eq!(pair["pass"].as_u64(), Some((i / 3) as u64), "{pair}");
-        assert_eq!(pair["worker_started_first"].as_bool(), Some(i < 3), "{pair}");
+        assert_eq!(
+            pair["worker_started_first"].as_bool(),
+            Some(i < 3),
+            "{pair}"
+        );
         assert_eq!(
             pair["sidecar_first"].as_bool(),
             Some(i % 3 % 2 == 0),
