@@ -40,6 +40,38 @@ pub(crate) struct RequestRecord {
     pub(crate) server_ttft_ms: Option<f64>,
 }
 
+impl RequestRecord {
+    /// Decode rate after the first token, tokens per second; `None` when it cannot be told
+    /// (fewer than two tokens, or no time between the first and the last).
+    pub(crate) fn decode_tps(&self) -> Option<f64> {
+        (self.tokens >= 2 && self.last_token > self.first_token)
+            .then(|| (self.tokens - 1) as f64 / (self.last_token - self.first_token))
+    }
+
+    /// Time to first token, ms.
+    pub(crate) fn ttft_ms(&self) -> f64 {
+        (self.first_token - self.start) * 1000.0
+    }
+}
+
+/// CPU seconds per thousand generated tokens (0 when none were).
+pub(crate) fn per_thousand_tokens(cpu_s: f64, tokens: u64) -> f64 {
+    if tokens == 0 {
+        0.0
+    } else {
+        cpu_s * 1000.0 / tokens as f64
+    }
+}
+
+/// Tokens per message (0 when no messages were counted).
+pub(crate) fn tokens_per_message(tokens: u64, messages: u64) -> f64 {
+    if messages == 0 {
+        0.0
+    } else {
+        tokens as f64 / messages as f64
+    }
+}
+
 /// The raw measurements of one concurrency level on one path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LevelRun {
@@ -159,24 +191,13 @@ impl LevelSummary {
     /// Computes the figures of a level from its raw measurements.
     pub(crate) fn from_records(run: &LevelRun) -> Self {
         let requests = &run.requests;
-        let ttfts: Vec<f64> = requests
-            .iter()
-            .map(|r| (r.first_token - r.start) * 1000.0)
-            .collect();
+        let ttfts: Vec<f64> = requests.iter().map(RequestRecord::ttft_ms).collect();
         let decode: Vec<f64> = requests
             .iter()
-            .filter(|r| r.tokens >= 2 && r.last_token > r.first_token)
-            .map(|r| (r.tokens - 1) as f64 / (r.last_token - r.first_token))
+            .filter_map(RequestRecord::decode_tps)
             .collect();
         let tokens: u64 = requests.iter().map(|r| r.tokens).sum();
         let messages: u64 = requests.iter().map(|r| r.messages).sum();
-        let per_1k = |cpu: f64| {
-            if tokens == 0 {
-                0.0
-            } else {
-                cpu * 1000.0 / tokens as f64
-            }
-        };
         Self {
             concurrency: run.concurrency,
             requests: requests.len(),
@@ -196,13 +217,9 @@ impl LevelSummary {
             wall_s: run.wall_s,
             server_cpu_s: run.server_cpu_s,
             client_cpu_s: run.client_cpu_s,
-            server_cpu_s_per_1k_tokens: per_1k(run.server_cpu_s),
-            client_cpu_s_per_1k_tokens: per_1k(run.client_cpu_s),
-            tokens_per_message: if messages == 0 {
-                0.0
-            } else {
-                tokens as f64 / messages as f64
-            },
+            server_cpu_s_per_1k_tokens: per_thousand_tokens(run.server_cpu_s, tokens),
+            client_cpu_s_per_1k_tokens: per_thousand_tokens(run.client_cpu_s, tokens),
+            tokens_per_message: tokens_per_message(tokens, messages),
         }
     }
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use super::measure::{RequestRecord, percentile};
+use super::measure::{RequestRecord, per_thousand_tokens, percentile, tokens_per_message};
 use super::python::PythonEnv;
 use super::workload::{Prompt, Workload};
 use super::{ModelArgs, drive, procstat, sidecar};
@@ -161,33 +161,18 @@ pub(crate) struct Pair {
     pub(crate) inprocess: RequestRecord,
 }
 
-/// Decode rate after the first token, tokens per second (0 when not measurable).
-fn decode_tps(r: &RequestRecord) -> f64 {
-    if r.tokens >= 2 && r.last_token > r.first_token {
-        (r.tokens - 1) as f64 / (r.last_token - r.first_token)
-    } else {
-        0.0
-    }
-}
-
-fn ttft_ms(r: &RequestRecord) -> f64 {
-    (r.first_token - r.start) * 1000.0
-}
-
 impl Pair {
     /// Sidecar / in-process decode rate.
     fn decode_ratio(&self) -> f64 {
-        let base = decode_tps(&self.inprocess);
-        if base > 0.0 {
-            decode_tps(&self.sidecar) / base
-        } else {
-            0.0
+        match (self.sidecar.decode_tps(), self.inprocess.decode_tps()) {
+            (Some(s), Some(b)) if b > 0.0 => s / b,
+            _ => 0.0,
         }
     }
 
     /// Sidecar minus in-process TTFT, ms.
     fn ttft_delta_ms(&self) -> f64 {
-        ttft_ms(&self.sidecar) - ttft_ms(&self.inprocess)
+        self.sidecar.ttft_ms() - self.inprocess.ttft_ms()
     }
 }
 
@@ -332,15 +317,16 @@ impl PairedSummary {
         let ratios: Vec<f64> = pairs.iter().map(Pair::decode_ratio).collect();
         let deltas: Vec<f64> = pairs.iter().map(Pair::ttft_delta_ms).collect();
         let pooled = |side: fn(&Pair) -> &RequestRecord| {
-            let (tokens, seconds) = pairs.iter().map(side).filter(|r| decode_tps(r) > 0.0).fold(
-                (0.0, 0.0),
-                |(t, s), r| {
+            let (tokens, seconds) = pairs
+                .iter()
+                .map(side)
+                .filter(|r| r.decode_tps().is_some())
+                .fold((0.0, 0.0), |(t, s), r| {
                     (
                         t + (r.tokens - 1) as f64,
                         s + (r.last_token - r.first_token),
                     )
-                },
-            );
+                });
             if seconds > 0.0 { tokens / seconds } else { 0.0 }
         };
         let (s_pooled, b_pooled) = (pooled(|p| &p.sidecar), pooled(|p| &p.inprocess));
@@ -349,13 +335,7 @@ impl PairedSummary {
         };
         let tokens: u64 = pairs.iter().map(|p| p.sidecar.tokens).sum();
         let messages: u64 = pairs.iter().map(|p| p.sidecar.messages).sum();
-        let per_1k = |cpu: f64| {
-            if tokens == 0 {
-                0.0
-            } else {
-                cpu * 1000.0 / tokens as f64
-            }
-        };
+        let per_1k = |cpu: f64| per_thousand_tokens(cpu, tokens);
         Self {
             pairs: pairs.len(),
             decode_ratio: median_ci95(&ratios),
@@ -379,8 +359,8 @@ impl PairedSummary {
                     .collect()
             },
             ttft_p50_ms: (
-                column(ttft_ms, |p| &p.sidecar),
-                column(ttft_ms, |p| &p.inprocess),
+                column(RequestRecord::ttft_ms, |p| &p.sidecar),
+                column(RequestRecord::ttft_ms, |p| &p.inprocess),
             ),
             worker_ttft_p50_ms: percentile(
                 &pairs
@@ -390,18 +370,14 @@ impl PairedSummary {
                 50.0,
             ),
             decode_tps_p50: (
-                column(decode_tps, |p| &p.sidecar),
-                column(decode_tps, |p| &p.inprocess),
+                column(|r| r.decode_tps().unwrap_or(0.0), |p| &p.sidecar),
+                column(|r| r.decode_tps().unwrap_or(0.0), |p| &p.inprocess),
             ),
             identical_token_ids: pairs
                 .iter()
                 .filter(|p| p.sidecar.token_ids == p.inprocess.token_ids)
                 .count(),
-            tokens_per_message: if messages == 0 {
-                0.0
-            } else {
-                tokens as f64 / messages as f64
-            },
+            tokens_per_message: tokens_per_message(tokens, messages),
             cpu_s_per_1k_tokens: (
                 per_1k(usage.worker_cpu_s),
                 per_1k(usage.inprocess_cpu_s),
