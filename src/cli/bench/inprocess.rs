@@ -23,6 +23,25 @@ struct ScriptResult {
     peak_rss_bytes: u64,
 }
 
+/// Arguments of `bench_inprocess.py run|serve`: the model as the worker loads it, the tokenizer
+/// directory `prepare` wrote, the workload file (`-`: stdin).
+pub(crate) fn script_args(
+    command: &str,
+    model: &ModelArgs,
+    mlx_lm_dir: &std::path::Path,
+    workload: &str,
+) -> Vec<String> {
+    let mut args = vec![command.to_owned()];
+    args.extend(model.script_args());
+    args.extend([
+        "--tokenizer-dir".to_owned(),
+        mlx_lm_dir.display().to_string(),
+        "--workload".to_owned(),
+        workload.to_owned(),
+    ]);
+    args
+}
+
 /// Runs the workload in `bench_inprocess.py run`.
 pub(crate) async fn run(
     py: &PythonEnv,
@@ -30,14 +49,7 @@ pub(crate) async fn run(
     workload: &Workload,
     mlx_lm_dir: &std::path::Path,
 ) -> anyhow::Result<PathRun> {
-    let mut args = vec!["run".to_owned()];
-    args.extend(model.script_args());
-    args.extend([
-        "--tokenizer-dir".to_owned(),
-        mlx_lm_dir.display().to_string(),
-        "--workload".to_owned(),
-        "-".to_owned(),
-    ]);
+    let args = script_args("run", model, mlx_lm_dir, "-");
     let input = serde_json::to_vec(&workload.to_inprocess_json())?;
     let (value, _) = py.run_script(&args, Some(&input)).await?;
     let result: ScriptResult =

@@ -375,23 +375,19 @@ async fn run_bench(
     };
 
     // The workload (paired: one single-stream level of N requests).
-    if let Some(n) = args.paired {
-        anyhow::ensure!(n >= 1, "--paired needs at least one pair");
-    }
+    let (levels, rounds, min_requests) = match args.paired {
+        Some(n) => {
+            anyhow::ensure!(n >= 1, "--paired needs at least one pair");
+            (vec![1], 1, n)
+        }
+        None => (args.concurrency.clone(), args.rounds, args.min_requests),
+    };
     let spec = WorkloadSpec {
-        levels: if args.paired.is_some() {
-            vec![1]
-        } else {
-            args.concurrency.clone()
-        },
+        levels,
         prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
-        rounds: if args.paired.is_some() {
-            1
-        } else {
-            args.rounds
-        },
-        min_requests: args.paired.unwrap_or(args.min_requests),
+        rounds,
+        min_requests,
         warmup_tokens: args.warmup_tokens,
         passes: args.passes,
     };

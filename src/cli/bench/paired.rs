@@ -33,7 +33,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use super::measure::{RequestRecord, per_thousand_tokens, percentile, tokens_per_message};
 use super::python::PythonEnv;
 use super::workload::{Prompt, Workload};
-use super::{ModelArgs, drive, procstat, sidecar};
+use super::{ModelArgs, drive, inprocess, procstat, sidecar};
 
 /// The in-process baseline kept running: `bench_inprocess.py serve`.
 struct InprocessServer {
@@ -62,15 +62,13 @@ impl InprocessServer {
         let workload_file = scratch.join("paired-workload.json");
         std::fs::write(&workload_file, workload.to_inprocess_json().to_string())
             .with_context(|| format!("writing {}", workload_file.display()))?;
-        let mut args = vec![py.script.display().to_string(), "serve".to_owned()];
-        args.extend(model.script_args());
-        args.extend([
-            "--tokenizer-dir".to_owned(),
-            mlx_lm_dir.display().to_string(),
-            "--workload".to_owned(),
-            workload_file.display().to_string(),
-        ]);
-        let mut cmd = py.command(&args);
+        let args = inprocess::script_args(
+            "serve",
+            model,
+            mlx_lm_dir,
+            &workload_file.display().to_string(),
+        );
+        let mut cmd = py.script_command(&args);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -311,6 +309,19 @@ pub(crate) struct PairedUsage {
     pub(crate) inprocess_peak_rss_bytes: u64,
 }
 
+impl PairedUsage {
+    /// Adds a later session's usage: CPU times add up, peak memory is the larger.
+    fn add(&mut self, later: PairedUsage) {
+        self.worker_cpu_s += later.worker_cpu_s;
+        self.inprocess_cpu_s += later.inprocess_cpu_s;
+        self.client_cpu_s += later.client_cpu_s;
+        self.worker_peak_rss_bytes = self.worker_peak_rss_bytes.max(later.worker_peak_rss_bytes);
+        self.inprocess_peak_rss_bytes = self
+            .inprocess_peak_rss_bytes
+            .max(later.inprocess_peak_rss_bytes);
+    }
+}
+
 impl PairedSummary {
     /// Summarizes the pairs.
     pub(crate) fn new(pairs: &[Pair], usage: PairedUsage) -> Self {
@@ -546,12 +557,7 @@ pub(crate) async fn run(
         eprintln!("pass {}/{passes}", pass + 1);
         let run = run_session(setup, workload, prompts, pass).await?;
         joined.pairs.extend(run.pairs);
-        let (u, r) = (&mut joined.usage, run.usage);
-        u.worker_cpu_s += r.worker_cpu_s;
-        u.inprocess_cpu_s += r.inprocess_cpu_s;
-        u.client_cpu_s += r.client_cpu_s;
-        u.worker_peak_rss_bytes = u.worker_peak_rss_bytes.max(r.worker_peak_rss_bytes);
-        u.inprocess_peak_rss_bytes = u.inprocess_peak_rss_bytes.max(r.inprocess_peak_rss_bytes);
+        joined.usage.add(run.usage);
         joined.worker_info = joined.worker_info.or(run.worker_info);
     }
     Ok(joined)

@@ -115,6 +115,14 @@ impl PythonEnv {
         cmd
     }
 
+    /// A command running the baseline script with `args` (see [`PythonEnv::command`]).
+    pub(crate) fn script_command(&self, args: &[String]) -> Command {
+        self.command(
+            std::iter::once(self.script.as_os_str().to_owned())
+                .chain(args.iter().map(|a| a.into())),
+        )
+    }
+
     /// Runs the baseline script with `args`, feeding `input` on stdin; returns its stdout
     /// parsed as JSON. Its stderr goes to ours (progress lines).
     pub(crate) async fn run_script(
@@ -122,10 +130,7 @@ impl PythonEnv {
         args: &[String],
         input: Option<&[u8]>,
     ) -> anyhow::Result<(serde_json::Value, Option<u32>)> {
-        let mut cmd = self.command(
-            std::iter::once(self.script.as_os_str().to_owned())
-                .chain(args.iter().map(|a| a.into())),
-        );
+        let mut cmd = self.script_command(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         if input.is_some() {
             cmd.stdin(Stdio::piped());
