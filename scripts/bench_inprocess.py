@@ -22,9 +22,10 @@ flight, a new one inserted as soon as one finishes. It prints JSON: per level, o
 request (times in seconds from the level's start), the level's wall time and this process's
 CPU time; and the process's peak resident memory.
 
-``serve`` loads the model and warms up as ``run`` does, then runs single requests on demand
-(one JSON line in, one record out), so that the bench's paired mode (``--paired``) can
-alternate requests between it and the worker, both kept running.
+``serve`` loads the model and warms up as ``run`` does, then runs single requests or waves of
+requests (a closed loop of ``c`` streams) on demand (one JSON line in, one JSON line out), so
+that the bench's paired mode (``--paired``) can alternate them between it and the worker, both
+kept running.
 
 ``http-server`` runs mlx-lm's own HTTP server (``python -m mlx_lm server``), after importing
 the worker's model package so that it uses the same CPU BLAS as the worker.
@@ -431,11 +432,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
-    """Single requests on demand, for the bench's paired mode: after the warm-up it prints
-    ``{"ready": true}``, then answers each stdin line ``{"prompt": [ids], "max_tokens": n}``
-    with one line: the request's record (times from its receipt), run as ``run`` runs a
-    single stream. At the end of stdin the process's CPU time and peak memory follow (the
-    final line, printed by ``main``)."""
+    """Requests on demand, for the bench's paired mode: after the warm-up it prints
+    ``{"ready": true}``, then answers each stdin line, run as ``run`` runs a level:
+    ``{"prompt": [ids], "max_tokens": n}`` (a single request) with the request's record and
+    ``cpu_s``,
+    ``{"concurrency": c, "prompts": [[ids], ...], "max_tokens": n}`` (a wave: the prompts
+    as a closed loop of ``c`` streams) with the level's result (its records, wall and CPU
+    time); times are from the line's receipt. At the end of stdin the process's CPU time and
+    peak memory follow (the final line, printed by ``main``)."""
     baseline = _Baseline(args, _read_workload(args.workload))
     baseline.warm_up()
     print(json.dumps({"ready": True}), flush=True)
@@ -444,8 +448,15 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
         if not line.strip():
             continue
         request = json.loads(line)
-        level = baseline.run_level(1, [request["prompt"]], int(request["max_tokens"]))
-        print(json.dumps(level["requests"][0]), flush=True)
+        tokens = int(request["max_tokens"])
+        if "prompts" in request:
+            level = baseline.run_level(
+                int(request["concurrency"]), request["prompts"], tokens
+            )
+            print(json.dumps(level), flush=True)
+            continue
+        level = baseline.run_level(1, [request["prompt"]], tokens)
+        print(json.dumps({**level["requests"][0], "cpu_s": level["cpu_s"]}), flush=True)
     return {"cpu_s": _cpu_seconds() - cpu0, "peak_rss_bytes": _peak_rss_bytes()}
 
 

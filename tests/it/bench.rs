@@ -221,7 +221,7 @@ fn bench_measures_three_paths_and_the_transport_ceiling() {
 }
 
 #[test]
-fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline_in_sessions() {
+fn bench_paired_alternates_requests_and_waves_between_the_worker_and_the_baseline_in_sessions() {
     const PAIRS: usize = 6;
     let scratch = tempfile::tempdir().expect("tempdir");
     let json = scratch.path().join("paired.json");
@@ -237,6 +237,10 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline_i
             &pairs_arg,
             "--passes",
             "2",
+            "--concurrency",
+            "1,4",
+            "--min-requests",
+            "6",
             "--prompt-tokens",
             "12",
             "--max-tokens",
@@ -312,8 +316,52 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline_i
         Some(2),
         "{summary}"
     );
+    // Level 4: one wave of 8 requests (2 rounds of 4) on each path per pair, in the same
+    // sessions and order as the single requests.
+    let waves = report["waves"].as_array().expect("waves");
+    assert_eq!(waves.len(), PAIRS);
+    for (i, wave) in waves.iter().enumerate() {
+        assert_eq!(wave["concurrency"].as_u64(), Some(4), "{wave}");
+        assert_eq!(wave["pass"].as_u64(), Some((i / 3) as u64), "{wave}");
+        assert_eq!(wave["sidecar_first"].as_bool(), Some(i % 3 % 2 == 0));
+        let (s, b) = (&wave["sidecar"]["requests"], &wave["inprocess"]["requests"]);
+        for side in [s, b] {
+            let requests = side.as_array().expect("requests");
+            assert_eq!(requests.len(), 8, "{wave}");
+            assert!(
+                requests
+                    .iter()
+                    .all(|r| r["tokens"].as_u64() == Some(MAX_TOKENS))
+            );
+        }
+        let ids = |side: &Value| -> Vec<Value> {
+            side.as_array()
+                .expect("requests")
+                .iter()
+                .map(|r| r["token_ids"].clone())
+                .collect()
+        };
+        assert_eq!(ids(s), ids(b), "{wave}");
+        assert!(num(&wave["sidecar"], "wall_s") > 0.0 && num(&wave["inprocess"], "wall_s") > 0.0);
+    }
+    let level = &report["wave_summaries"][0];
+    assert_eq!(level["concurrency"].as_u64(), Some(4), "{level}");
+    assert_eq!(level["waves"].as_u64(), Some(PAIRS as u64));
+    assert_eq!(
+        level["identical_token_ids"],
+        serde_json::json!([8 * PAIRS, 8 * PAIRS])
+    );
+    let m = &level["aggregate_ratio"];
+    assert!(
+        num(m, "ci95_low") <= num(m, "median") && num(m, "median") > 0.0,
+        "{m}"
+    );
+    assert!(
+        stdout.contains("4 streams, paired waves: 6 pairs of waves of 8 requests"),
+        "{stdout}"
+    );
     let targets = report["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 2);
+    assert_eq!(targets.len(), 3);
     assert!(
         targets
             .iter()
@@ -324,11 +372,19 @@ fn bench_paired_alternates_single_requests_between_the_worker_and_the_baseline_i
 #[test]
 fn bench_paired_refuses_the_options_of_the_level_design() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let out = run_bench(scratch.path(), &["--paired", "4", "--concurrency", "1,4"]);
+    let out = run_bench(
+        scratch.path(),
+        &["--paired", "4", "--paths", "sidecar,http"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("--paired") && stderr.contains("--concurrency"),
+        stderr.contains("--paired") && stderr.contains("--paths"),
         "{stderr}"
     );
+    // Each level once: a level's pairs are shared out over the sessions.
+    let out = run_bench(scratch.path(), &["--paired", "4", "--concurrency", "1,4,1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("each level once"), "{stderr}");
 }

@@ -20,8 +20,9 @@
 //! afresh every pass, and each path's passes are merged ([`measure::merge_passes`]) into one
 //! run before it is summarized, so that the machine's drift weighs on every path alike; the
 //! aggregate ratios are also given pass by pass, which shows how far that drift moves them.
-//! `--paired N` instead measures the single-stream targets request by request, both paths
-//! kept running and alternating ([`paired`]), which cancels that drift.
+//! `--paired N` instead measures the targets pair by pair (single requests at level 1, waves
+//! of requests above), both paths kept running and alternating ([`paired`]), which cancels
+//! that drift.
 
 mod ceiling;
 mod chart;
@@ -56,14 +57,10 @@ use super::session;
 /// `bench`: measure the full path against mlx-lm in-process and mlx-lm's HTTP server.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct BenchArgs {
-    /// Concurrency levels (requests in flight at once), in running order.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1,4,16,64",
-        value_name = "N,N,..."
-    )]
-    pub(crate) concurrency: Vec<usize>,
+    /// Concurrency levels (requests in flight at once), in running order [default: 1,4,16,64;
+    /// with --paired: 1].
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub(crate) concurrency: Option<Vec<usize>>,
 
     /// Tokens in each prompt.
     #[arg(long, default_value_t = 128, value_name = "N")]
@@ -96,14 +93,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) passes: usize,
 
-    /// Instead of the levels and passes: the single-stream targets, paired. The worker and
-    /// the in-process baseline are started once and kept running, and N requests go to each,
-    /// one at a time, alternating (the same prompt to both, back to back, the order swapped
-    /// every pair), so that the machine's drift weighs on both alike; prints the medians of
-    /// the pairs' decode ratios and TTFT differences with 95 % intervals. The N pairs are
-    /// shared out over `--passes` sessions (rounded up to an even number, at least 2), both
-    /// processes started afresh for each, the worker first in every other session.
-    #[arg(long, value_name = "N", conflicts_with_all = ["concurrency", "paths", "transport_ceiling", "chart"])]
+    /// Instead of the pass design: the targets measured in pairs. The worker and the
+    /// in-process baseline are started and kept running, and N pairs of each level go to
+    /// them, alternating, the order swapped every pair: at level 1 a pair is one request on
+    /// each (the same prompt, back to back); above, one wave on each (the level's requests as
+    /// a closed loop, the same prompts). So the machine's drift weighs on both alike. Prints
+    /// the medians of the pairs' ratios (decode, aggregate) and TTFT differences with 95 %
+    /// intervals. The N pairs are shared out over `--passes` sessions (rounded up to an even
+    /// number, at least 2), both processes started afresh for each, the worker first in every
+    /// other session. Levels: `--concurrency` (default 1).
+    #[arg(long, value_name = "N", conflicts_with_all = ["paths", "transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
 
     /// Write every figure (and the per-request measurements) to this JSON file.
@@ -160,6 +159,18 @@ pub(crate) struct BenchArgs {
     /// repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub(crate) env: Vec<(String, String)>,
+}
+
+impl BenchArgs {
+    /// The concurrency levels: `--concurrency`, or by default 1, 4, 16 and 64 (with
+    /// `--paired`, 1: the single-stream targets).
+    fn levels(&self) -> Vec<usize> {
+        match (&self.concurrency, self.paired) {
+            (Some(levels), _) => levels.clone(),
+            (None, Some(_)) => vec![1],
+            (None, None) => vec![1, 4, 16, 64],
+        }
+    }
 }
 
 /// Parses `KEY=VALUE` for `--env`.
@@ -338,13 +349,22 @@ async fn run_bench(
     args: &BenchArgs,
     progress: &StderrProgress,
 ) -> anyhow::Result<ExitCode> {
+    let concurrency = args.levels();
     anyhow::ensure!(
-        !args.concurrency.is_empty(),
+        !concurrency.is_empty(),
         "--concurrency needs at least one level"
     );
     anyhow::ensure!(
-        args.concurrency.iter().all(|&c| c > 0),
+        concurrency.iter().all(|&c| c > 0),
         "concurrency levels must be > 0"
+    );
+    anyhow::ensure!(
+        args.paired.is_none()
+            || concurrency
+                .iter()
+                .enumerate()
+                .all(|(i, c)| !concurrency[..i].contains(c)),
+        "--concurrency with --paired: each level once"
     );
     anyhow::ensure!(args.max_tokens >= 2, "--max-tokens must be at least 2");
     anyhow::ensure!(args.passes >= 1, "--passes must be at least 1");
@@ -374,22 +394,19 @@ async fn run_bench(
         dequantize: args.dequantize.clone(),
     };
 
-    // The workload (paired: one single-stream level of N requests).
-    let (levels, rounds, min_requests) = match args.paired {
-        Some(n) => {
-            anyhow::ensure!(n >= 1, "--paired needs at least one pair");
-            (vec![1], 1, n)
-        }
-        None => (args.concurrency.clone(), args.rounds, args.min_requests),
-    };
+    // The workload (paired: at level 1 one request per pair; see WorkloadSpec::requests).
+    if let Some(n) = args.paired {
+        anyhow::ensure!(n >= 1, "--paired needs at least one pair");
+    }
     let spec = WorkloadSpec {
-        levels,
+        levels: concurrency,
         prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
-        rounds,
-        min_requests,
+        rounds: args.rounds,
+        min_requests: args.min_requests,
         warmup_tokens: args.warmup_tokens,
         passes: args.passes,
+        paired: args.paired,
     };
     eprintln!(
         "preparing the workload ({} prompts of {} tokens)",
@@ -435,9 +452,30 @@ async fn run_bench(
         if let Some(info) = &run.worker_info {
             add_worker_versions(&mut versions, info);
         }
-        let summary = paired::PairedSummary::new(&run.pairs, run.usage);
-        let targets = summary.targets();
-        let text = summary.render(&targets);
+        let mut text = String::new();
+        let mut targets = Vec::new();
+        let summary = (!run.pairs.is_empty()).then(|| {
+            let summary = paired::PairedSummary::new(&run.pairs, run.usage);
+            let single = summary.targets();
+            text.push_str(&summary.render(&single));
+            targets.extend(single);
+            summary
+        });
+        let wave_summaries = paired::wave_summaries(&run.waves);
+        for s in &wave_summaries {
+            let target = s.target();
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&s.render(&target));
+            targets.push(target);
+        }
+        let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
+        text.push_str(&format!(
+            "\npeak resident memory MiB: worker {:.1}, in-process {:.1}\n",
+            mib(run.usage.worker_peak_rss_bytes),
+            mib(run.usage.inprocess_peak_rss_bytes)
+        ));
         println!("{text}");
         let report = serde_json::json!({
             "command": command_line(),
@@ -447,8 +485,10 @@ async fn run_bench(
             "model": model_value,
             "workload": workload.spec,
             "summary": summary,
+            "wave_summaries": wave_summaries,
             "targets": targets,
             "pairs": run.pairs,
+            "waves": run.waves,
         });
         write_outputs(args, &report, || format!("```\n{text}```\n"))?;
         return Ok(ExitCode::SUCCESS);

@@ -618,6 +618,7 @@ mod tests {
                 min_requests: 1,
                 warmup_tokens: 1,
                 passes,
+                paired: None,
             },
             paths,
             ratios: Vec::new(),

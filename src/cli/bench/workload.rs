@@ -63,6 +63,9 @@ pub(crate) struct WorkloadSpec {
     /// Times the whole sequence of paths runs (`--passes`), the paths alternating; each pass
     /// sends the same prompts to a freshly started path.
     pub(crate) passes: usize,
+    /// `--paired N`: N pairs per level. Level 1 then has N requests (one per pair, each its
+    /// own prompt); a level above 1 keeps its requests, run as one wave per path per pair.
+    pub(crate) paired: Option<usize>,
 }
 
 /// The whole workload: prompts, the levels, and the warm-up run before them.
@@ -86,9 +89,13 @@ pub(crate) struct Workload {
 pub(crate) const BAN_BIAS: f32 = -1e9;
 
 impl WorkloadSpec {
-    /// Requests of a level of `concurrency`.
+    /// Requests of a level of `concurrency` (in the paired mode: of one wave, or at level 1
+    /// one per pair).
     pub(crate) fn requests(&self, concurrency: usize) -> usize {
-        (self.rounds * concurrency).max(self.min_requests).max(1)
+        match self.paired {
+            Some(pairs) if concurrency == 1 => pairs.max(1),
+            _ => (self.rounds * concurrency).max(self.min_requests).max(1),
+        }
     }
 
     /// Concurrency of the warm-up batch.
@@ -180,6 +187,7 @@ mod tests {
             min_requests: 3,
             warmup_tokens: 2,
             passes: 1,
+            paired: None,
         }
     }
 
