@@ -34,8 +34,8 @@ class WorkerConfig:
     # None: the engine picks (see engine.prefill_plan).
     prefill_step_size: int | None = None
     stdin_watch: bool = True
-    # A request that finds the engine idle decodes alone (solo.py): "auto" on a GPU only.
-    solo: str = "auto"
+    # A request that finds the engine idle decodes alone (solo.py): "on" or "off".
+    solo: str = "on"
     # Least time between two messages of one stream, but for its first and its end: tokens
     # that come sooner go out together (0: each engine step's tokens at once).
     stream_interval_ms: float = 0.0
@@ -128,10 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--solo",
-        choices=("auto", "on", "off"),
-        default="auto",
+        choices=("on", "off"),
+        default="on",
         help="decode a request that finds the engine idle on mlx-lm's single-sequence loop until "
-        "another arrives (auto: on a GPU, where it is faster; on a CPU it gains nothing)",
+        "another arrives (faster for one stream than a batch of one, on a GPU and on a CPU)",
     )
     p.add_argument(
         "--stream-interval-ms",

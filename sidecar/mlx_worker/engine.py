@@ -16,10 +16,10 @@ It imports MLX and mlx-lm, loads the model, warms it up, then loops:
    Each request's tokens since the last hand-over go out as one chunk. After a hand-over that
    holds a first token the thread sleeps 0.5 ms, so that the loop sends it at once.
 
-On a GPU (``--solo``), a request that arrives while the engine is idle, with a prompt that
-fits in one prefill chunk, runs alone as a :class:`~mlx_worker.solo.SoloSequence` (mlx-lm's
-single-sequence ``generate_step`` loop, cheaper per token than a batch of one); when another
-request arrives it moves into the ``BatchGenerator`` with its cache (see ``solo.py``).
+With ``--solo on`` (the default), a request that arrives while the engine is idle, with a
+prompt that fits in one prefill chunk, runs alone as a :class:`~mlx_worker.solo.SoloSequence`
+(mlx-lm's single-sequence ``generate_step`` loop, cheaper per token than a batch of one); when
+another request arrives it moves into the ``BatchGenerator`` with its cache (see ``solo.py``).
 
 A cancelled request is removed from the batch (``BatchGenerator.remove``) at the next command
 check, whether it is queued, in prefill or decoding. An error in one request fails that
@@ -221,7 +221,7 @@ class Engine:
         self._by_uid: dict[int, RequestState] = {}
         self._prefill = PrefillPlan(step_size=256, batch_size=1)
         self._solo: Any = None  # the SoloSequence running, if any
-        self._solo_enabled = False  # decided at start-up (--solo, and the device)
+        self._solo_enabled = False  # decided at start-up (--solo, not in synthetic mode)
         self._on_gpu = False  # decided at start-up
         # (how many requests the step that left the engine idle finished, when it ended)
         self._returning: tuple[int, float] = (0, 0.0)
@@ -316,10 +316,7 @@ class Engine:
         on_gpu = mx.default_device().type == mx.gpu
         self._on_gpu = on_gpu
         self._prefill = prefill_plan(self._config, on_gpu=on_gpu)
-        solo = self._config.solo
-        self._solo_enabled = self._config.synthetic is None and (
-            solo == "on" or (solo == "auto" and on_gpu)
-        )
+        self._solo_enabled = self._config.synthetic is None and self._config.solo == "on"
         t2 = now()
         if self._faults.load_error:
             raise RuntimeError("fault injection: load_error")

@@ -4,12 +4,13 @@ For one sequence, ``BatchGenerator`` costs more per token than mlx-lm's single-s
 ``generate_step`` (what ``stream_generate`` runs): its batched cache, per-sequence logits
 processing and bookkeeping are pure overhead when the batch holds one sequence. On an H100 with
 the default model, one stream decoded at about 0.7 of ``generate_step``'s rate through
-``BatchGenerator``. On a CPU the model's compute hides that overhead (the same decode rate
-either way on the 2-core machine, and the hand-over cost 4 and 16 streams a few per cent), so
-there the batch serves every request.
+``BatchGenerator``. On the 2-core CPU the model's compute hides most of it, but not all: paired
+with ``stream_generate`` in-process (48 pairs, start order balanced), one stream decoded at
+1.033 of its rate with a TTFT 1.0 ms longer through the solo path, against 0.993 and 4.7 ms
+through the batch (whose first token takes three steps); 4 and 16 streams were unchanged.
 
-So on a GPU (``--solo auto``; ``on`` and ``off`` force it) the engine runs a request that
-arrives while it is idle, with a prompt that fits in one prefill chunk, as a
+So (``--solo on``, the default; ``off`` keeps every request in the batch) the engine runs a
+request that arrives while it is idle, with a prompt that fits in one prefill chunk, as a
 :class:`SoloSequence`: ``generate_step``'s loop (the model on a plain
 ``KVCache``, logits processors on the whole token history, the request's sampler, the next
 token computed while the current one is handed out). When another request arrives, the engine

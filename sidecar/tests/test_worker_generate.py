@@ -361,13 +361,20 @@ def test_large_inputs(worker: WorkerProcess, tiny_tokenizer) -> None:
 
 @pytest.fixture(scope="module")
 def solo_worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
-    """A worker with the solo path on (``--solo auto`` turns it on for GPUs only)."""
+    """A worker with the solo path on (the default, said explicitly)."""
     with serving_tiny_worker(tiny_model_dir, "--solo", "on") as w:
         yield w
 
 
+@pytest.fixture(scope="module")
+def batch_worker(tiny_model_dir: Path) -> Iterator[WorkerProcess]:
+    """A worker that keeps every request in the batch (``--solo off``)."""
+    with serving_tiny_worker(tiny_model_dir, "--solo", "off") as w:
+        yield w
+
+
 def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(
-    solo_worker: WorkerProcess, worker: WorkerProcess
+    solo_worker: WorkerProcess, batch_worker: WorkerProcess, worker: WorkerProcess
 ) -> None:
     w = solo_worker
     alone, fin = w.generate(prompt=PROMPT, max_tokens=40, request_id="lone")
@@ -385,9 +392,15 @@ def test_a_lone_request_runs_alone_and_gives_the_batched_tokens(
     assert w.find_log("prefill started", request_id="beside") is not None
     assert _ids(batched) == _ids(alone)
     assert "".join(c.text for c in batched) == "".join(c.text for c in alone)
-    # On a CPU the default (--solo auto) keeps every request in the batch: same tokens.
+    # With --solo off a lone request goes through the batch: the same tokens.
+    b = batch_worker
+    in_batch, _ = b.generate(prompt=PROMPT, max_tokens=40, request_id="lone-batch")
+    assert b.find_log("request runs alone", request_id="lone-batch") is None
+    assert b.find_log("prefill started", request_id="lone-batch") is not None
+    assert _ids(in_batch) == _ids(alone)
+    # The default worker runs a lone request alone.
     default, _ = worker.generate(prompt=PROMPT, max_tokens=40, request_id="lone-default")
-    assert worker.find_log("request runs alone", request_id="lone-default") is None
+    worker.wait_log("request runs alone", request_id="lone-default")
     assert _ids(default) == _ids(alone)
 
 

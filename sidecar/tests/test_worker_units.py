@@ -198,7 +198,7 @@ def test_prefill_plan_batches_eight_prompts_within_the_per_step_bound() -> None:
 
 
 def test_solo_flag() -> None:
-    assert parse_args(["--socket", "/run/w.sock"]).solo == "auto"
+    assert parse_args(["--socket", "/run/w.sock"]).solo == "on"
     assert parse_args(["--socket", "/run/w.sock", "--solo", "off"]).solo == "off"
     with pytest.raises(SystemExit):
         parse_args(["--socket", "/run/w.sock", "--solo", "maybe"])
