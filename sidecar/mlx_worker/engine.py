@@ -79,8 +79,8 @@ GATHER_MAX_S = 0.005
 # closed loop) come back together: when a step finished the last N requests, requests
 # arriving within RETURN_WINDOW_S of it are awaited (up to GATHER_MAX_S) until N have come,
 # whatever their gaps (see gather_wait).
-# Otherwise the first returning request, finding the engine idle, would start alone (on a GPU
-# as the solo sequence) and the others join it a step later: on an H100, 4 streams ran at
+# Otherwise the first returning request, finding the engine idle, would start alone (as the
+# solo sequence) and the others join it a step later: on an H100, 4 streams ran at
 # 0.91 of in-process with the solo sequence and 0.98 without it.
 RETURN_WINDOW_S = 0.05
 
