@@ -585,3 +585,33 @@ async fn run_bench(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::BenchArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn levels(args: &[&str]) -> Vec<usize> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        cli.bench.levels()
+    }
+
+    #[test]
+    fn levels_default_to_all_four_or_to_one_stream_when_paired() {
+        assert_eq!(levels(&[]), [1, 4, 16, 64]);
+        assert_eq!(levels(&["--paired", "10"]), [1]);
+        assert_eq!(
+            levels(&["--paired", "10", "--concurrency", "4,16"]),
+            [4, 16]
+        );
+        assert_eq!(levels(&["--concurrency", "2"]), [2]);
+    }
+}

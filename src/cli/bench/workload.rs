@@ -192,6 +192,19 @@ mod tests {
     }
 
     #[test]
+    fn paired_levels_have_one_request_per_pair_at_one_stream_and_a_wave_above() {
+        let spec = WorkloadSpec {
+            paired: Some(5),
+            rounds: 2,
+            ..spec()
+        };
+        assert_eq!(spec.requests(1), 5);
+        assert_eq!(spec.requests(4), 8);
+        assert_eq!(spec.requests(16), 32);
+        assert_eq!(spec.prompt_count(), 1 + 4 + 5 + 8 + 32);
+    }
+
+    #[test]
     fn every_request_gets_its_own_prompt() {
         let spec = spec();
         assert_eq!(spec.prompt_count(), 1 + 4 + 3 + 4 + 16);
