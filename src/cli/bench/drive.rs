@@ -60,10 +60,7 @@ where
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let client_cpu_s = procstat::own_cpu_seconds() - client_cpu0;
-    let server_cpu_s = match (server_cpu0, server_pid.and_then(procstat::cpu_seconds)) {
-        (Some(a), Some(b)) => b - a,
-        _ => 0.0,
-    };
+    let server_cpu_s = procstat::cpu_seconds_since(server_pid, server_cpu0);
     Ok(LevelRun {
         concurrency: plan.concurrency,
         wall_s,

@@ -21,6 +21,15 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// CPU seconds `pid` used since it had used `before` (from [`cpu_seconds`]); 0 where either
+/// reading is missing.
+pub(crate) fn cpu_seconds_since(pid: Option<u32>, before: Option<f64>) -> f64 {
+    match (before, pid.and_then(cpu_seconds)) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    }
+}
+
 /// A `Vm*` line of `/proc/<pid>/status`, in bytes.
 fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -27,6 +27,7 @@
 //! the baseline first in odd ones; each session runs its share of every level, level by
 //! level, and each session's medians are given too.
 
+use std::future::Future;
 use std::ops::Range;
 use std::path::Path;
 use std::process::Stdio;
@@ -302,6 +303,26 @@ pub(crate) async fn run(
     Ok(joined)
 }
 
+/// Runs a pair's two halves back to back, the sidecar's first when `sidecar_first`; returns
+/// (sidecar, in-process).
+async fn back_to_back<S, B, SF, BF>(
+    sidecar_first: bool,
+    sidecar: impl FnOnce() -> SF,
+    baseline: impl FnOnce() -> BF,
+) -> anyhow::Result<(S, B)>
+where
+    SF: Future<Output = anyhow::Result<S>>,
+    BF: Future<Output = anyhow::Result<B>>,
+{
+    if sidecar_first {
+        let s = sidecar().await.context("sidecar")?;
+        Ok((s, baseline().await.context("in-process")?))
+    } else {
+        let b = baseline().await.context("in-process")?;
+        Ok((sidecar().await.context("sidecar")?, b))
+    }
+}
+
 /// Starts both paths, warms them up, and runs the pairs numbered `pairs` of every level
 /// (level 1: those prompts; above: that many waves), as pass `pass`.
 async fn run_session(
@@ -373,21 +394,14 @@ async fn run_session(
             for (i, index) in pairs.clone().enumerate() {
                 let prompt: Arc<Prompt> = workload.prompts[plan.prompts[index]].clone();
                 let sidecar_first = i % 2 == 0;
-                let mut via_sidecar = None;
-                if sidecar_first {
-                    via_sidecar = Some(send(prompt.clone(), max_tokens, Instant::now()).await?);
-                }
-                let (inprocess, cpu_s) = baseline
-                    .request(&prompt, max_tokens)
-                    .await
-                    .with_context(|| format!("pair {index}, in-process"))?;
+                let (sidecar, (inprocess, cpu_s)) = back_to_back(
+                    sidecar_first,
+                    || send(prompt.clone(), max_tokens, Instant::now()),
+                    || baseline.request(&prompt, max_tokens),
+                )
+                .await
+                .with_context(|| format!("pair {index}"))?;
                 run.usage.inprocess_cpu_s += cpu_s;
-                let sidecar = match via_sidecar {
-                    Some(r) => r,
-                    None => send(prompt, max_tokens, Instant::now())
-                        .await
-                        .with_context(|| format!("pair {index}, sidecar"))?,
-                };
                 run.pairs.push(Pair {
                     pass,
                     worker_started_first: worker_first,
@@ -405,36 +419,19 @@ async fn run_session(
                     );
                 }
             }
-            run.usage.worker_cpu_s +=
-                match (worker_cpu0, worker_pid.and_then(procstat::cpu_seconds)) {
-                    (Some(a), Some(b)) => b - a,
-                    _ => 0.0,
-                };
+            run.usage.worker_cpu_s += procstat::cpu_seconds_since(worker_pid, worker_cpu0);
             run.usage.client_cpu_s += procstat::own_cpu_seconds() - client_cpu0;
             continue;
         }
         for (i, index) in pairs.clone().enumerate() {
             let sidecar_first = i % 2 == 0;
-            let mut via_sidecar = None;
-            if sidecar_first {
-                via_sidecar = Some(
-                    drive::run_level(workload, plan, max_tokens, worker_pid, send.clone()).await?,
-                );
-            }
-            let inprocess = baseline
-                .wave(workload, plan, max_tokens)
-                .await
-                .with_context(|| {
-                    format!("{} streams, wave {index}, in-process", plan.concurrency)
-                })?;
-            let sidecar = match via_sidecar {
-                Some(r) => r,
-                None => drive::run_level(workload, plan, max_tokens, worker_pid, send.clone())
-                    .await
-                    .with_context(|| {
-                        format!("{} streams, wave {index}, sidecar", plan.concurrency)
-                    })?,
-            };
+            let (sidecar, inprocess) = back_to_back(
+                sidecar_first,
+                || drive::run_level(workload, plan, max_tokens, worker_pid, send.clone()),
+                || baseline.wave(workload, plan, max_tokens),
+            )
+            .await
+            .with_context(|| format!("{} streams, wave {index}", plan.concurrency))?;
             run.waves.push(WavePair {
                 concurrency: plan.concurrency,
                 pass,

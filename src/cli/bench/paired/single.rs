@@ -66,7 +66,8 @@ pub(crate) struct PairedSummary {
     /// CPU seconds per thousand generated tokens: the worker, the in-process baseline, this
     /// (Rust) process.
     pub(crate) cpu_s_per_1k_tokens: (f64, f64, f64),
-    /// Peak resident memory, bytes: the worker, the in-process baseline.
+    /// Peak resident memory, bytes, the largest of any session (waves included): the worker,
+    /// the in-process baseline (the report's text gives it once, after every level).
     pub(crate) peak_rss_bytes: (u64, u64),
 }
 
@@ -189,18 +190,10 @@ impl PairedSummary {
             self.decode_tps_p50.1,
         ));
         let (w, b, c) = self.cpu_s_per_1k_tokens;
-        let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
         out.push_str(&format!(
-            "  {:<42} worker {w:.3}, in-process {b:.3}, Rust side {c:.4}\n  {:<42} worker \
-             {:.1}, in-process {:.1}\n  tokens per message (sidecar): {:.2}\n  identical token \
-             ids: {}/{} pairs\n\ntargets:\n",
-            "CPU s per 1k tokens",
-            "peak resident memory MiB",
-            mib(self.peak_rss_bytes.0),
-            mib(self.peak_rss_bytes.1),
-            self.tokens_per_message,
-            self.identical_token_ids,
-            self.pairs,
+            "  {:<42} worker {w:.3}, in-process {b:.3}, Rust side {c:.4}\n  tokens per message \
+             (sidecar): {:.2}\n  identical token ids: {}/{} pairs\n\ntargets:\n",
+            "CPU s per 1k tokens", self.tokens_per_message, self.identical_token_ids, self.pairs,
         ));
         for t in targets {
             out.push_str(&t.render());
