@@ -100,8 +100,9 @@ pub(crate) struct BenchArgs {
     /// a closed loop, the same prompts). So the machine's drift weighs on both alike. Prints
     /// the medians of the pairs' ratios (decode, aggregate) and TTFT differences with 95 %
     /// intervals. The N pairs are shared out over `--passes` sessions (rounded up to an even
-    /// number, at least 2), both processes started afresh for each, the worker first in every
-    /// other session. Levels: `--concurrency` (default 1).
+    /// number, at least 2; fewer when there are fewer pairs than that), both processes started
+    /// afresh for each, the worker first in every other session. Levels: `--concurrency`
+    /// (default 1).
     #[arg(long, value_name = "N", conflicts_with_all = ["paths", "transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
 
