@@ -435,10 +435,9 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     """Requests on demand, for the bench's paired mode: after the warm-up it prints
     ``{"ready": true}``, then answers each stdin line, run as ``run`` runs a level:
     ``{"prompt": [ids], "max_tokens": n}`` (a single request) with the request's record and
-    ``cpu_s``,
-    ``{"concurrency": c, "prompts": [[ids], ...], "max_tokens": n}`` (a wave: the prompts
-    as a closed loop of ``c`` streams) with the level's result (its records, wall and CPU
-    time); times are from the line's receipt. At the end of stdin the process's CPU time and
+    its ``cpu_s``; ``{"concurrency": c, "prompts": [[ids], ...], "max_tokens": n}`` (a wave:
+    the prompts as a closed loop of ``c`` streams) with the level's result (its records, wall
+    and CPU time). Times are from the line's receipt. At the end of stdin the process's CPU time and
     peak memory follow (the final line, printed by ``main``)."""
     baseline = _Baseline(args, _read_workload(args.workload))
     baseline.warm_up()
