@@ -437,12 +437,11 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     ``{"prompt": [ids], "max_tokens": n}`` (a single request) with the request's record and
     its ``cpu_s``; ``{"concurrency": c, "prompts": [[ids], ...], "max_tokens": n}`` (a wave:
     the prompts as a closed loop of ``c`` streams) with the level's result (its records, wall
-    and CPU time). Times are from the line's receipt. At the end of stdin the process's CPU time and
-    peak memory follow (the final line, printed by ``main``)."""
+    and CPU time). Times are from the line's receipt. At the end of stdin the process's peak
+    memory follows (the final line, printed by ``main``)."""
     baseline = _Baseline(args, _read_workload(args.workload))
     baseline.warm_up()
     print(json.dumps({"ready": True}), flush=True)
-    cpu0 = _cpu_seconds()
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -456,7 +455,7 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
             continue
         level = baseline.run_level(1, [request["prompt"]], tokens)
         print(json.dumps({**level["requests"][0], "cpu_s": level["cpu_s"]}), flush=True)
-    return {"cpu_s": _cpu_seconds() - cpu0, "peak_rss_bytes": _peak_rss_bytes()}
+    return {"peak_rss_bytes": _peak_rss_bytes()}
 
 
 def _warm_up_gpu_kernels(model: Any, max_batch: int) -> None:

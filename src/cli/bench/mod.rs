@@ -453,30 +453,12 @@ async fn run_bench(
         if let Some(info) = &run.worker_info {
             add_worker_versions(&mut versions, info);
         }
-        let mut text = String::new();
-        let mut targets = Vec::new();
-        let summary = (!run.pairs.is_empty()).then(|| {
-            let summary = paired::PairedSummary::new(&run.pairs, run.usage);
-            let single = summary.targets();
-            text.push_str(&summary.render(&single));
-            targets.extend(single);
-            summary
-        });
-        let wave_summaries = paired::wave_summaries(&run.waves);
-        for s in &wave_summaries {
-            let target = s.target();
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(&s.render(&target));
-            targets.push(target);
-        }
-        let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
-        text.push_str(&format!(
-            "\npeak resident memory MiB: worker {:.1}, in-process {:.1}\n",
-            mib(run.usage.worker_peak_rss_bytes),
-            mib(run.usage.inprocess_peak_rss_bytes)
-        ));
+        let paired::PairedReport {
+            text,
+            summary,
+            wave_summaries,
+            targets,
+        } = paired::PairedReport::new(&run);
         println!("{text}");
         let report = serde_json::json!({
             "command": command_line(),

@@ -48,8 +48,9 @@ mod single;
 mod stats;
 mod waves;
 
-pub(crate) use single::{Pair, PairedSummary};
-pub(crate) use waves::{WavePair, WaveSummary, summaries as wave_summaries};
+use single::{Pair, PairedSummary};
+use stats::PairedTarget;
+use waves::{WavePair, WaveSummary};
 
 /// The in-process baseline kept running: `bench_inprocess.py serve`.
 struct InprocessServer {
@@ -58,7 +59,7 @@ struct InprocessServer {
     lines: Lines<BufReader<ChildStdout>>,
 }
 
-/// What `serve` prints last, when its stdin ends (its CPU time is counted per request).
+/// What `serve` prints last, when its stdin ends (its CPU time comes with each request).
 #[derive(Deserialize)]
 struct ServeTotals {
     peak_rss_bytes: u64,
@@ -242,6 +243,55 @@ pub(crate) struct PairedRun {
     pub(crate) usage: PairedUsage,
     /// The worker's ModelInfo, for the report's versions.
     pub(crate) worker_info: Option<mlx_sidecar::client::ModelInfo>,
+}
+
+/// What a paired run prints and reports: the summary of the single-stream pairs (if level 1
+/// ran), one per level of waves, and every target.
+pub(crate) struct PairedReport {
+    /// The whole report as text.
+    pub(crate) text: String,
+    /// The single-stream pairs' summary.
+    pub(crate) summary: Option<PairedSummary>,
+    /// One summary per level of waves.
+    pub(crate) wave_summaries: Vec<WaveSummary>,
+    /// The targets, single stream first.
+    pub(crate) targets: Vec<PairedTarget>,
+}
+
+impl PairedReport {
+    /// Summarizes a run.
+    pub(crate) fn new(run: &PairedRun) -> Self {
+        let mut text = String::new();
+        let mut targets = Vec::new();
+        let summary = (!run.pairs.is_empty()).then(|| {
+            let summary = PairedSummary::new(&run.pairs, run.usage);
+            let single = summary.targets();
+            text.push_str(&summary.render(&single));
+            targets.extend(single);
+            summary
+        });
+        let wave_summaries = waves::summaries(&run.waves);
+        for s in &wave_summaries {
+            let target = s.target();
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&s.render(&target));
+            targets.push(target);
+        }
+        let mib = |v: u64| v as f64 / (1024.0 * 1024.0);
+        text.push_str(&format!(
+            "\npeak resident memory MiB: worker {:.1}, in-process {:.1}\n",
+            mib(run.usage.worker_peak_rss_bytes),
+            mib(run.usage.inprocess_peak_rss_bytes)
+        ));
+        Self {
+            text,
+            summary,
+            wave_summaries,
+            targets,
+        }
+    }
 }
 
 /// Sessions a paired run uses for `--passes P`: P rounded up to an even number, at least 2,

@@ -33,19 +33,26 @@ pub(crate) struct WavePair {
     pub(crate) inprocess: LevelRun,
 }
 
-impl WavePair {
-    fn summaries(&self) -> (LevelSummary, LevelSummary) {
-        (
-            LevelSummary::from_records(&self.sidecar),
-            LevelSummary::from_records(&self.inprocess),
-        )
+/// One wave pair with each side summarized once (what the level's figures are made of).
+struct WaveFigures {
+    pass: usize,
+    sidecar: LevelSummary,
+    inprocess: LevelSummary,
+}
+
+impl WaveFigures {
+    fn of(w: &WavePair) -> Self {
+        Self {
+            pass: w.pass,
+            sidecar: LevelSummary::from_records(&w.sidecar),
+            inprocess: LevelSummary::from_records(&w.inprocess),
+        }
     }
 
     /// Sidecar / in-process aggregate tokens per second.
     fn aggregate_ratio(&self) -> f64 {
-        let (s, b) = self.summaries();
-        if b.aggregate_tps > 0.0 {
-            s.aggregate_tps / b.aggregate_tps
+        if self.inprocess.aggregate_tps > 0.0 {
+            self.sidecar.aggregate_tps / self.inprocess.aggregate_tps
         } else {
             0.0
         }
@@ -53,8 +60,7 @@ impl WavePair {
 
     /// Sidecar minus in-process TTFT p50, ms.
     fn ttft_p50_delta_ms(&self) -> f64 {
-        let (s, b) = self.summaries();
-        s.ttft_p50_ms - b.ttft_p50_ms
+        self.sidecar.ttft_p50_ms - self.inprocess.ttft_p50_ms
     }
 }
 
@@ -91,41 +97,28 @@ pub(crate) struct WaveSummary {
 impl WaveSummary {
     /// Summarizes the wave pairs of one level.
     pub(crate) fn new(concurrency: usize, waves: &[&WavePair]) -> Self {
-        let ratios: Vec<f64> = waves.iter().map(|w| w.aggregate_ratio()).collect();
-        let deltas: Vec<f64> = waves.iter().map(|w| w.ttft_p50_delta_ms()).collect();
-        let totals = |side: fn(&WavePair) -> &LevelRun| {
-            waves
-                .iter()
-                .map(|&w| side(w))
-                .fold((0u64, 0.0, 0.0, 0.0), |acc, run| {
-                    let tokens: u64 = run.requests.iter().map(|r| r.tokens).sum();
-                    (
-                        acc.0 + tokens,
-                        acc.1 + run.wall_s,
-                        acc.2 + run.server_cpu_s,
-                        acc.3 + run.client_cpu_s,
-                    )
-                })
+        let figures: Vec<WaveFigures> = waves.iter().map(|&w| WaveFigures::of(w)).collect();
+        let ratios: Vec<f64> = figures.iter().map(WaveFigures::aggregate_ratio).collect();
+        let deltas: Vec<f64> = figures.iter().map(WaveFigures::ttft_p50_delta_ms).collect();
+        // Sums and medians over the waves of one side's figure.
+        let sum = |side: fn(&WaveFigures) -> &LevelSummary, f: fn(&LevelSummary) -> f64| {
+            figures.iter().map(|w| f(side(w))).sum::<f64>()
         };
-        let (s_tokens, s_wall, s_cpu, client_cpu) = totals(|w| &w.sidecar);
-        let (b_tokens, b_wall, b_cpu, _) = totals(|w| &w.inprocess);
-        let rate = |tokens: u64, wall: f64| {
-            if wall > 0.0 {
-                tokens as f64 / wall
-            } else {
-                0.0
-            }
+        let median = |f: fn(&LevelSummary) -> f64| {
+            let of = |side: fn(&WaveFigures) -> &LevelSummary| {
+                percentile(
+                    &figures.iter().map(|w| f(side(w))).collect::<Vec<_>>(),
+                    50.0,
+                )
+            };
+            (of(|w| &w.sidecar), of(|w| &w.inprocess))
         };
-        let median_of = |f: fn(&LevelSummary) -> f64| {
-            let (s, b): (Vec<f64>, Vec<f64>) = waves
-                .iter()
-                .map(|w| {
-                    let (s, b) = w.summaries();
-                    (f(&s), f(&b))
-                })
-                .unzip();
-            (percentile(&s, 50.0), percentile(&b, 50.0))
-        };
+        let tokens = |l: &LevelSummary| l.tokens as f64;
+        let (s_tokens, b_tokens) = (sum(|w| &w.sidecar, tokens), sum(|w| &w.inprocess, tokens));
+        let rate = |tokens: f64, wall: f64| if wall > 0.0 { tokens / wall } else { 0.0 };
+        let s_rate = rate(s_tokens, sum(|w| &w.sidecar, |l| l.wall_s));
+        let b_rate = rate(b_tokens, sum(|w| &w.inprocess, |l| l.wall_s));
+        let per_1k = |cpu: f64, tokens: f64| per_thousand_tokens(cpu, tokens as u64);
         let identical = waves
             .iter()
             .flat_map(|w| w.sidecar.requests.iter().zip(&w.inprocess.requests))
@@ -135,31 +128,26 @@ impl WaveSummary {
             .iter()
             .map(|w| w.sidecar.requests.len().min(w.inprocess.requests.len()))
             .sum();
-        let b_rate = rate(b_tokens, b_wall);
         Self {
             concurrency,
             waves: waves.len(),
             requests_per_wave: waves.first().map_or(0, |w| w.sidecar.requests.len()),
             aggregate_ratio: median_ci95(&ratios),
-            aggregate_ratio_pooled: if b_rate > 0.0 {
-                rate(s_tokens, s_wall) / b_rate
-            } else {
-                0.0
-            },
+            aggregate_ratio_pooled: if b_rate > 0.0 { s_rate / b_rate } else { 0.0 },
             ttft_p50_delta_ms: median_ci95(&deltas),
             by_pass: medians_by_pass(
-                waves,
+                &figures,
                 |w| w.pass,
-                |w| w.aggregate_ratio(),
-                |w| w.ttft_p50_delta_ms(),
+                WaveFigures::aggregate_ratio,
+                WaveFigures::ttft_p50_delta_ms,
             ),
-            aggregate_tps_p50: median_of(|s| s.aggregate_tps),
-            ttft_p50_ms: median_of(|s| s.ttft_p50_ms),
+            aggregate_tps_p50: median(|l| l.aggregate_tps),
+            ttft_p50_ms: median(|l| l.ttft_p50_ms),
             identical_token_ids: (identical, request_pairs),
             cpu_s_per_1k_tokens: (
-                per_thousand_tokens(s_cpu, s_tokens),
-                per_thousand_tokens(b_cpu, b_tokens),
-                per_thousand_tokens(client_cpu, s_tokens),
+                per_1k(sum(|w| &w.sidecar, |l| l.server_cpu_s), s_tokens),
+                per_1k(sum(|w| &w.inprocess, |l| l.server_cpu_s), b_tokens),
+                per_1k(sum(|w| &w.sidecar, |l| l.client_cpu_s), s_tokens),
             ),
         }
     }
