@@ -7,7 +7,7 @@ the facts and make the checks; this module parses the options, runs them in orde
 the report.
 
 Depths: ``--quick`` imports ``mlx.core`` only and looks the other packages up without importing
-them (tens of milliseconds: the managed environment's check at every start); the default full
+them (about 0.1 s: the managed environment's check at every start); the default full
 depth imports every worker package (about a second, mostly mlx-lm), chooses the CPU BLAS as
 the worker does before importing MLX, and checks the model (``--model``, else the default
 model) against the conversion cache (``--cache-dir``, else the worker's default).

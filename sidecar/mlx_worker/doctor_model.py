@@ -119,5 +119,5 @@ def check_model(facts: dict[str, Any]) -> Check:
     return Check(
         "model",
         "ok",
-        f"{path}; not converted yet (the first start converts it into {cache_dir}, seconds)",
+        f"{path}; not converted yet (the first start converts it into {cache_dir}: a few seconds)",
     )
