@@ -3,6 +3,8 @@
 Only the standard library and small local modules are imported before the socket checks, so
 that a bad command line or an unusable socket path fails in milliseconds; gRPC comes next (the
 socket is bound and health answers NOT_SERVING), MLX last, on the engine thread.
+
+``python -m mlx_worker doctor ...`` is dispatched to ``doctor`` before any of that is imported.
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ import time
 
 _STARTED = time.time()
 
+import sys  # noqa: E402
+
+if __name__ == "__main__" and sys.argv[1:2] == ["doctor"]:
+    # ``python -m mlx_worker doctor ...`` needs none of the worker's imports below.
+    from .doctor import main as doctor_main
+
+    sys.exit(doctor_main(sys.argv[2:]))
+
 import asyncio  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from .config import WorkerConfig, parse_args  # noqa: E402
