@@ -38,11 +38,11 @@ step "cargo fmt"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 test_env=()
 [ "$quick" = 1 ] && test_env+=(MLX_SIDECAR_SKIP_DEFAULT_MODEL=1)
-env "${test_env[@]}" cargo test --locked -- --test-threads=2
+env "${test_env[@]}" cargo test --workspace --locked -- --test-threads=2
 
 step "all tests passed"
