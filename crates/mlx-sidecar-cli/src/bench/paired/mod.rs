@@ -1,31 +1,22 @@
 //! `bench --paired N`: the targets measured pair by pair, so that a noisy machine's drift
 //! cancels out.
 //!
-//! The pass design (`--passes`) compares whole runs minutes apart; on a shared machine whose
-//! speed wanders by tens of per cent from one minute to the next, it takes many passes to see
-//! a difference of 1 %. Here the worker (under its supervisor) and the in-process baseline
-//! (`bench_inprocess.py serve`: mlx-lm's `stream_generate` for one request, `BatchGenerator`
-//! for a wave, on demand) are both started and warmed up once and kept running, and N pairs
-//! of each level go to them, alternating: pair `i` sends the same work to both, the sidecar
-//! first in even pairs and the baseline first in odd ones (ABBA), so that neither always runs
-//! in the other's wake.
+//! The worker (under its supervisor) and the in-process baseline (`bench_inprocess.py serve`)
+//! are started and warmed up once and kept running, and N pairs of each level go to them:
+//! pair `i` sends the same work to both, the sidecar first in even pairs and the baseline
+//! first in odd ones (ABBA), so that neither always runs in the other's wake.
 //!
-//! - At level 1 a pair is one request on each ([`single`]): a decode ratio (sidecar /
-//!   in-process tokens per second after the first token) and a TTFT difference.
+//! - At level 1 a pair is one request on each ([`single`]): a decode ratio and a TTFT
+//!   difference.
 //! - Above, a pair is one wave on each ([`waves`]): the level's requests as a closed loop of
 //!   `c` streams, giving an aggregate ratio and a TTFT p50 difference.
 //!
-//! The report gives the medians with a distribution-free 95 % interval ([`stats`]: order
-//! statistics of the binomial), the pooled ratios, and says for each target whether it is met
-//! and whether the interval settles it.
+//! The report gives the medians with a distribution-free 95 % interval ([`stats`]), the
+//! pooled ratios, and for each target whether it is met and whether the interval settles it.
 //!
-//! Which process starts first matters: on the 2-core CPU, two copies of the same baseline
-//! script, paired this way, gave the one started first 0.93 to 0.96 of the other's decode rate
-//! and a TTFT 1 to 13 ms longer, in eight sessions out of eight, whichever copy it was. So the
-//! pairs are shared out over an even number of sessions (`--passes P`, rounded up to even,
-//! at least 2), each starting both processes afresh, the worker first in even sessions and
-//! the baseline first in odd ones; each session runs its share of every level, level by
-//! level, and each session's medians are given too.
+//! The process started first runs slower, so the pairs are shared out over an even number
+//! of sessions (`--passes`), each starting both processes afresh, alternating which starts
+//! first (see BENCHMARKS.md, "start order").
 
 use std::future::Future;
 use std::ops::Range;
