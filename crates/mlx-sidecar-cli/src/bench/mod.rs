@@ -57,8 +57,9 @@ use super::session;
 /// `bench`: measure the full path against mlx-lm in-process and mlx-lm's HTTP server.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct BenchArgs {
-    /// Concurrency levels (requests in flight at once), in running order [default: 1,4,16,64;
-    /// with --paired: 1].
+    /// Concurrency levels, in running order [default: 1,4,16,64; with --paired: 1].
+    ///
+    /// A level is the number of requests in flight at once.
     #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
     pub(crate) concurrency: Option<Vec<usize>>,
 
@@ -78,8 +79,9 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub(crate) min_requests: usize,
 
-    /// Tokens each warm-up request generates (one single stream and one small batch are
-    /// run on every path before measuring).
+    /// Tokens each warm-up request generates.
+    ///
+    /// One single stream and one small batch are run on every path before measuring.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub(crate) warmup_tokens: u32,
 
@@ -87,22 +89,24 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "sidecar,inprocess,http")]
     pub(crate) paths: Vec<PathKind>,
 
-    /// Run the whole sequence of paths this many times, alternating (sidecar, inprocess,
-    /// sidecar, inprocess, ...), each path started afresh every pass; each path's figures are
-    /// over all its passes. The transport ceiling runs once.
+    /// Run the whole sequence of paths this many times, alternating.
+    ///
+    /// The paths alternate (sidecar, inprocess, sidecar, inprocess, ...), each started afresh every
+    /// pass; each path's figures are over all its passes. The transport ceiling runs once. With
+    /// --paired: the number of sessions.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) passes: usize,
 
-    /// Instead of the pass design: the targets measured in pairs. The worker and the
-    /// in-process baseline are started and kept running, and N pairs of each level go to
-    /// them, alternating, the order swapped every pair: at level 1 a pair is one request on
-    /// each (the same prompt, back to back); above, one wave on each (the level's requests as
-    /// a closed loop, the same prompts). So the machine's drift weighs on both alike. Prints
-    /// the medians of the pairs' ratios (decode, aggregate) and TTFT differences with 95 %
-    /// intervals. The N pairs are shared out over `--passes` sessions (rounded up to an even
-    /// number, at least 2; fewer when there are fewer pairs than that), both processes started
-    /// afresh for each, the worker first in every other session. Levels: `--concurrency`
-    /// (default 1).
+    /// Measure the targets in N pairs instead, both paths kept running.
+    ///
+    /// The worker and the in-process baseline are started and kept running, and N pairs of each
+    /// level go to them, the order swapped every pair: at level 1 a pair is one request on each
+    /// (the same prompt, back to back); above, one wave on each (the level's requests as a closed
+    /// loop, the same prompts). So the machine's drift weighs on both alike. Prints the medians of
+    /// the pairs' ratios (decode, aggregate) and TTFT differences with 95 % intervals. The N pairs
+    /// are shared out over `--passes` sessions (rounded up to an even number, at least 2; fewer
+    /// when there are fewer pairs than that), both processes started afresh for each, the worker
+    /// first in every other session. Levels: `--concurrency` (default 1).
     #[arg(long, value_name = "N", conflicts_with_all = ["paths", "transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
 
@@ -118,8 +122,9 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) chart: Option<PathBuf>,
 
-    /// Also measure the transport alone: the real worker streaming made-up tokens without
-    /// running the model (its `--synthetic-tokens` benchmark mode).
+    /// Also measure the transport alone (the worker streaming made-up tokens).
+    ///
+    /// The real worker runs in its `--synthetic-tokens` benchmark mode, without running the model.
     #[arg(long)]
     pub(crate) transport_ceiling: bool,
 
@@ -140,24 +145,30 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub(crate) ceiling_unary_calls: usize,
 
-    /// How the worker treats quantized weights (as `--dequantize` of the worker); the
-    /// baselines load the model the same way.
+    /// How the worker treats quantized weights.
+    ///
+    /// Passed on as the worker's --dequantize.
+    ///
+    /// The baselines load the model the same way.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub(crate) dequantize: String,
 
-    /// Use this directory as the worker's source (`PYTHONPATH`) instead of the copy embedded
-    /// in the binary.
+    /// Use this directory as the worker's source instead of the embedded copy.
+    ///
+    /// It goes on the worker's PYTHONPATH.
     #[arg(long, env = "MLX_SIDECAR_WORKER_DIR", value_name = "DIR")]
     pub(crate) worker_dir: Option<PathBuf>,
 
-    /// An option for the measured worker (the sidecar path only), such as
-    /// `--worker-arg=--stream-interval-ms=10`; repeatable.
+    /// An option for the measured worker, e.g. --worker-arg=--stream-interval-ms=10.
+    ///
+    /// The sidecar path only; repeatable.
     #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub(crate) worker_args: Vec<String>,
 
-    /// Set an environment variable for every measured Python process alike (the worker, the
-    /// in-process baseline, mlx-lm's server), such as `MLX_MAX_OPS_PER_BUFFER=100`;
-    /// repeatable.
+    /// Set an environment variable for every measured Python process alike.
+    ///
+    /// The worker, the in-process baseline and mlx-lm's server all get it, e.g.
+    /// MLX_MAX_OPS_PER_BUFFER=100; repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub(crate) env: Vec<(String, String)>,
 }

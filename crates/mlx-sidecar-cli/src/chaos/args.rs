@@ -17,24 +17,31 @@ pub(crate) struct ChaosArgs {
     #[arg(long, value_name = "N")]
     pub(crate) requests: Option<u64>,
 
-    /// Run the load for this long (500ms, 60s, 5m). Default: 60s, unless --requests,
-    /// --kill-cycles or a --faults schedule where every fault has a count= sets the end.
+    /// Run the load for this long (500ms, 60s, 5m) [default: 60s].
+    ///
+    /// The 60 s default applies unless --requests, --kill-cycles, or a --faults schedule in
+    /// which every fault has a count=, sets the end.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) duration: Option<Duration>,
 
-    /// Shortcut: SIGKILL the worker N times, one kill after each recovery (plus a random
-    /// 0.5-1.5 x --kill-every pause), and end when the last recovery is done.
+    /// SIGKILL the worker N times, one kill after each recovery, then end.
+    ///
+    /// Each kill follows a random pause of 0.5 to 1.5 times --kill-every after service is back; the
+    /// run ends when the last recovery is done.
     #[arg(long, value_name = "N", conflicts_with = "faults")]
     pub(crate) kill_cycles: Option<u32>,
 
-    /// With --kill-cycles: the mean pause between service being back and the next kill.
+    /// With --kill-cycles: the mean pause between recovery and the next kill.
+    ///
     /// Pauses shorter than --reset-after let the restart delay grow (the backoff at work).
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) kill_every: Duration,
 
-    /// The faults to inject, comma-separated: kill:every=3s, stop:every=20s:for=3s,
-    /// delete-socket:every=30s, slow-start:every=45s:delay=2s. Each also takes after=DUR
-    /// (first injection) and count=N (most injections). Faults never overlap.
+    /// The faults to inject, comma-separated, e.g. kill:every=3s,stop:every=20s:for=3s.
+    ///
+    /// Kinds: kill:every=3s, stop:every=20s:for=3s, delete-socket:every=30s,
+    /// slow-start:every=45s:delay=2s. Each also takes after=DUR (first injection) and count=N (most
+    /// injections). Faults never overlap.
     #[arg(long, value_parser = parse_fault_list, value_name = "SPEC")]
     pub(crate) faults: Option<FaultList>,
 
@@ -42,17 +49,15 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub(crate) prompt_tokens: usize,
 
-    /// Tokens generated per request (end-of-sequence is ignored, so every completed
-    /// request has exactly this many).
+    /// Tokens generated per request (end-of-sequence ignored: exactly this many).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub(crate) max_tokens: u32,
 
-    /// Deadline of each request; one that neither finishes nor fails this long (plus 10 s)
-    /// after it was sent counts as lost.
+    /// Deadline of each request; 10 s past it, an unanswered request counts as lost.
     #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) request_timeout: Duration,
 
-    /// Supervisor health probe interval (3 failed probes in a row and the worker is replaced).
+    /// Supervisor health probe interval (3 failures in a row replace the worker).
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) health_interval: Duration,
 
@@ -60,19 +65,22 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) health_timeout: Duration,
 
-    /// Delay before a backed-off restart: the second of crashes in a row (the first
-    /// restart after a served run is immediate), or any restart of a worker that never
-    /// became ready. It doubles, with jitter, while crashes come in quick succession.
+    /// Delay before a backed-off restart; it doubles, with jitter, for crashes in a row.
+    ///
+    /// A backed-off restart is the second of crashes in a row (the first restart after a served run
+    /// is immediate), or any restart of a worker that never became ready.
     #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) restart_delay: Duration,
 
-    /// A worker that served this long resets the restart delay: its crash is restarted at
-    /// once (or after --restart-delay with --no-immediate-restart).
+    /// A worker that served this long resets the restart delay.
+    ///
+    /// Its crash is then restarted at once (or after --restart-delay with --no-immediate-restart).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) reset_after: Duration,
 
-    /// Wait --restart-delay before the first restart after a served run too, instead of
-    /// restarting at once (the restart policy's immediate_first_restart off).
+    /// Wait --restart-delay before the first restart after a served run too.
+    ///
+    /// Turns off the restart policy's immediate_first_restart.
     #[arg(long)]
     pub(crate) no_immediate_restart: bool,
 
@@ -96,7 +104,9 @@ pub(crate) struct ChaosArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
-    /// Also write the JSON report to this file (for CI artifacts), whatever stdout shows.
+    /// Also write the JSON report to this file (for CI artifacts).
+    ///
+    /// Written whatever stdout shows.
     #[arg(long, value_name = "FILE")]
     pub(crate) json_file: Option<PathBuf>,
 
