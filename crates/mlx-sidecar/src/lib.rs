@@ -55,7 +55,7 @@
 //!   process and logs, [`LifecycleEvent`];
 //! - `worker/`: what client and supervisor share ([`WorkerState`] and the view behind it,
 //!   the transport, the health check);
-//! - [`env`]: the managed Python environment the worker runs in;
+//! - [`env`](mod@env): the managed Python environment the worker runs in;
 //! - `config`: [`SupervisorConfig`], [`WorkerCommand`], [`RestartPolicy`]; `error`: [`Error`].
 //!
 //! ```no_run

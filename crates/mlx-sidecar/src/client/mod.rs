@@ -11,6 +11,11 @@
 //! After that, a dying worker ends the stream with [`Error::WorkerDied`], which carries the
 //! text already received; death is noticed from the broken connection or the supervisor's
 //! crash notification, whichever comes first (see [`GenerateStream`]).
+//!
+//! The parts: `request` (what callers send: [`GenerateRequest`], [`TokenizeRequest`] and
+//! their wire form), `types` (what comes back, from the wire messages), `stream` (one
+//! generation's events and how a dying worker ends them); the connection itself and the
+//! supervisor's published worker come from [`crate::worker`].
 
 mod request;
 mod stream;
@@ -41,7 +46,17 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default deadline of a whole generation.
 const DEFAULT_GENERATE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A client of the worker's `Inference` service; see the [module docs](self).
+/// A client of the worker's `Inference` service. Cloning is cheap.
+///
+/// [`Supervisor::client`](crate::Supervisor::client) makes one that always talks to the
+/// supervisor's current worker, across restarts; [`Client::connect_uds`] talks to one
+/// socket without a supervisor.
+///
+/// Every call has a deadline (sent as `grpc-timeout` and enforced locally). Within it, a
+/// call waits for a ready worker and retries `UNAVAILABLE` and broken connections with
+/// backoff, but a generation only until its first output arrives. After that, a dying
+/// worker ends the stream with [`Error::WorkerDied`], which carries the text already
+/// received (see [`GenerateStream`]).
 #[derive(Debug, Clone)]
 pub struct Client {
     source: Source,

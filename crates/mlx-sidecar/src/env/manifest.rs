@@ -19,7 +19,7 @@ pub(crate) const FORMAT: u32 = 1;
 /// What a managed environment holds and how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// [`FORMAT`] when written.
+    /// The manifest format version (1); a manifest of another format is treated as missing.
     pub format: u32,
     /// The platform variant whose requirements are installed.
     pub variant: Variant,

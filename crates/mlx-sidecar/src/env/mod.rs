@@ -24,6 +24,10 @@
 //!
 //! With [`EnvOptions::python`] set, no venv is made: that interpreter is checked (version,
 //! imports) and used as it is; the worker source is still extracted under the root.
+//!
+//! A service that manages its own interpreter can use the parts alone:
+//! [`extract_worker_source`] (the directory for `PYTHONPATH`), [`check_python`] and
+//! [`runtime_info`]; [`inspect`] reports on a managed environment without touching it.
 
 mod bundle;
 mod error;
