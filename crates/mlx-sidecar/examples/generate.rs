@@ -1,7 +1,7 @@
 //! Streams one chat answer for the prompt given on the command line (`readme.rs` is the
 //! README's example as it is written there).
 //!
-//! `cargo run --release --example generate -- "Name three rivers."`
+//! `cargo run --release -p mlx-sidecar --example generate -- "Name three rivers."`
 
 use std::time::Duration;
 
