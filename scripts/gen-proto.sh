@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Generates the Python gRPC stubs for proto/mlx_sidecar/v1 into sidecar/mlx_sidecar/v1.
-# The Rust side generates its own code in build.rs.
+# The Rust side generates its own code in crates/mlx-sidecar-proto/build.rs.
 #   scripts/gen-proto.sh          regenerate
 #   scripts/gen-proto.sh --check  fail if the committed stubs differ from the proto
 # Needs grpcio-tools (in the worker's dev requirements). PYTHON selects the interpreter.

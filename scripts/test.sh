@@ -6,7 +6,7 @@
 #   scripts/test.sh --quick    skip the slow end-to-end tests on the default model
 #
 # Steps: Python env → proto stubs in sync → ruff → pytest (real worker, real MLX) →
-#        cargo fmt → clippy → cargo test (real supervisor, real worker, real MLX).
+#        cargo fmt → clippy → cargo doc → cargo test (real supervisor, real worker, real MLX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -38,11 +38,14 @@ step "cargo fmt"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "cargo test"
 test_env=()
 [ "$quick" = 1 ] && test_env+=(MLX_SIDECAR_SKIP_DEFAULT_MODEL=1)
-env "${test_env[@]}" cargo test --locked -- --test-threads=2
+env "${test_env[@]}" cargo test --workspace --locked -- --test-threads=2
 
 step "all tests passed"

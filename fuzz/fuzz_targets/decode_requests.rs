@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mlx_sidecar::proto::v1 as pb;
+use mlx_sidecar_proto::v1 as pb;
 use prost::Message;
 
 fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(data: &[u8]) {

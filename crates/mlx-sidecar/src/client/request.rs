@@ -1,0 +1,329 @@
+//! The requests a caller builds: [`GenerateRequest`], [`TokenizeRequest`] and
+//! [`ChatMessage`], in the crate's own types, turned into the wire types on sending.
+
+use std::{collections::HashMap, time::Duration};
+
+use mlx_sidecar_proto::v1 as pb;
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// "system", "user", "assistant", or another role the model's chat template knows.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with any role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+impl From<ChatMessage> for pb::ChatMessage {
+    fn from(m: ChatMessage) -> Self {
+        pb::ChatMessage {
+            role: m.role,
+            content: m.content,
+        }
+    }
+}
+
+/// What the model continues.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Plain text, tokenized as it is.
+    Text(String),
+    /// A conversation rendered with the model's chat template (with the assistant's
+    /// generation prompt appended).
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+/// A text generation request. Build with [`GenerateRequest::text`],
+/// [`GenerateRequest::chat`] or [`GenerateRequest::tokens`], then the setters; unset
+/// options take the worker's defaults (greedy decoding, 256 tokens at most).
+///
+/// The worker validates every value and answers `INVALID_ARGUMENT` naming the field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    prompt: Prompt,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logit_bias: HashMap<u32, f32>,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    stop_token_ids: Vec<u32>,
+    ignore_eos: bool,
+    logprobs: Option<u32>,
+    deadline: Option<Duration>,
+    request_id: String,
+}
+
+impl GenerateRequest {
+    fn new(prompt: Prompt) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repetition_penalty: None,
+            presence_penalty: None,
+            frequency_penalty: None,
+            logit_bias: HashMap::new(),
+            seed: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            deadline: None,
+            request_id: String::new(),
+        }
+    }
+
+    /// Continues plain text.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::new(Prompt::Text(text.into()))
+    }
+
+    /// Answers a conversation (the model's chat template is applied).
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Self::new(Prompt::Chat(messages))
+    }
+
+    /// Continues token ids.
+    pub fn tokens(ids: Vec<u32>) -> Self {
+        Self::new(Prompt::Tokens(ids))
+    }
+
+    /// The prompt.
+    pub fn prompt(&self) -> &Prompt {
+        &self.prompt
+    }
+
+    /// Most tokens to generate (the worker requires at least 1).
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// Sampling temperature (0 is greedy).
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = Some(t);
+        self
+    }
+
+    /// Nucleus sampling threshold, in (0, 1].
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = Some(p);
+        self
+    }
+
+    /// Sample among the `k` most likely tokens (0 is off).
+    pub fn top_k(mut self, k: u32) -> Self {
+        self.top_k = Some(k);
+        self
+    }
+
+    /// Minimum probability relative to the most likely token, in [0, 1).
+    pub fn min_p(mut self, p: f32) -> Self {
+        self.min_p = Some(p);
+        self
+    }
+
+    /// Repetition penalty (> 0; 1 is off).
+    pub fn repetition_penalty(mut self, penalty: f32) -> Self {
+        self.repetition_penalty = Some(penalty);
+        self
+    }
+
+    /// Presence penalty (0 is off).
+    pub fn presence_penalty(mut self, penalty: f32) -> Self {
+        self.presence_penalty = Some(penalty);
+        self
+    }
+
+    /// Frequency penalty (0 is off).
+    pub fn frequency_penalty(mut self, penalty: f32) -> Self {
+        self.frequency_penalty = Some(penalty);
+        self
+    }
+
+    /// Adds `bias` to the logit of `token_id`.
+    pub fn logit_bias(mut self, token_id: u32, bias: f32) -> Self {
+        self.logit_bias.insert(token_id, bias);
+        self
+    }
+
+    /// Seed of the request's random generator (same seed, same tokens).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Stops before this string (may be given up to 16 times).
+    pub fn stop(mut self, stop: impl Into<String>) -> Self {
+        self.stop.push(stop.into());
+        self
+    }
+
+    /// Extra token ids that end generation.
+    pub fn stop_token_ids(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        self.stop_token_ids.extend(ids);
+        self
+    }
+
+    /// Keep generating past end-of-sequence tokens.
+    pub fn ignore_eos(mut self, ignore: bool) -> Self {
+        self.ignore_eos = ignore;
+        self
+    }
+
+    /// Report each token's log-probability and the `top_n` most likely alternatives.
+    pub fn logprobs(mut self, top_n: u32) -> Self {
+        self.logprobs = Some(top_n);
+        self
+    }
+
+    /// Deadline of the whole call: waiting for the worker, retries and the stream
+    /// (default: the client's generate timeout).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// An id for the worker's logs (it makes one when empty).
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = id.into();
+        self
+    }
+
+    pub(crate) fn deadline_or(&self, default: Duration) -> Duration {
+        self.deadline.unwrap_or(default)
+    }
+
+    pub(crate) fn to_proto(&self) -> pb::GenerateRequest {
+        let input = match &self.prompt {
+            Prompt::Text(text) => pb::prompt::Input::Text(text.clone()),
+            Prompt::Chat(messages) => pb::prompt::Input::Chat(chat_prompt(messages)),
+            Prompt::Tokens(ids) => pb::prompt::Input::Tokens(pb::TokenIds { ids: ids.clone() }),
+        };
+        pb::GenerateRequest {
+            prompt: Some(pb::Prompt { input: Some(input) }),
+            sampling: Some(pb::SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k.map(saturating_i32),
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                repetition_context_size: None,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                penalty_context_size: None,
+                logit_bias: self.logit_bias.clone(),
+                seed: self.seed,
+            }),
+            max_tokens: self.max_tokens.map(saturating_i32),
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs.map(|top_n| pb::LogprobsOptions {
+                enabled: true,
+                top_n: saturating_i32(top_n),
+            }),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+fn saturating_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn chat_prompt(messages: &[ChatMessage]) -> pb::ChatPrompt {
+    pb::ChatPrompt {
+        messages: messages.iter().cloned().map(Into::into).collect(),
+        add_generation_prompt: None,
+    }
+}
+
+/// A tokenization request: plain text or a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizeRequest {
+    input: Prompt,
+    add_special_tokens: Option<bool>,
+}
+
+impl TokenizeRequest {
+    /// Tokenizes plain text (with the tokenizer's special tokens such as BOS, unless
+    /// turned off with [`TokenizeRequest::add_special_tokens`]).
+    pub fn text(text: impl Into<String>) -> Self {
+        TokenizeRequest {
+            input: Prompt::Text(text.into()),
+            add_special_tokens: None,
+        }
+    }
+
+    /// Renders a conversation with the model's chat template, then tokenizes it.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        TokenizeRequest {
+            input: Prompt::Chat(messages),
+            add_special_tokens: None,
+        }
+    }
+
+    /// Whether to add special tokens to plain text.
+    pub fn add_special_tokens(mut self, add: bool) -> Self {
+        self.add_special_tokens = Some(add);
+        self
+    }
+
+    pub(crate) fn to_proto(&self) -> pb::TokenizeRequest {
+        let input = match &self.input {
+            Prompt::Text(text) => Some(pb::tokenize_request::Input::Text(text.clone())),
+            Prompt::Chat(messages) => {
+                Some(pb::tokenize_request::Input::Chat(chat_prompt(messages)))
+            }
+            // Not constructible through the public API.
+            Prompt::Tokens(_) => None,
+        };
+        pb::TokenizeRequest {
+            input,
+            add_special_tokens: self.add_special_tokens,
+        }
+    }
+}
+
+impl From<&str> for TokenizeRequest {
+    fn from(text: &str) -> Self {
+        TokenizeRequest::text(text)
+    }
+}

@@ -1,0 +1,13 @@
+//! What the client and the supervisor share, so that neither imports the other: the
+//! Unix-socket `transport` both dial the worker with, the worker `state` the supervisor
+//! publishes on a `watch` channel and clients read to find the current worker, and the
+//! gRPC `health` check both ask the worker with.
+//!
+//! The supervisor writes [`WorkerView`]s; a supervised [`crate::Client`] only reads them.
+
+pub(crate) mod health;
+mod state;
+pub(crate) mod transport;
+
+pub use state::{ExitStatusInfo, WorkerState};
+pub(crate) use state::{GaveUpInfo, WorkerView};
