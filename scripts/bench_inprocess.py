@@ -466,7 +466,11 @@ def _warm_up_gpu_kernels(model: Any, max_batch: int) -> None:
     if mx.default_device().type != mx.gpu:
         return
     from mlx_worker.config import parse_args
-    from mlx_worker.engine import prefill_plan, warm_up_bound, warm_up_row_counts
+    from mlx_worker.engine.startup import (
+        prefill_plan,
+        warm_up_bound,
+        warm_up_row_counts,
+    )
 
     config = parse_args(["--socket", "unused", "--max-batch", str(max_batch)])
     plan = prefill_plan(config, on_gpu=True)

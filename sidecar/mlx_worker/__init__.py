@@ -13,13 +13,17 @@ How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
   ``params`` (or INVALID_ARGUMENT / RESOURCE_EXHAUSTED naming the field); Generate hands the
   params to the engine and relays what comes back through its ``streams.ResponseStream``;
   ModelInfo's answer comes from ``model_info``.
-- ``engine.Engine``: the one thread that owns all MLX state. It loads the model
-  (``mlx_worker.model``; mlx-lm itself comes through ``fast_import``, without
-  ``transformers``), runs mlx-lm's BatchGenerator (continuous batching), builds per-request
-  samplers and logits processors (``sampling``), turns each request's tokens into messages
-  (``responses``, with ``detokenize``: no partial UTF-8, exact stop strings; ``timings``), and
-  hands each step's output (or, with ``--stream-interval-ms``, each interval's) to the event
-  loop in one ``call_soon_threadsafe``.
+- ``engine``: the one thread that owns all MLX state (a package; its doc says how its parts
+  fit). ``engine.Engine`` is what the event loop holds: it queues typed commands for the
+  thread. On the thread, ``engine.startup`` loads the model (``mlx_worker.model``; mlx-lm
+  itself comes through ``fast_import``, without ``transformers``) and warms it up;
+  ``engine.loop`` gathers requests sent together and steps the ``engine.decoder``, which runs
+  each request in mlx-lm's BatchGenerator (continuous batching) or alone (``engine.solo``),
+  with per-request samplers and logits processors (``sampling``), and turns its tokens into
+  messages (``responses``, with ``detokenize``: no partial UTF-8, exact stop strings;
+  ``timings``); ``engine.output`` hands each step's output (or, with
+  ``--stream-interval-ms``, each interval's) to the event loop in one
+  ``call_soon_threadsafe``.
 - ``errors.RequestFailure`` carries a gRPC status code from validation or the engine to the
   handler; ``params`` holds the plain data a handler passes to the engine.
 """

@@ -31,10 +31,10 @@ class WorkerConfig:
     log_level: str = "info"
     dequantize: str = "auto"
     stall_seconds: float = 30.0
-    # None: the engine picks (see engine.prefill_plan).
+    # None: the engine picks (see engine.startup.prefill_plan).
     prefill_step_size: int | None = None
     stdin_watch: bool = True
-    # A request that finds the engine idle decodes alone (solo.py): "on" or "off".
+    # A request that finds the engine idle decodes alone (engine/solo.py): "on" or "off".
     solo: str = "on"
     # Least time between two messages of one stream, but for its first and its end: tokens
     # that come sooner go out together (0: each engine step's tokens at once).

@@ -20,7 +20,8 @@ from .detokenize import IncrementalDetokenizer, StopStringFilter
 from .timings import now
 
 if TYPE_CHECKING:
-    from .engine import Job
+    from .engine.commands import Job
+    from .engine.decoder import Placement
 
 log = logging.getLogger("mlx_worker.engine")
 
@@ -36,12 +37,13 @@ class Finish:
 
 @dataclass(eq=False)
 class RequestState:
-    """Engine-side state of one request in the BatchGenerator."""
+    """Engine-side state of one request: where it runs and the output it builds."""
 
     job: Job
-    uid: int
     detok: IncrementalDetokenizer
     stops: StopStringFilter
+    placement: Placement
+    uid: int | None = None  # its uid in the BatchGenerator (placement BATCH)
     generated: int = 0
     # Output not yet taken: the text, ids and log-probabilities of the tokens since the last
     # take (sent as ONE chunk, however many tokens), then the final message.
@@ -51,13 +53,16 @@ class RequestState:
     _finished: pb.GenerateResponse | None = None
 
     @classmethod
-    def start(cls, job: Job, uid: int, tokenizer: Any) -> RequestState:
-        p = job.params
+    def start(
+        cls, job: Job, tokenizer: Any, placement: Placement, uid: int | None = None
+    ) -> RequestState:
+        params = job.params
         return cls(
             job=job,
+            detok=IncrementalDetokenizer(tokenizer, params.prompt_ids),
+            stops=StopStringFilter(params.stop_strings),
+            placement=placement,
             uid=uid,
-            detok=IncrementalDetokenizer(tokenizer, p.prompt_ids),
-            stops=StopStringFilter(p.stop_strings),
         )
 
     def on_token(
@@ -94,14 +99,14 @@ class RequestState:
 
     def finish(self, finish: Finish) -> None:
         """Adds the final message (and logs the request at debug level)."""
-        p = self.job.params
-        timings = self.job.clock.to_proto(len(p.prompt_ids), self.generated, now())
+        params = self.job.params
+        timings = self.job.clock.to_proto(len(params.prompt_ids), self.generated, now())
         finished = pb.GenerateFinished(
             finish_reason=finish.reason,
-            usage=pb.Usage(prompt_tokens=len(p.prompt_ids), completion_tokens=self.generated),
+            usage=pb.Usage(prompt_tokens=len(params.prompt_ids), completion_tokens=self.generated),
             timings=timings,
             matched_stop=finish.matched_stop or "",
-            request_id=p.request_id,
+            request_id=params.request_id,
         )
         if finish.stop_token is not None:
             finished.stop_token_id = finish.stop_token
@@ -111,9 +116,9 @@ class RequestState:
                 "request finished",
                 extra={
                     "fields": {
-                        "request_id": p.request_id,
+                        "request_id": params.request_id,
                         "finish_reason": pb.FinishReason.Name(finish.reason),
-                        "prompt_tokens": len(p.prompt_ids),
+                        "prompt_tokens": len(params.prompt_ids),
                         "completion_tokens": self.generated,
                         "queue_wait_ms": round(timings.queue_wait_ms, 3),
                         "ttft_ms": round(timings.time_to_first_token_ms, 3),
@@ -144,32 +149,32 @@ class RequestState:
         return out
 
 
-def token_logprobs(wanted: list[tuple[Any, int]], token_text: Any) -> dict[int, pb.TokenLogprob]:
+def token_logprobs(wanted: list[tuple[Any, int]], token_text: Any) -> list[pb.TokenLogprob]:
     """Log-probabilities (and top alternatives) of one step's tokens, in one eval.
 
-    ``wanted``: (BatchGenerator response, top_n) pairs. The values are mlx-lm's: the
+    ``wanted``: (response, top_n) pairs, answered in their order. The values are mlx-lm's: the
     log-softmax of the logits after logit bias and penalties, before temperature and top-p /
     top-k / min-p truncation.
     """
     import mlx.core as mx
 
     arrays = []
-    for r, top_n in wanted:
-        lp = r.logprobs
-        arrays.append(lp[r.token])
+    for response, top_n in wanted:
+        lp = response.logprobs
+        arrays.append(lp[response.token])
         if top_n:
             idx = mx.argpartition(-lp, kth=top_n - 1)[:top_n]
             arrays.extend((idx, lp[idx]))
     mx.eval(arrays)
-    out: dict[int, pb.TokenLogprob] = {}
+    out: list[pb.TokenLogprob] = []
     i = 0
-    for r, top_n in wanted:
-        entry = pb.TokenLogprob(token_id=r.token, logprob=arrays[i].item())
+    for response, top_n in wanted:
+        entry = pb.TokenLogprob(token_id=response.token, logprob=arrays[i].item())
         i += 1
         if top_n:
             ids, values = arrays[i].tolist(), arrays[i + 1].tolist()
             i += 2
             for v, t in sorted(zip(values, ids, strict=True), reverse=True):
                 entry.top.add(token_id=t, logprob=v, text=token_text(t))
-        out[r.uid] = entry
+        out.append(entry)
     return out

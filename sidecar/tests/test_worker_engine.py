@@ -100,22 +100,25 @@ def test_a_failing_request_fails_alone(
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_recovers(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(eng: Engine) -> None:
+        from mlx_lm.generate import BatchGenerator
+
         a = _run(eng, _params("a", [40, 41, 42], 1000))
         b = _run(eng, _params("b", [43, 44], 1000))
         await asyncio.sleep(0.05)
-        real_next = eng._bg.next
+        real_next = BatchGenerator.next
         calls = {"n": 0}
 
-        def broken_next() -> Any:  # one step blows up (as a kernel error would)
+        def broken_next(self: Any) -> Any:  # one step blows up (as a kernel error would)
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("the whole step failed")
-            return real_next()
+            return real_next(self)
 
-        eng._bg.next = broken_next  # the engine replaces this BatchGenerator after the failure
+        # The engine replaces its BatchGenerator after the failure; the new one steps.
+        monkeypatch.setattr(BatchGenerator, "next", broken_next)
         for items in await asyncio.gather(a, b):
             assert isinstance(items[-1], RequestFailure)
             assert items[-1].code == grpc.StatusCode.INTERNAL

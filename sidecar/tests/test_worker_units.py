@@ -183,7 +183,7 @@ def test_fast_import_skips_transformers_and_leaves_no_placeholder() -> None:
 
 
 def test_prefill_plan_batches_eight_prompts_within_the_per_step_bound() -> None:
-    from mlx_worker.engine import PrefillPlan, prefill_plan
+    from mlx_worker.engine.startup import PrefillPlan, prefill_plan
 
     c = parse_args(["--socket", "/run/w.sock"])
     assert c.prefill_step_size is None
@@ -207,7 +207,7 @@ def test_solo_flag() -> None:
 def test_row_count_warm_up_runs_the_model_at_each_count_up_to_the_bound(
     tiny_model_dir: Path,
 ) -> None:
-    from mlx_worker.engine import GPU_WARMUP_ROWS, warm_up_row_counts
+    from mlx_worker.engine.startup import GPU_WARMUP_ROWS, warm_up_row_counts
     from mlx_worker.model import load_model
 
     model = load_model(str(tiny_model_dir)).model
@@ -220,7 +220,7 @@ def test_row_count_warm_up_runs_the_model_at_each_count_up_to_the_bound(
 
 
 def test_gathering_waits_for_the_expected_returning_requests_then_one_gap_at_a_time() -> None:
-    from mlx_worker.engine import GATHER_GAP_S, gather_wait
+    from mlx_worker.engine.gather import GATHER_GAP_S, gather_wait
 
     left = 0.004
     # No one expected: one gap for another request (at most what is left).

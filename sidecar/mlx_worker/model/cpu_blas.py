@@ -13,16 +13,12 @@ libgfortran that ``mlx-cpu`` ships (under a hashed name) serves instead: the lib
 loaded through symbolic links in a private temporary directory, where its ``$ORIGIN`` run
 path finds the link named ``libgfortran.so.5``. The links are removed once loaded.
 
-Call :func:`prepare_cpu_blas` before anything imports ``mlx.core``: the worker's ``__main__``
-should, right after parsing its arguments::
-
-    from mlx_worker.model.cpu_blas import prepare_cpu_blas  # imports no MLX
-    prepare_cpu_blas(enable=config.dequantize != "off")
-
-The first use of a name of :mod:`mlx_worker.model` (such as ``load_model``) calls it too,
-which helps only if ``mlx.core`` is not imported yet. Environment variable
-``MLX_SIDECAR_CPU_BLAS``: ``auto`` (default) loads OpenBLAS where available, ``bundled`` never
-does. OpenBLAS runs on one thread unless ``OPENBLAS_NUM_THREADS`` says otherwise.
+Call :func:`prepare_cpu_blas` before anything imports ``mlx.core`` (the engine's start-up
+does, first thing). The first use of a name of :mod:`mlx_worker.model` (such as
+``load_model``) calls it too, which helps only if ``mlx.core`` is not imported yet.
+Environment variable ``MLX_SIDECAR_CPU_BLAS``: ``auto`` (default) loads OpenBLAS where
+available, ``bundled`` never does. OpenBLAS runs on one thread unless
+``OPENBLAS_NUM_THREADS`` says otherwise.
 
 This module imports nothing of MLX.
 """

@@ -1,26 +1,13 @@
 """A request that runs alone: one sequence, one KV cache, no ``BatchGenerator``.
 
-For one sequence, ``BatchGenerator`` costs more per token than mlx-lm's single-sequence
-``generate_step`` (what ``stream_generate`` runs): its batched cache, per-sequence logits
-processing and bookkeeping are pure overhead when the batch holds one sequence. On an H100 with
-the default model, one stream decoded at about 0.7 of ``generate_step``'s rate through
-``BatchGenerator``. On the 2-core CPU the model's compute hides most of it, but not all: paired
-with ``stream_generate`` in-process (48 pairs, start order balanced), one stream decoded at
-1.033 of its rate with a TTFT 1.0 ms longer through the solo path, against 0.993 and 4.7 ms
-through the batch (whose first token takes three steps); 4 and 16 streams were unchanged.
-
-So (``--solo on``, the default; ``off`` keeps every request in the batch) the engine runs a
-request that arrives while it is idle, with a prompt that fits in one prefill chunk, as a
-:class:`SoloSequence`: ``generate_step``'s loop (the model on a plain
-``KVCache``, logits processors on the whole token history, the request's sampler, the next
-token computed while the current one is handed out). When another request arrives, the engine
-moves the solo sequence into the ``BatchGenerator`` (:meth:`SoloSequence.hand_over`): the token
-already computed is handed out, and the sequence continues in the batch from its own cache,
-with its token history, sampler and processors; it never runs beside the batch, which would
-cost two model passes per step.
-
-``next()`` returns objects shaped like ``BatchGenerator``'s responses (``uid``, ``token``,
-``finish_reason``, ``logprobs``), so the engine treats both alike downstream.
+For one sequence ``BatchGenerator`` costs more per token than mlx-lm's single-sequence
+``generate_step`` (its batched cache and bookkeeping are overhead for a batch of one), so with
+``--solo on`` (the default) a request that finds the engine idle runs as a
+:class:`SoloSequence`: ``generate_step``'s loop on a plain ``KVCache``, the next token computed
+while the current one is handed out. When another request arrives, ``hand_over`` gives
+the batch what it needs to continue the sequence from its own cache; it never runs beside the
+batch, which would cost two model passes per step. Figures: BENCHMARKS.md, "The solo path on
+the CPU, start order balanced".
 """
 
 from __future__ import annotations
@@ -34,9 +21,8 @@ import mlx.core as mx
 
 @dataclass
 class SoloResponse:
-    """One generated token, as ``BatchGenerator.next()`` reports it."""
+    """One generated token (the fields of a ``BatchGenerator.next()`` response the engine reads)."""
 
-    uid: int
     token: int
     finish_reason: str | None
     logprobs: Any
@@ -57,7 +43,6 @@ class SoloSequence:
 
     def __init__(
         self,
-        uid: int,
         model: Any,
         prompt_ids: list[int],
         max_tokens: int,
@@ -65,7 +50,6 @@ class SoloSequence:
         logits_processors: list[Callable[[Any, Any], Any]],
         stop_token_ids: frozenset[int],
     ) -> None:
-        self.uid = uid
         self.prompt_ids = prompt_ids
         self.sampler = sampler
         self.processors = logits_processors
@@ -139,13 +123,13 @@ class SoloSequence:
             mx.clear_cache()  # as generate_step does: return freed buffers now and then
         if finish is not None:
             self.close()
-        return SoloResponse(self.uid, token, finish, logprobs)
+        return SoloResponse(token, finish, logprobs)
 
     def hand_over(self) -> tuple[SoloResponse, HandOver | None]:
         """Stops decoding alone: hands out the token already computed and returns what the
         batch needs to continue (``None`` if that token ended the request)."""
         token, logprobs, finish = self._take()
-        response = SoloResponse(self.uid, token, finish, logprobs)
+        response = SoloResponse(token, finish, logprobs)
         if finish is not None:
             self.close()
             return response, None

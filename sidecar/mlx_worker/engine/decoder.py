@@ -1,0 +1,374 @@
+"""The decoder: which requests run, and how, one step at a time.
+
+A request runs in one of two places (:class:`Placement`): in mlx-lm's ``BatchGenerator``
+(continuous batching: one decode step for the running sequences plus at most one prefill
+chunk for the ones being prompted), or alone as the :class:`~.solo.SoloSequence`, when it
+found the engine idle (``--solo on``) and its prompt fits in one prefill chunk. When another
+request arrives, the solo sequence is handed over to the batch with its cache; the two never
+run side by side.
+
+Each step's tokens go to the requests' :class:`~mlx_worker.responses.RequestState` and what
+they build to the :class:`~.output.OutputHandOff`. An error in one request fails that request
+(INTERNAL); an error in a whole step fails that step's requests and replaces the
+``BatchGenerator``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from typing import Any
+
+import grpc
+
+from mlx_sidecar.v1 import inference_pb2 as pb
+
+from ..config import WorkerConfig
+from ..errors import RequestFailure
+from ..responses import Finish, RequestState, token_logprobs
+from ..timings import now
+from .commands import Job
+from .output import OutputHandOff
+from .startup import Started, new_batch_generator
+
+log = logging.getLogger("mlx_worker.engine")
+
+
+class Placement(enum.Enum):
+    """Where a request runs."""
+
+    BATCH = "batch"  # a sequence of the BatchGenerator
+    SOLO = "solo"  # the SoloSequence, alone
+
+
+class Decoder:
+    """Owns the running requests, the ``BatchGenerator`` and the solo sequence (engine thread)."""
+
+    def __init__(self, config: WorkerConfig, started: Started, output: OutputHandOff) -> None:
+        self._config = config
+        self._loaded = started.loaded
+        self._plan = started.plan
+        self._solo_enabled = started.solo_enabled
+        self._batch = started.batch
+        self._output = output
+        self._by_job: dict[Job, RequestState] = {}  # every running request
+        self._in_batch: dict[int, RequestState] = {}  # those in the batch, by uid
+        self._solo: Any = None  # the SoloSequence running, if any
+        self._solo_request: RequestState | None = None  # its request
+
+    @property
+    def running(self) -> int:
+        """How many requests are running (solo, prefilling or decoding)."""
+        return len(self._by_job)
+
+    # ---- commands --------------------------------------------------------------------
+
+    def start(self, job: Job) -> None:
+        """Starts a request: alone if the engine is idle, else in the batch (handing the solo
+        sequence over first, if one runs)."""
+        if self._runs_alone(job):
+            self._start_solo(job)
+            return
+        if self._solo is not None:
+            self._hand_over_solo()
+        self._start_in_batch(job)
+
+    def cancel(self, job: Job) -> None:
+        """Drops a request (its caller went away); no message is sent."""
+        request = self._by_job.get(job)
+        if request is not None:
+            self._remove(request, "client_cancelled")
+
+    def cancel_all(self) -> None:
+        """Ends every request with finish reason CANCELLED."""
+        for request in list(self._by_job.values()):
+            self._remove(request, "shutdown")
+            request.finish(Finish(pb.FINISH_REASON_CANCELLED))
+            self._output.emit(request)
+
+    def fail_all(self, code: grpc.StatusCode, message: str) -> None:
+        """Ends every request with a failure."""
+        for request in list(self._by_job.values()):
+            self._fail(request, RequestFailure(code, message))
+
+    # ---- stepping --------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One step: a token of the solo sequence, or a step of the batch."""
+        if self._solo is not None:  # then it is the only request (it leaves when another comes)
+            self._solo_step()
+        else:
+            self._batch_step()
+
+    def _batch_step(self) -> None:
+        started_at = now()
+        try:
+            prompted, generated = self._batch.next()
+        except Exception:
+            log.exception("engine step failed; failing its requests and resetting the batch")
+            self.fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
+            with contextlib.suppress(Exception):
+                self._batch.close()
+            self._batch = new_batch_generator(self._config, self._loaded, self._plan)
+            return
+        stepped_at = now()
+        in_batch = self._in_batch
+        for response in prompted:
+            request = in_batch.get(response.uid)
+            if request is not None:
+                self._prefill_started(request, started_at)
+        if not generated:
+            return
+        logprobs = self._batch_logprobs(generated)
+        for response in generated:
+            request = in_batch.get(response.uid)
+            if request is None:
+                continue
+            try:
+                self._on_token(request, response, logprobs.get(response.uid), stepped_at)
+            except Exception as e:
+                if response.finish_reason is None:  # still in the batch
+                    self._batch.remove([response.uid])
+                self._fail_request(request, e)
+
+    def _solo_step(self) -> None:
+        request = self._solo_request
+        assert request is not None
+        started_at = now()
+        try:
+            response = self._solo.next()
+        except Exception as e:
+            self._fail_request(request, e)
+            return
+        stepped_at = now()
+        self._prefill_started(request, started_at)
+        try:
+            self._on_token(request, response, self._logprob(request, response), stepped_at)
+        except Exception as e:
+            self._fail_request(request, e)
+
+    def _prefill_started(self, request: RequestState, at: float) -> None:
+        clock = request.job.clock
+        if clock.prefill_start is not None:
+            return
+        clock.prefill_start = at
+        if log.isEnabledFor(logging.DEBUG):
+            params = request.job.params
+            log.debug(
+                "prefill started",
+                extra={
+                    "fields": {
+                        "request_id": params.request_id,
+                        "prompt_tokens": len(params.prompt_ids),
+                    }
+                },
+            )
+
+    def _batch_logprobs(self, generated: list[Any]) -> dict[int, pb.TokenLogprob]:
+        wanted = []
+        for response in generated:
+            request = self._in_batch.get(response.uid)
+            if request is not None and _wants_logprob(request, response):
+                wanted.append((response, request.job.params.top_logprobs))
+        if not wanted:
+            return {}
+        values = token_logprobs(wanted, self._loaded.tokenizer.token_text)
+        return {response.uid: value for (response, _), value in zip(wanted, values, strict=True)}
+
+    def _logprob(self, request: RequestState, response: Any) -> pb.TokenLogprob | None:
+        if not _wants_logprob(request, response):
+            return None
+        wanted = [(response, request.job.params.top_logprobs)]
+        return token_logprobs(wanted, self._loaded.tokenizer.token_text)[0]
+
+    def _on_token(
+        self, request: RequestState, response: Any, logprob: pb.TokenLogprob | None, at: float
+    ) -> None:
+        finish = request.on_token(response.token, response.finish_reason, logprob, at)
+        if finish is not None:
+            if response.finish_reason is None:
+                self._remove(request, "finished")  # a stop string: the batch doesn't know
+            else:
+                self._forget(request)  # the batch has dropped it already
+            request.finish(finish)
+        self._output.emit(request, urgent=finish is not None or request.generated == 1)
+
+    # ---- placement -------------------------------------------------------------------
+
+    def _runs_alone(self, job: Job) -> bool:
+        """Whether a new request runs as the solo sequence: the engine is idle and the prompt
+        fits in one prefill chunk (a longer one is prefilled chunk by chunk in the batch, where
+        a cancel or the heartbeat waits at most one chunk)."""
+        return (
+            self._solo_enabled
+            and not self._by_job
+            and len(job.params.prompt_ids) <= self._plan.step_size
+        )
+
+    def _start_in_batch(self, job: Job) -> None:
+        from ..sampling import make_request_processors, make_request_sampler
+
+        params = job.params
+        try:
+            (uid,) = self._batch.insert(
+                [params.prompt_ids],
+                max_tokens=[params.max_tokens],
+                samplers=[make_request_sampler(params.sampling, self._vocab_size)],
+                logits_processors=[make_request_processors(params.sampling)],
+                stop_sequences=[_stop_sequences(params.stop_token_ids)],
+            )
+        except Exception as e:
+            self._cannot_start(job, e)
+            return
+        self._book(RequestState.start(job, self._loaded.tokenizer, Placement.BATCH, uid))
+
+    def _start_solo(self, job: Job) -> None:
+        from ..sampling import make_request_processors, make_request_sampler
+        from .solo import SoloSequence
+
+        params = job.params
+        try:
+            self._solo = SoloSequence(
+                self._loaded.model,
+                params.prompt_ids,
+                params.max_tokens,
+                make_request_sampler(params.sampling, self._vocab_size),
+                make_request_processors(params.sampling),
+                params.stop_token_ids,
+            )
+        except Exception as e:
+            self._cannot_start(job, e)
+            return
+        self._book(RequestState.start(job, self._loaded.tokenizer, Placement.SOLO))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request runs alone", extra={"fields": {"request_id": params.request_id}})
+
+    def _hand_over_solo(self) -> None:
+        """Another request arrived: the solo sequence moves into the BatchGenerator (one
+        model pass per step for everyone, instead of the solo's plus the batch's)."""
+        solo, request = self._solo, self._solo_request
+        assert request is not None
+        if not solo.started:  # nothing computed yet: it is a plain request
+            self._forget(request)
+            self._start_in_batch(request.job)
+            return
+        try:
+            response, state = solo.hand_over()
+        except Exception as e:
+            self._fail_request(request, e)
+            return
+        self._solo, self._solo_request = None, None
+        self._on_token(request, response, self._logprob(request, response), now())
+        if state is None or request.job not in self._by_job:  # that token ended it
+            return
+        self._forget(request)
+        try:
+            (uid,) = self._batch.insert(
+                [[state.next_token]],
+                max_tokens=[state.remaining_tokens],
+                caches=[state.cache],
+                all_tokens=[state.history],
+                samplers=[solo.sampler],
+                logits_processors=[solo.processors],
+                stop_sequences=[_stop_sequences(solo.stop_token_ids)],
+            )
+        except Exception as e:
+            self._fail_request(request, e)  # already out of the books: nothing else to undo
+            return
+        request.placement, request.uid = Placement.BATCH, uid
+        self._book(request)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request joins the batch",
+                extra={
+                    "fields": {
+                        "request_id": request.job.params.request_id,
+                        "generated": request.generated,
+                    }
+                },
+            )
+
+    # ---- books -----------------------------------------------------------------------
+
+    @property
+    def _vocab_size(self) -> int:
+        return self._loaded.description.vocab_size
+
+    def _book(self, request: RequestState) -> None:
+        """Puts a started request in the books (``_forget`` takes it out)."""
+        self._by_job[request.job] = request
+        if request.placement is Placement.BATCH:
+            assert request.uid is not None
+            self._in_batch[request.uid] = request
+        else:
+            self._solo_request = request
+
+    def _forget(self, request: RequestState) -> None:
+        self._by_job.pop(request.job, None)
+        if request.placement is Placement.SOLO:
+            if request is self._solo_request:
+                self._solo.close()
+                self._solo, self._solo_request = None, None
+        elif request.uid is not None:
+            self._in_batch.pop(request.uid, None)
+
+    def _remove(self, request: RequestState, reason: str) -> None:
+        """Takes a request out of the books, and out of the batch if it runs there."""
+        self._forget(request)
+        if request.placement is Placement.BATCH:
+            self._batch.remove([request.uid])
+        if reason != "finished" and log.isEnabledFor(logging.DEBUG):
+            clock = request.job.clock
+            stage = (
+                "decode"
+                if clock.first_token is not None
+                else "prefill"
+                if clock.prefill_start is not None
+                else "queued"
+            )
+            log.debug(
+                "request removed",
+                extra={
+                    "fields": {
+                        "request_id": request.job.params.request_id,
+                        "reason": reason,
+                        "stage": stage,
+                        "completion_tokens": request.generated,
+                        "since_arrival_ms": round((now() - clock.arrival) * 1e3, 3),
+                    }
+                },
+            )
+
+    # ---- failures --------------------------------------------------------------------
+
+    def _fail(self, request: RequestState, failure: RequestFailure) -> None:
+        """Ends a started request with ``failure``, after the output it already has."""
+        self._forget(request)
+        self._output.fail(request, failure)
+
+    def _cannot_start(self, job: Job, error: Exception) -> None:
+        """A request could not be set up (call it while handling ``error``): INTERNAL."""
+        log.exception(
+            "cannot start request", extra={"fields": {"request_id": job.params.request_id}}
+        )
+        self._output.send_failure(job.stream, RequestFailure(grpc.StatusCode.INTERNAL, str(error)))
+
+    def _fail_request(self, request: RequestState, error: Exception) -> None:
+        """One request failed on its own (call it while handling ``error``): only it gets
+        INTERNAL; the engine serves on."""
+        log.exception(
+            "request failed", extra={"fields": {"request_id": request.job.params.request_id}}
+        )
+        self._fail(request, RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {error}"))
+
+
+def _wants_logprob(request: RequestState, response: Any) -> bool:
+    return bool(request.job.params.logprobs) and response.finish_reason != "stop"
+
+
+def _stop_sequences(stop_token_ids: frozenset[int]) -> Any:
+    """The BatchGenerator's form of a request's stop token ids."""
+    from mlx_lm.generate import StopSequences
+
+    return StopSequences([(token,) for token in sorted(stop_token_ids)])
