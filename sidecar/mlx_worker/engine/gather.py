@@ -25,7 +25,7 @@ def gather_wait(gathered: int, expected: int, left: float) -> float:
     """Seconds to wait for the next request: ``gathered`` so far, ``expected`` returning ones
     (0: none), ``left`` of GATHER_MAX_S. The expected are awaited whatever the gaps; after
     them, one gap for more, since a growing load brings more than just finished. Figures:
-    BENCHMARKS.md, "Returning clients: start as soon as all have come — tried and reverted"."""
+    BENCHMARKS.md, "Returning clients start at once: tried and reverted"."""
     if gathered < expected:
         return left
     return min(GATHER_GAP_S, left)

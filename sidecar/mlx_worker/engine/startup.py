@@ -30,8 +30,8 @@ PREFILL_TOKENS_PER_STEP_GPU = 8192
 
 # On a GPU, MLX compiles a quantized-matmul kernel the first time it sees a new range of rows
 # (17-25 s each); start-up runs one forward pass per row count up to the per-step bound, so
-# that this happens before SERVING. Figures: BENCHMARKS.md, "A fresh machine stalled the
-# worker for 34 s".
+# that this happens before SERVING. Figures: BENCHMARKS.md, "Kernel warm-up on a fresh
+# machine".
 GPU_WARMUP_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096)
 
 

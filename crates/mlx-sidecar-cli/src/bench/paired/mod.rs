@@ -16,7 +16,7 @@
 //!
 //! The process started first runs slower, so the pairs are shared out over an even number
 //! of sessions (`--passes`), each starting both processes afresh, alternating which starts
-//! first (see BENCHMARKS.md, "start order").
+//! first (see BENCHMARKS.md, "The process started first is slower").
 
 use std::future::Future;
 use std::ops::Range;
