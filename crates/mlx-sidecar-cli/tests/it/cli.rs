@@ -385,6 +385,64 @@ fn doctor_reports_ok_for_a_good_interpreter_and_fails_for_a_broken_one() {
 }
 
 #[test]
+fn doctor_shows_the_workers_checks_and_fails_on_a_missing_model() {
+    let out = Cli::new().args(["doctor", "--json"]).run();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let checks = report["checks"].as_array().expect("checks");
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    let check = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {report}"))
+    };
+    // The worker's checks come between the environment's and the socket directory's, and
+    // its own python check is not repeated when it is ok.
+    let mut expected = vec!["python", "environment", "mlx", "packages"];
+    let cpu_backend = check("mlx")["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("backend cpu"));
+    if cfg!(target_os = "linux") && cpu_backend {
+        expected.push("cpu blas");
+    }
+    expected.extend(["model", "socket dir"]);
+    assert_eq!(names, expected, "{report}");
+    assert!(
+        check("packages")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("packages import")),
+        "{report}"
+    );
+    assert!(
+        check("model")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(".gguf")),
+        "the default model is named: {report}"
+    );
+
+    // A model that does not exist: the worker's model check fails and names it; exit 1.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let missing = scratch.path().join("no-such-model.gguf");
+    let out = Cli::new()
+        .arg("--model")
+        .arg(&missing)
+        .args(["doctor"])
+        .run();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  model"))
+        .unwrap_or_else(|| panic!("no failing model line in:\n{stdout}"));
+    assert!(
+        line.contains(&*missing.to_string_lossy()) && line.contains("does not exist"),
+        "{line}"
+    );
+    assert!(stdout.contains("fix: pass --model"), "{stdout}");
+}
+
+#[test]
 fn chat_keeps_the_conversation_and_resets_it() {
     let cli = Cli::tiny().args(["chat", "--json", "--max-tokens", "4", "--ignore-eos"]);
     let out = cli.run_with_stdin("Hello\nWhat did I say?\n/reset\nHello\n");

@@ -103,7 +103,7 @@ pub(super) async fn rebuild(
     if plan.dev {
         install_dev(progress, plan).await?;
     }
-    let runtime = verify(progress, &py).await?;
+    let runtime = verify(progress, &py, plan.worker_dir).await?;
     let manifest = Manifest {
         format: manifest::FORMAT,
         variant: plan.variant,
@@ -145,9 +145,13 @@ async fn install_dev(progress: &dyn Progress, plan: &Plan<'_>) -> Result<(), Env
 }
 
 /// Imports every worker package with the new environment's interpreter.
-async fn verify(progress: &dyn Progress, py: &Path) -> Result<RuntimeInfo, EnvError> {
+async fn verify(
+    progress: &dyn Progress,
+    py: &Path,
+    worker_dir: &Path,
+) -> Result<RuntimeInfo, EnvError> {
     step(progress, Step::Verify, "", async {
-        probe::probe_complete(py, Depth::Full).await
+        probe::probe_complete(py, worker_dir, Depth::Full).await
     })
     .await
 }

@@ -9,8 +9,9 @@
 //!   built, so concurrent processes never build it twice or use a half-made one.
 //! - `manifest`: `<root>/manifest.json` records what was installed; it is written last, so
 //!   it exists only for a complete environment.
-//! - `probe`: asks an interpreter for its Python/MLX versions, device, BLAS, and whether the
-//!   worker's packages import.
+//! - `doctor`: runs the worker's own checks (`python -m mlx_worker doctor --json`) and reads
+//!   their report; `probe` keeps its facts: Python/MLX versions, device, BLAS, and whether
+//!   the worker's packages import.
 //! - `install`: the build itself (`python -m venv`, pip, verify, manifest).
 //! - `python`: finding a base interpreter (≥ 3.10) and running commands with their output
 //!   captured, so failures show the command and its last lines.
@@ -27,9 +28,11 @@
 //!
 //! A service that manages its own interpreter can use the parts alone:
 //! [`extract_worker_source`] (the directory for `PYTHONPATH`), [`check_python`] and
-//! [`runtime_info`]; [`inspect`] reports on a managed environment without touching it.
+//! [`runtime_info`]; [`doctor`] runs all of the worker's checks (the model and its cache
+//! too) and [`inspect`] reports on a managed environment, neither changing anything.
 
 mod bundle;
+mod doctor;
 mod error;
 mod install;
 mod lock;
@@ -41,6 +44,7 @@ mod variant;
 
 use std::path::{Path, PathBuf};
 
+pub use doctor::{CheckStatus, DoctorCheck, DoctorOptions, DoctorReport};
 pub use error::EnvError;
 pub use manifest::Manifest;
 pub use probe::RuntimeInfo;
@@ -154,8 +158,8 @@ pub(crate) fn venv_python(root: &Path) -> PathBuf {
 
 /// Returns a usable environment, building or repairing the managed one when needed.
 ///
-/// Fast when the environment is complete: a lock, a manifest read and a ~50 ms
-/// `import mlx.core` check; no pip. See the [module docs](self) for what is checked.
+/// Fast when the environment is complete: a lock, a manifest read and the worker's quick
+/// doctor (`import mlx.core`, about 0.1 s); no pip. See the [module docs](self) for what is checked.
 pub async fn ensure(opts: &EnvOptions, progress: &dyn Progress) -> Result<PythonEnv, EnvError> {
     let root = opts.resolved_root()?;
     std::fs::create_dir_all(&root).map_err(EnvError::io("creating directory", &root))?;
@@ -175,7 +179,7 @@ pub async fn ensure(opts: &EnvOptions, progress: &dyn Progress) -> Result<Python
     let check = if opts.force_rebuild {
         Check::Rebuild("a rebuild was asked for".to_owned())
     } else {
-        check(&root, variant, opts.dev).await
+        check(&root, &worker_dir, variant, opts.dev).await
     };
     let (manifest, built) = match check {
         Check::Complete(manifest) => (refresh_source_hash(&root, manifest)?, false),
@@ -203,7 +207,7 @@ enum Check {
 }
 
 /// Decides whether the managed environment at `root` can be used as it is.
-async fn check(root: &Path, variant: Variant, dev: bool) -> Check {
+async fn check(root: &Path, worker_dir: &Path, variant: Variant, dev: bool) -> Check {
     let Some(manifest) = manifest::read(root) else {
         return Check::Rebuild(if venv_dir(root).exists() {
             "the environment is incomplete (no manifest)".to_owned()
@@ -214,7 +218,7 @@ async fn check(root: &Path, variant: Variant, dev: bool) -> Check {
     if let Some(mismatch) = manifest_mismatch(&manifest, variant) {
         return Check::Rebuild(mismatch);
     }
-    match probe::probe_complete(&venv_python(root), probe::Depth::Quick).await {
+    match probe::probe_complete(&venv_python(root), worker_dir, probe::Depth::Quick).await {
         Ok(_) if dev && !manifest.dev => Check::NeedsDev(manifest),
         Ok(_) => Check::Complete(manifest),
         Err(e) => Check::Rebuild(format!("the environment is broken: {e}")),
@@ -278,7 +282,7 @@ async fn use_given(
     let detail = python.display().to_string();
     let runtime = install::step(progress, Step::Verify, &detail, async {
         python::require_version(python).await?;
-        probe::probe_complete(python, probe::Depth::Quick)
+        probe::probe_complete(python, &worker_dir, probe::Depth::Quick)
             .await
             .map_err(|e| match e {
                 EnvError::MissingPackages { python, reason, .. } => EnvError::MissingPackages {
@@ -369,8 +373,22 @@ pub async fn check_python(python: &Path) -> Result<Interpreter, EnvError> {
 
 /// Asks `python` what it runs: Python and MLX versions, MLX's device and backend, the CPU
 /// BLAS, the default model, and which of the worker's packages fail to import (each is
-/// imported, so this takes about a second). Fails when the interpreter does not run or
-/// `mlx.core` does not import.
-pub async fn runtime_info(python: &Path) -> Result<RuntimeInfo, EnvError> {
-    probe::probe(python, probe::Depth::Full).await
+/// imported, so this takes about a second). `worker_dir` holds the worker source (see
+/// [`extract_worker_source`]). Fails when the interpreter does not run or `mlx.core` does
+/// not import.
+pub async fn runtime_info(python: &Path, worker_dir: &Path) -> Result<RuntimeInfo, EnvError> {
+    probe::probe(python, worker_dir, probe::Depth::Full).await
+}
+
+/// Runs the worker's own checks in `python` (`python -m mlx_worker doctor --json`, the worker
+/// source in `worker_dir`): the interpreter, MLX and its device, the worker's packages, the
+/// CPU BLAS (Linux), and the model against its conversion cache. Changes nothing; takes
+/// about a second. A failed check is in the report ([`DoctorReport::ok`] is false); an
+/// error means no report: the interpreter or the doctor did not run.
+pub async fn doctor(
+    python: &Path,
+    worker_dir: &Path,
+    opts: &DoctorOptions,
+) -> Result<DoctorReport, EnvError> {
+    doctor::run(python, worker_dir, &opts.args()).await
 }

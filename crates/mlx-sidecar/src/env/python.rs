@@ -2,7 +2,6 @@
 //! output captured.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -61,20 +60,36 @@ pub(crate) async fn find_base() -> Result<Interpreter, EnvError> {
     })
 }
 
-/// Asks `python` for its version.
+/// Asks `python` for its version with `python --version` (no Python code runs, so even an
+/// interpreter too old for the worker answers; before 3.4 it answers on stderr).
 pub(crate) async fn version_of(python: &Path) -> Result<Interpreter, EnvError> {
-    let out = run_python(
-        python,
-        ["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-    )
-    .await?;
-    let version = out.trim().to_owned();
-    if parse_version(&version).is_none() {
-        return Err(EnvError::PythonNotRunnable {
-            python: python.to_path_buf(),
-            reason: format!("it printed {version:?} instead of its version"),
-        });
+    let not_runnable = |reason: String| EnvError::PythonNotRunnable {
+        python: python.to_path_buf(),
+        reason,
+    };
+    let out = command(python)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| not_runnable(e.to_string()))?;
+    if !out.status.success() {
+        return Err(not_runnable(format!(
+            "{}: {}",
+            out.status,
+            last_lines(&out.stderr, 5)
+        )));
     }
+    let banner = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    });
+    let Some(version) = version_from_banner(&banner) else {
+        return Err(not_runnable(format!(
+            "it printed {:?} instead of its version",
+            banner.trim()
+        )));
+    };
     Ok(Interpreter {
         path: python.to_path_buf(),
         version,
@@ -91,6 +106,12 @@ pub(crate) async fn require_version(python: &Path) -> Result<Interpreter, EnvErr
         });
     }
     Ok(interp)
+}
+
+/// The version in `python --version`'s "Python 3.11.7", if it is one.
+fn version_from_banner(banner: &str) -> Option<String> {
+    let version = banner.trim().strip_prefix("Python ")?;
+    parse_version(version).map(|_| version.to_owned())
 }
 
 /// Parses "3.11.7" (or "3.11") into (major, minor).
@@ -117,31 +138,6 @@ pub(crate) fn command(python: &Path) -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
-}
-
-/// Runs `python ARGS`, returning its stdout; a non-zero exit becomes
-/// [`EnvError::PythonNotRunnable`] with the end of its stderr.
-pub(crate) async fn run_python<I, S>(python: &Path, args: I) -> Result<String, EnvError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let out =
-        command(python)
-            .args(args)
-            .output()
-            .await
-            .map_err(|e| EnvError::PythonNotRunnable {
-                python: python.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-    if !out.status.success() {
-        return Err(EnvError::PythonNotRunnable {
-            python: python.to_path_buf(),
-            reason: format!("{}: {}", out.status, last_lines(&out.stderr, 5)),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The last `n` non-empty lines of some output, joined with " | ".
@@ -246,6 +242,12 @@ mod tests {
         assert!(version_ok("3.13.1"));
         assert!(!version_ok("3.9.18"));
         assert!(!version_ok("2.7.18"));
+        assert_eq!(
+            version_from_banner("Python 3.13.0rc1\n").as_deref(),
+            Some("3.13.0rc1")
+        );
+        assert_eq!(version_from_banner("Python three"), None);
+        assert_eq!(version_from_banner(""), None);
     }
 
     #[test]

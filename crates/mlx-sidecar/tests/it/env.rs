@@ -131,7 +131,8 @@ async fn interpreter_without_mlx_is_refused_with_a_fix() {
         eprintln!("no base python on PATH; skipping");
         return;
     };
-    if env::runtime_info(&bare.path).await.is_ok() {
+    let worker_dir = env::extract_worker_source(root.path()).expect("extract");
+    if env::runtime_info(&bare.path, &worker_dir).await.is_ok() {
         eprintln!(
             "{} has mlx installed; cannot test a missing mlx",
             bare.path.display()
