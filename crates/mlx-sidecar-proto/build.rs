@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?)
         .join("../../proto")
         .canonicalize()?;
-    let protos = ["mlx_sidecar/v1/inference.proto", "mlx_sidecar/v1/daemon.proto"];
+    let protos = [
+        "mlx_sidecar/v1/inference.proto",
+        "mlx_sidecar/v1/daemon.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }

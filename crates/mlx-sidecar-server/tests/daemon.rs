@@ -73,6 +73,36 @@ async fn serves_every_service_on_the_unix_socket_and_refuses_a_second_daemon() {
         "hello"
     );
     let info = client.model_info().await.expect("model info");
+    // The relayed generation was counted like an HTTP one, under api="grpc".
+    let (code, _, metrics) = http_get(
+        UnixStream::connect(&socket).await.expect("connect"),
+        "/metrics",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    for (series, value) in [
+        (
+            "mlx_sidecar_requests_total{api=\"grpc\",finish_reason=\"length\"}",
+            1.0,
+        ),
+        ("mlx_sidecar_generation_tokens_total{api=\"grpc\"}", 8.0),
+        (
+            "mlx_sidecar_time_to_first_token_seconds_count{api=\"grpc\"}",
+            1.0,
+        ),
+        ("mlx_sidecar_requests_running{api=\"grpc\"}", 0.0),
+        (
+            "mlx_sidecar_requests_total{api=\"http\",finish_reason=\"length\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(
+            support::sample(&metrics, series),
+            value,
+            "{series} in {metrics}"
+        );
+    }
 
     let status = daemon.status().await;
     assert_eq!(status.worker_state(), WorkerState::Ready);
