@@ -149,12 +149,13 @@ class RequestState:
         return out
 
 
-def token_logprobs(wanted: list[tuple[Any, int]], token_text: Any) -> list[pb.TokenLogprob]:
+def token_logprobs(wanted: list[tuple[Any, int]], tokenizer: Any) -> list[pb.TokenLogprob]:
     """Log-probabilities (and top alternatives) of one step's tokens, in one eval.
 
     ``wanted``: (response, top_n) pairs, answered in their order. The values are mlx-lm's: the
     log-softmax of the logits after logit bias and penalties, before temperature and top-p /
-    top-k / min-p truncation.
+    top-k / min-p truncation. Each token, and each alternative, comes with its text from
+    ``tokenizer.token_text``; the generated token also with its raw ``tokenizer.token_bytes``.
     """
     import mlx.core as mx
 
@@ -169,12 +170,18 @@ def token_logprobs(wanted: list[tuple[Any, int]], token_text: Any) -> list[pb.To
     out: list[pb.TokenLogprob] = []
     i = 0
     for response, top_n in wanted:
-        entry = pb.TokenLogprob(token_id=response.token, logprob=arrays[i].item())
+        token = response.token
+        entry = pb.TokenLogprob(
+            token_id=token,
+            logprob=arrays[i].item(),
+            text=tokenizer.token_text(token),
+            bytes=tokenizer.token_bytes(token),
+        )
         i += 1
         if top_n:
             ids, values = arrays[i].tolist(), arrays[i + 1].tolist()
             i += 2
             for v, t in sorted(zip(values, ids, strict=True), reverse=True):
-                entry.top.add(token_id=t, logprob=v, text=token_text(t))
+                entry.top.add(token_id=t, logprob=v, text=tokenizer.token_text(t))
         out.append(entry)
     return out

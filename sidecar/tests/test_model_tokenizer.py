@@ -73,6 +73,50 @@ def test_partial_utf8_becomes_replacement_char(tiny: Tokenizer) -> None:
     assert tiny.token_text(ids[0]) == "\ufffd"
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_token_bytes_join_to_the_text(tiny: Tokenizer, smollm: Tokenizer, text: str) -> None:
+    for tokenizer in (tiny, smollm):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert b"".join(tokenizer.token_bytes(i) for i in ids).decode("utf-8") == text
+
+
+def test_token_bytes_keep_a_split_character(tiny: Tokenizer) -> None:
+    ids = tiny.encode("🙂")
+    assert tiny.token_bytes(ids[0]) == "🙂".encode()[: len(tiny.token_bytes(ids[0]))]
+    assert 0 < len(tiny.token_bytes(ids[0])) < 4
+    assert tiny.token_bytes(2) == b"<|im_end|>"
+    # Every token of the vocabulary: its bytes, read as UTF-8, are the decoder's text.
+    for i in range(tiny.vocab_size):
+        assert tiny.token_bytes(i).decode("utf-8", errors="replace") == tiny.token_text(i)
+
+
+def test_token_bytes_of_a_sentencepiece_style_vocabulary(tmp_path: Path) -> None:
+    """▁ is a space and <0xNN> a byte (byte fallback), as in Llama and Mistral tokenizers."""
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import decoders, models
+
+    vocab = {"<unk>": 0, "▁Hello": 1, "▁wor": 2, "ld": 3}
+    vocab |= {f"<0x{b:02X}>": 4 + b for b in range(256)}
+    backend = HfTokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = Tokenizer.from_dir(tmp_path)
+    assert tokenizer.token_bytes(1) == b" Hello"  # the leading space stays: it is the token's
+    assert tokenizer.token_bytes(3) == b"ld"
+    smile = list("🙂".encode())
+    assert [tokenizer.token_bytes(4 + b) for b in smile] == [bytes([b]) for b in smile]
+    ids = [1, 2, 3, *(4 + b for b in smile)]
+    joined = b"".join(tokenizer.token_bytes(i) for i in ids).decode("utf-8")
+    assert joined == " Hello world🙂" and tokenizer.decode(ids) == "Hello world🙂"
+
+
 def test_decode_rejects_out_of_range_ids(tiny: Tokenizer) -> None:
     with pytest.raises(ValueError, match=f"token id {tiny.vocab_size} is out of range"):
         tiny.decode([5, tiny.vocab_size])

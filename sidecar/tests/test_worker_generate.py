@@ -217,6 +217,31 @@ def test_logprobs_with_top_alternatives(worker: WorkerProcess, tiny_tokenizer) -
     assert all(len(c.logprobs) == 0 for c in none)
 
 
+def test_logprobs_carry_each_generated_tokens_text_and_bytes(
+    worker: WorkerProcess, tiny_tokenizer
+) -> None:
+    """The bytes of the generated tokens, joined, are the generated text, characters split
+    across tokens included (sampled text with many multi-byte characters)."""
+    split_seen = 0
+    for seed in range(6):
+        chunks, _ = worker.generate(
+            prompt=pb.Prompt(text="日本語のテキスト 🙂🚀"),
+            max_tokens=60,
+            sampling=pb.SamplingParams(temperature=1.0, seed=seed),
+            logprobs=pb.LogprobsOptions(enabled=True, top_n=1),
+        )
+        entries = [lp for c in chunks for lp in c.logprobs]
+        assert [lp.token_id for lp in entries] == _ids(chunks)
+        for lp in entries:
+            assert lp.text == tiny_tokenizer.token_text(lp.token_id)
+            assert lp.bytes, f"token {lp.token_id} has no bytes"
+            assert lp.bytes.decode("utf-8", errors="replace") == lp.text
+        joined = b"".join(lp.bytes for lp in entries)
+        assert joined.decode("utf-8", errors="replace") == _text(chunks)
+        split_seen += sum("\ufffd" in lp.text for lp in entries)
+    assert split_seen, "no token held part of a character: the test proves nothing"
+
+
 def _sampled(worker: WorkerProcess, seed: int, n: int = 40) -> list[int]:
     chunks, _ = worker.generate(
         prompt=PROMPT,

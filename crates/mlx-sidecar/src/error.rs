@@ -84,6 +84,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// An endpoint string is neither a Unix socket (`unix:/path` or a path) nor a TCP
+    /// address (`http://host:port` or `host:port`).
+    #[error("invalid endpoint {input:?}: {reason}")]
+    InvalidEndpoint {
+        /// The string given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Nothing accepted a TCP connection at a daemon's address.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// The address, such as `http://127.0.0.1:8080`.
+        endpoint: String,
+        /// Why the connection failed.
+        reason: String,
+    },
+
+    /// An API key cannot be sent as gRPC metadata (it must be visible ASCII). The key
+    /// itself is not repeated.
+    #[error(
+        "the API key is not usable as a bearer token: only visible ASCII characters are allowed"
+    )]
+    InvalidApiKey,
+
     /// The call's deadline passed before it completed.
     #[error("deadline of {deadline:?} exceeded{}", if partial_text.is_empty() { String::new() } else { format!(" after {} byte(s) of text", partial_text.len()) })]
     Deadline {
@@ -128,9 +154,11 @@ impl Error {
     pub fn code(&self) -> tonic::Code {
         match self {
             Error::Rpc { code, .. } => *code,
-            Error::WorkerDied { .. } | Error::NotReady { .. } | Error::GaveUp { .. } => {
-                tonic::Code::Unavailable
-            }
+            Error::WorkerDied { .. }
+            | Error::NotReady { .. }
+            | Error::GaveUp { .. }
+            | Error::Connect { .. } => tonic::Code::Unavailable,
+            Error::InvalidEndpoint { .. } | Error::InvalidApiKey => tonic::Code::InvalidArgument,
             Error::Deadline { .. } => tonic::Code::DeadlineExceeded,
             Error::Stopped => tonic::Code::Cancelled,
             Error::Spawn { .. }
@@ -142,7 +170,8 @@ impl Error {
     }
 
     /// Whether sending the same request again may succeed: `UNAVAILABLE` from the worker,
-    /// a worker that is not ready yet, or one that died before sending anything.
+    /// a worker that is not ready yet, one that died before sending anything, or a daemon
+    /// that did not accept the connection.
     ///
     /// The client already retries such failures within each call's deadline; this tells a
     /// caller whose deadline ran out whether trying later makes sense.
@@ -152,7 +181,7 @@ impl Error {
             Error::WorkerDied {
                 tokens_received, ..
             } => *tokens_received == 0,
-            Error::NotReady { .. } => true,
+            Error::NotReady { .. } | Error::Connect { .. } => true,
             _ => false,
         }
     }

@@ -50,7 +50,8 @@
 //! # Where things are
 //!
 //! - `client/`: [`Client`], the request and response types, [`GenerateStream`] and how a
-//!   dying worker ends it;
+//!   dying worker ends it, [`Endpoint`] and the API key for talking to a daemon;
+//! - [`daemon`]: where a `mlx-sidecar serve` daemon listens by default;
 //! - `supervisor/`: [`Supervisor`], the owner task, the standby, restarts, the worker's
 //!   process and logs, [`LifecycleEvent`];
 //! - `worker/`: what client and supervisor share ([`WorkerState`] and the view behind it,
@@ -77,15 +78,16 @@
 
 mod client;
 mod config;
+pub mod daemon;
 pub mod env;
 mod error;
 mod supervisor;
 mod worker;
 
 pub use client::{
-    ChatMessage, Client, Completion, FinishReason, Finished, GenerateEvent, GenerateRequest,
-    GenerateStream, HealthStatus, ModelInfo, Prompt, Timings, TokenLogprob, TokenizeRequest,
-    Tokenized, TopLogprob, Usage,
+    ChatMessage, Client, Completion, Endpoint, FinishReason, Finished, GenerateEvent,
+    GenerateRequest, GenerateStream, HealthStatus, ModelInfo, Prompt, Timings, TokenLogprob,
+    TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;

@@ -173,14 +173,14 @@ class Decoder:
                 wanted.append((response, request.job.params.top_logprobs))
         if not wanted:
             return {}
-        values = token_logprobs(wanted, self._loaded.tokenizer.token_text)
+        values = token_logprobs(wanted, self._loaded.tokenizer)
         return {response.uid: value for (response, _), value in zip(wanted, values, strict=True)}
 
     def _logprob(self, request: RequestState, response: Any) -> pb.TokenLogprob | None:
         if not _wants_logprob(request, response):
             return None
         wanted = [(response, request.job.params.top_logprobs)]
-        return token_logprobs(wanted, self._loaded.tokenizer.token_text)[0]
+        return token_logprobs(wanted, self._loaded.tokenizer)[0]
 
     def _on_token(
         self, request: RequestState, response: Any, logprob: pb.TokenLogprob | None, at: float

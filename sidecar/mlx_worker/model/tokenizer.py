@@ -21,6 +21,7 @@ from tokenizers import Tokenizer as HfTokenizer
 
 from .chat_template import ChatTemplate
 from .errors import UnsupportedModelError
+from .token_bytes import TokenBytes
 
 # Special tokens that end a turn or a document in common chat models. Any of them present in
 # the vocabulary as a special token ends generation, besides the configured eos_token_id(s).
@@ -110,6 +111,7 @@ class Tokenizer:
         self._chat_template = (
             ChatTemplate(chat_template, special_tokens) if chat_template is not None else None
         )
+        self._token_bytes: TokenBytes | None = None  # made on first use: logprobs only
 
     @classmethod
     def from_dir(cls, model_dir: Path, config: dict[str, Any] | None = None) -> Tokenizer:
@@ -164,6 +166,18 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         """The text of one token (a partial UTF-8 character becomes U+FFFD)."""
         return self.decode([token_id])
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one token (a partial UTF-8 character stays as it is): the bytes of
+        a sequence's tokens, joined, are the bytes of its text."""
+        if self._token_bytes is None:
+            decoder = self._backend.decoder
+            self._token_bytes = TokenBytes(
+                decoder.__getstate__() if decoder is not None else None,
+                self._backend.id_to_token,
+                self.token_text,
+            )
+        return self._token_bytes(token_id)
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True

@@ -1,12 +1,9 @@
 //! Conversions between the wire types of `mlx_sidecar.v1.Inference` and the library's
 //! own, for the relay: requests in, events and answers out, errors as statuses.
 //!
-//! Requests convert without loss: every field the library can carry is carried, a value
-//! it cannot represent (a negative count) is refused with the worker's own
-//! `INVALID_ARGUMENT` wording, and the fields the library has no setter for yet
-//! (`sampling.repetition_context_size`, `sampling.penalty_context_size`,
-//! `prompt.chat.add_generation_prompt = false`) are refused with `UNIMPLEMENTED` rather
-//! than dropped.
+//! Requests convert without loss: every field is carried, and a value the library cannot
+//! represent (a negative count) is refused with the worker's own `INVALID_ARGUMENT`
+//! wording rather than dropped.
 
 use mlx_sidecar::{
     ChatMessage, Error, FinishReason, Finished, GenerateEvent, GenerateRequest, ModelInfo,
@@ -26,18 +23,23 @@ pub(crate) fn generate_request(request: pb::GenerateRequest) -> Result<GenerateR
         .ok_or_else(|| invalid("prompt", "must be set"))?;
     let mut out = match input {
         pb::prompt::Input::Text(text) => GenerateRequest::text(text),
-        pb::prompt::Input::Chat(chat) => GenerateRequest::chat(chat_messages(chat, "prompt.chat")?),
+        pb::prompt::Input::Chat(chat) => {
+            let add = chat.add_generation_prompt;
+            let out = GenerateRequest::chat(chat_messages(chat));
+            match add {
+                Some(add) => out.add_generation_prompt(add),
+                None => out,
+            }
+        }
         pb::prompt::Input::Tokens(tokens) => GenerateRequest::tokens(tokens.ids),
     };
     if let Some(s) = request.sampling {
-        unsupported(
-            s.repetition_context_size.is_some(),
-            "sampling.repetition_context_size",
-        )?;
-        unsupported(
-            s.penalty_context_size.is_some(),
-            "sampling.penalty_context_size",
-        )?;
+        if let Some(n) = s.repetition_context_size {
+            out = out.repetition_context_size(count("sampling.repetition_context_size", n)?);
+        }
+        if let Some(n) = s.penalty_context_size {
+            out = out.penalty_context_size(count("sampling.penalty_context_size", n)?);
+        }
         if let Some(t) = s.temperature {
             out = out.temperature(t);
         }
@@ -103,7 +105,12 @@ pub(crate) fn tokenize_request(request: pb::TokenizeRequest) -> Result<TokenizeR
     let out = match request.input {
         Some(pb::tokenize_request::Input::Text(text)) => TokenizeRequest::text(text),
         Some(pb::tokenize_request::Input::Chat(chat)) => {
-            TokenizeRequest::chat(chat_messages(chat, "chat")?)
+            let add = chat.add_generation_prompt;
+            let out = TokenizeRequest::chat(chat_messages(chat));
+            match add {
+                Some(add) => out.add_generation_prompt(add),
+                None => out,
+            }
         }
         None => return Err(invalid("input", "must be set")),
     };
@@ -113,30 +120,20 @@ pub(crate) fn tokenize_request(request: pb::TokenizeRequest) -> Result<TokenizeR
     })
 }
 
-fn chat_messages(chat: pb::ChatPrompt, field: &str) -> Result<Vec<ChatMessage>, Status> {
-    unsupported(
-        chat.add_generation_prompt == Some(false),
-        &format!("{field}.add_generation_prompt"),
-    )?;
-    Ok(chat
-        .messages
+fn chat_messages(chat: pb::ChatPrompt) -> Vec<ChatMessage> {
+    chat.messages
         .into_iter()
         .map(|m| ChatMessage::new(m.role, m.content))
-        .collect())
+        .collect()
+}
+
+/// A count the wire carries signed, refused when negative.
+fn count(field: &str, n: i32) -> Result<u32, Status> {
+    u32::try_from(n).map_err(|_| invalid(field, &format!("must be >= 0, got {n}")))
 }
 
 fn invalid(field: &str, message: &str) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
-}
-
-fn unsupported(set: bool, field: &str) -> Result<(), Status> {
-    if set {
-        Err(Status::unimplemented(format!(
-            "{field}: not relayed by the daemon yet (connect to a worker directly to use it)"
-        )))
-    } else {
-        Ok(())
-    }
 }
 
 /// The wire message for a library event.
@@ -154,6 +151,8 @@ pub(crate) fn generate_response(event: GenerateEvent) -> pb::GenerateResponse {
                 .map(|l| pb::TokenLogprob {
                     token_id: l.token_id,
                     logprob: l.logprob,
+                    text: l.text,
+                    bytes: l.bytes,
                     top: l
                         .top
                         .into_iter()
@@ -287,10 +286,10 @@ mod tests {
                 top_k: Some(40),
                 min_p: Some(0.05),
                 repetition_penalty: Some(1.1),
-                repetition_context_size: None,
+                repetition_context_size: Some(20),
                 presence_penalty: Some(0.2),
                 frequency_penalty: Some(0.3),
-                penalty_context_size: None,
+                penalty_context_size: Some(8),
                 logit_bias: HashMap::from([(7, -1.5), (9, 2.0)]),
                 seed: Some(42),
             }),
@@ -314,9 +313,12 @@ mod tests {
             .top_p(0.9)
             .top_k(40)
             .min_p(0.05)
+            .add_generation_prompt(true)
             .repetition_penalty(1.1)
+            .repetition_context_size(20)
             .presence_penalty(0.2)
             .frequency_penalty(0.3)
+            .penalty_context_size(8)
             .logit_bias(7, -1.5)
             .logit_bias(9, 2.0)
             .seed(42)
@@ -356,9 +358,10 @@ mod tests {
             code(|r| r.sampling.get_or_insert_default().top_k = Some(-1)).expect_err("top_k");
         assert_eq!(c, tonic::Code::InvalidArgument);
         assert!(m.starts_with("sampling.top_k:"), "{m}");
-        let (c, _) = code(|r| r.sampling.get_or_insert_default().penalty_context_size = Some(8))
+        let (c, m) = code(|r| r.sampling.get_or_insert_default().penalty_context_size = Some(-8))
             .expect_err("penalty_context_size");
-        assert_eq!(c, tonic::Code::Unimplemented);
+        assert_eq!(c, tonic::Code::InvalidArgument);
+        assert!(m.starts_with("sampling.penalty_context_size:"), "{m}");
         let (c, _) = code(|r| {
             r.logprobs = Some(pb::LogprobsOptions {
                 enabled: false,

@@ -2,8 +2,10 @@
 //!
 //! A client gets its connection from a *source*: a supervised client watches the
 //! supervisor's current worker (a `watch` channel carrying one tonic channel per worker
-//! generation), so it keeps working across restarts; [`Client::connect_uds`] talks to one
-//! socket without a supervisor. Cloning is cheap.
+//! generation), so it keeps working across restarts; [`Client::connect`] talks to one
+//! [`Endpoint`] without a supervisor: a `mlx-sidecar serve` daemon over its Unix socket or
+//! TCP (with an optional API key, [`Client::with_api_key`]), or a worker's own socket.
+//! Cloning is cheap.
 //!
 //! Every call has a deadline (sent as `grpc-timeout` and enforced locally). Within it, a
 //! call waits for a ready worker and retries `UNAVAILABLE` and broken connections with
@@ -14,9 +16,12 @@
 //!
 //! The parts: `request` (what callers send: [`GenerateRequest`], [`TokenizeRequest`] and
 //! their wire form), `types` (what comes back, from the wire messages), `stream` (one
-//! generation's events and how a dying worker ends them); the connection itself and the
-//! supervisor's published worker come from [`crate::worker`].
+//! generation's events and how a dying worker ends them), `endpoint` (the addresses
+//! [`Client::connect`] takes), `auth` (the API key's metadata); the connection itself and
+//! the supervisor's published worker come from [`crate::worker`].
 
+mod auth;
+mod endpoint;
 mod request;
 mod stream;
 mod types;
@@ -27,6 +32,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::{sync::watch, time::Instant};
 use tonic::transport::Channel;
 
+pub use endpoint::Endpoint;
 pub use request::{ChatMessage, GenerateRequest, Prompt, TokenizeRequest};
 pub use stream::GenerateStream;
 pub use types::{
@@ -40,17 +46,20 @@ use crate::{
     Error,
     worker::{WorkerView, health, transport},
 };
+use auth::BearerToken;
 
 /// Default deadline of unary calls (tokenize, detokenize, model info, health).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default deadline of a whole generation.
 const DEFAULT_GENERATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long [`Client::connect`] waits for a TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client of the worker's `Inference` service. Cloning is cheap.
 ///
 /// [`Supervisor::client`](crate::Supervisor::client) makes one that always talks to the
-/// supervisor's current worker, across restarts; [`Client::connect_uds`] talks to one
-/// socket without a supervisor.
+/// supervisor's current worker, across restarts; [`Client::connect`] talks to a
+/// `mlx-sidecar serve` daemon (or a worker's socket) without a supervisor.
 ///
 /// Every call has a deadline (sent as `grpc-timeout` and enforced locally). Within it, a
 /// call waits for a ready worker and retries `UNAVAILABLE` and broken connections with
@@ -60,13 +69,15 @@ const DEFAULT_GENERATE_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct Client {
     source: Source,
+    /// Sent as `authorization` metadata on every call, when set.
+    bearer: Option<BearerToken>,
     timeout: Duration,
     generate_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 enum Source {
-    /// One socket, no supervisor.
+    /// One endpoint (a daemon or a worker's socket), no supervisor.
     Direct { channel: Channel },
     /// Whatever worker the supervisor runs now.
     Supervised { view: watch::Receiver<WorkerView> },
@@ -99,30 +110,80 @@ impl Conn {
 
 impl Client {
     pub(crate) fn supervised(view: watch::Receiver<WorkerView>) -> Self {
+        Client::with_source(Source::Supervised { view })
+    }
+
+    fn with_source(source: Source) -> Self {
         Client {
-            source: Source::Supervised { view },
+            source,
+            bearer: None,
             timeout: DEFAULT_TIMEOUT,
             generate_timeout: DEFAULT_GENERATE_TIMEOUT,
         }
     }
 
-    /// A client of the worker listening on `path`, without a supervisor. Fails at once
-    /// when nothing accepts connections there; later calls reconnect as needed.
+    /// A client of whatever serves the `mlx_sidecar.v1.Inference` service at `endpoint`,
+    /// without a supervisor: usually a `mlx-sidecar serve` daemon, on its Unix socket
+    /// ([`Endpoint::default_daemon`]) or on TCP; a worker's own socket works too.
+    ///
+    /// Fails at once when nothing accepts connections there ([`Error::Socket`] for a Unix
+    /// socket, [`Error::Connect`] for TCP, within 10 s); later calls reconnect as needed
+    /// and retry `UNAVAILABLE` within their deadlines, as with a supervised client (the
+    /// daemon itself hides a worker restart before the first token). A daemon listening on
+    /// TCP with a key needs [`Client::with_api_key`]; without it calls fail with
+    /// `UNAUTHENTICATED`.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), mlx_sidecar::Error> {
+    /// use mlx_sidecar::{Client, Endpoint, GenerateRequest};
+    ///
+    /// // The local daemon, on its default socket:
+    /// let local = Client::connect(Endpoint::default_daemon()).await?;
+    /// // A daemon on another machine, started with `--listen` and `--api-key-file`:
+    /// let remote = Client::connect("http://gpu-box.lan:8080".parse()?)
+    ///     .await?
+    ///     .with_api_key(&std::env::var("MLX_SIDECAR_API_KEY").unwrap_or_default())?;
+    /// let answer = remote.generate(GenerateRequest::text("Once upon")).await?.collect().await?;
+    /// # drop((local, answer)); Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(endpoint: Endpoint) -> Result<Client, Error> {
+        let channel = match endpoint {
+            Endpoint::Unix(path) => {
+                tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| Error::Socket {
+                        path: path.clone(),
+                        reason: format!("cannot connect: {e}"),
+                    })?;
+                transport::uds_channel(path)
+            }
+            Endpoint::Tcp { host, port } => {
+                let uri = Endpoint::tcp_uri(&host, port);
+                transport::tcp_channel(uri.clone(), CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| Error::Connect {
+                        endpoint: uri,
+                        reason: error_chain(&e),
+                    })?
+            }
+        };
+        Ok(Client::with_source(Source::Direct { channel }))
+    }
+
+    /// A client of the worker (or daemon) listening on the Unix socket `path`: the same as
+    /// [`Client::connect`] with [`Endpoint::Unix`].
     pub async fn connect_uds(path: impl AsRef<Path>) -> Result<Client, Error> {
-        let path = path.as_ref().to_path_buf();
-        tokio::net::UnixStream::connect(&path)
-            .await
-            .map_err(|e| Error::Socket {
-                path: path.clone(),
-                reason: format!("cannot connect: {e}"),
-            })?;
-        Ok(Client {
-            source: Source::Direct {
-                channel: transport::uds_channel(path),
-            },
-            timeout: DEFAULT_TIMEOUT,
-            generate_timeout: DEFAULT_GENERATE_TIMEOUT,
-        })
+        Client::connect(Endpoint::Unix(path.as_ref().to_path_buf())).await
+    }
+
+    /// Sends `key` as `authorization: Bearer KEY` metadata on every call (generate,
+    /// tokenize, detokenize, model info, health), as a daemon's TCP listener started with
+    /// `--api-key-file` requires. Fails with [`Error::InvalidApiKey`] unless the key is
+    /// non-empty visible ASCII. The key is never logged or shown by `Debug`.
+    pub fn with_api_key(mut self, key: &str) -> Result<Self, Error> {
+        self.bearer = Some(BearerToken::new(key)?);
+        Ok(self)
     }
 
     /// Sets the deadline of unary calls (default 30 s).
@@ -152,8 +213,10 @@ impl Client {
         let attempt = move || async move {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut conn = this.connection(deadline_at).await?;
-            let mut req = tonic::Request::new(proto.clone());
-            req.set_timeout(deadline_at.saturating_duration_since(Instant::now()));
+            let req = this.request(
+                proto.clone(),
+                deadline_at.saturating_duration_since(Instant::now()),
+            );
             let mut client = InferenceClient::new(conn.channel.clone());
             let started = async move {
                 let mut streaming = client.generate(req).await?.into_inner();
@@ -187,8 +250,7 @@ impl Client {
         let proto = &proto;
         let response = self
             .unary(move |channel, timeout| async move {
-                let mut req = tonic::Request::new(proto.clone());
-                req.set_timeout(timeout);
+                let req = self.request(proto.clone(), timeout);
                 InferenceClient::new(channel).tokenize(req).await
             })
             .await?;
@@ -211,8 +273,7 @@ impl Client {
         let proto = &proto;
         let response = self
             .unary(move |channel, timeout| async move {
-                let mut req = tonic::Request::new(proto.clone());
-                req.set_timeout(timeout);
+                let req = self.request(proto.clone(), timeout);
                 InferenceClient::new(channel).detokenize(req).await
             })
             .await?;
@@ -223,8 +284,7 @@ impl Client {
     pub async fn model_info(&self) -> Result<ModelInfo, Error> {
         let response = self
             .unary(|channel, timeout| async move {
-                let mut req = tonic::Request::new(pb::ModelInfoRequest {});
-                req.set_timeout(timeout);
+                let req = self.request(pb::ModelInfoRequest {}, timeout);
                 InferenceClient::new(channel).model_info(req).await
             })
             .await?;
@@ -249,7 +309,8 @@ impl Client {
                 }
             }
         };
-        match health::check(&channel, self.timeout).await {
+        let bearer = self.bearer.as_ref().map(BearerToken::value);
+        match health::check(&channel, self.timeout, bearer).await {
             Ok(ServingStatus::Serving) => Ok(HealthStatus::Serving),
             Ok(ServingStatus::NotServing) => Ok(HealthStatus::NotServing),
             Ok(_) => Ok(HealthStatus::Unknown),
@@ -258,6 +319,17 @@ impl Client {
                 message: reason,
             }),
         }
+    }
+
+    /// A request carrying `message`, the deadline `timeout` (as `grpc-timeout`) and the
+    /// API key, if any.
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        if let Some(bearer) = &self.bearer {
+            bearer.insert_into(request.metadata_mut());
+        }
+        request
     }
 
     /// Waits (until `deadline_at`) for a worker to call and returns the connection to it.
@@ -366,6 +438,18 @@ fn status_error(status: tonic::Status, deadline: Duration) -> Error {
     } else {
         Error::from(status)
     }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// The error for a worker that died before sending anything (retryable).

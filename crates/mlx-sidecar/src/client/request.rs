@@ -54,7 +54,8 @@ pub enum Prompt {
     /// Plain text, tokenized as it is.
     Text(String),
     /// A conversation rendered with the model's chat template (with the assistant's
-    /// generation prompt appended).
+    /// generation prompt appended, unless a request's `add_generation_prompt(false)` says
+    /// otherwise).
     Chat(Vec<ChatMessage>),
     /// Token ids, used as they are.
     Tokens(Vec<u32>),
@@ -74,14 +75,17 @@ pub struct GenerateRequest {
     top_k: Option<u32>,
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
+    repetition_context_size: Option<u32>,
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
+    penalty_context_size: Option<u32>,
     logit_bias: HashMap<u32, f32>,
     seed: Option<u64>,
     stop: Vec<String>,
     stop_token_ids: Vec<u32>,
     ignore_eos: bool,
     logprobs: Option<u32>,
+    add_generation_prompt: Option<bool>,
     deadline: Option<Duration>,
     request_id: String,
 }
@@ -96,14 +100,17 @@ impl GenerateRequest {
             top_k: None,
             min_p: None,
             repetition_penalty: None,
+            repetition_context_size: None,
             presence_penalty: None,
             frequency_penalty: None,
+            penalty_context_size: None,
             logit_bias: HashMap::new(),
             seed: None,
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            add_generation_prompt: None,
             deadline: None,
             request_id: String::new(),
         }
@@ -165,6 +172,13 @@ impl GenerateRequest {
         self
     }
 
+    /// How many recent tokens the repetition penalty looks at (>= 1; the worker's
+    /// default is 20).
+    pub fn repetition_context_size(mut self, tokens: u32) -> Self {
+        self.repetition_context_size = Some(tokens);
+        self
+    }
+
     /// Presence penalty (0 is off).
     pub fn presence_penalty(mut self, penalty: f32) -> Self {
         self.presence_penalty = Some(penalty);
@@ -174,6 +188,13 @@ impl GenerateRequest {
     /// Frequency penalty (0 is off).
     pub fn frequency_penalty(mut self, penalty: f32) -> Self {
         self.frequency_penalty = Some(penalty);
+        self
+    }
+
+    /// How many recent tokens the presence and frequency penalties look at (>= 1; the
+    /// worker's default is 64).
+    pub fn penalty_context_size(mut self, tokens: u32) -> Self {
+        self.penalty_context_size = Some(tokens);
         self
     }
 
@@ -207,9 +228,18 @@ impl GenerateRequest {
         self
     }
 
-    /// Report each token's log-probability and the `top_n` most likely alternatives.
+    /// Report each token's log-probability (with its text and bytes) and the `top_n`
+    /// most likely alternatives (0 to 20; 0 reports the token's own only).
     pub fn logprobs(mut self, top_n: u32) -> Self {
         self.logprobs = Some(top_n);
+        self
+    }
+
+    /// For a chat prompt: whether the chat template appends the start of the assistant's
+    /// turn (default true). `false` renders the conversation as it is, for example to
+    /// continue an assistant message. Ignored for text and token prompts.
+    pub fn add_generation_prompt(mut self, add: bool) -> Self {
+        self.add_generation_prompt = Some(add);
         self
     }
 
@@ -233,7 +263,9 @@ impl GenerateRequest {
     pub(crate) fn to_proto(&self) -> pb::GenerateRequest {
         let input = match &self.prompt {
             Prompt::Text(text) => pb::prompt::Input::Text(text.clone()),
-            Prompt::Chat(messages) => pb::prompt::Input::Chat(chat_prompt(messages)),
+            Prompt::Chat(messages) => {
+                pb::prompt::Input::Chat(chat_prompt(messages, self.add_generation_prompt))
+            }
             Prompt::Tokens(ids) => pb::prompt::Input::Tokens(pb::TokenIds { ids: ids.clone() }),
         };
         pb::GenerateRequest {
@@ -244,10 +276,10 @@ impl GenerateRequest {
                 top_k: self.top_k.map(saturating_i32),
                 min_p: self.min_p,
                 repetition_penalty: self.repetition_penalty,
-                repetition_context_size: None,
+                repetition_context_size: self.repetition_context_size.map(saturating_i32),
                 presence_penalty: self.presence_penalty,
                 frequency_penalty: self.frequency_penalty,
-                penalty_context_size: None,
+                penalty_context_size: self.penalty_context_size.map(saturating_i32),
                 logit_bias: self.logit_bias.clone(),
                 seed: self.seed,
             }),
@@ -268,10 +300,10 @@ fn saturating_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn chat_prompt(messages: &[ChatMessage]) -> pb::ChatPrompt {
+fn chat_prompt(messages: &[ChatMessage], add_generation_prompt: Option<bool>) -> pb::ChatPrompt {
     pb::ChatPrompt {
         messages: messages.iter().cloned().map(Into::into).collect(),
-        add_generation_prompt: None,
+        add_generation_prompt,
     }
 }
 
@@ -280,6 +312,7 @@ fn chat_prompt(messages: &[ChatMessage]) -> pb::ChatPrompt {
 pub struct TokenizeRequest {
     input: Prompt,
     add_special_tokens: Option<bool>,
+    add_generation_prompt: Option<bool>,
 }
 
 impl TokenizeRequest {
@@ -289,6 +322,7 @@ impl TokenizeRequest {
         TokenizeRequest {
             input: Prompt::Text(text.into()),
             add_special_tokens: None,
+            add_generation_prompt: None,
         }
     }
 
@@ -297,21 +331,31 @@ impl TokenizeRequest {
         TokenizeRequest {
             input: Prompt::Chat(messages),
             add_special_tokens: None,
+            add_generation_prompt: None,
         }
     }
 
-    /// Whether to add special tokens to plain text.
+    /// Whether to add special tokens to plain text (default true; ignored for chat,
+    /// whose template decides).
     pub fn add_special_tokens(mut self, add: bool) -> Self {
         self.add_special_tokens = Some(add);
+        self
+    }
+
+    /// For a conversation: whether the chat template appends the start of the
+    /// assistant's turn (default true). Ignored for plain text.
+    pub fn add_generation_prompt(mut self, add: bool) -> Self {
+        self.add_generation_prompt = Some(add);
         self
     }
 
     pub(crate) fn to_proto(&self) -> pb::TokenizeRequest {
         let input = match &self.input {
             Prompt::Text(text) => Some(pb::tokenize_request::Input::Text(text.clone())),
-            Prompt::Chat(messages) => {
-                Some(pb::tokenize_request::Input::Chat(chat_prompt(messages)))
-            }
+            Prompt::Chat(messages) => Some(pb::tokenize_request::Input::Chat(chat_prompt(
+                messages,
+                self.add_generation_prompt,
+            ))),
             // Not constructible through the public API.
             Prompt::Tokens(_) => None,
         };

@@ -27,6 +27,12 @@ pub struct TokenLogprob {
     pub token_id: u32,
     /// Its log-probability.
     pub logprob: f32,
+    /// Its text (a partial UTF-8 character comes out as U+FFFD); empty from a worker
+    /// older than this field.
+    pub text: String,
+    /// Its raw bytes: the bytes of a generation's tokens, joined, are the bytes of its
+    /// text, characters split across tokens included; empty from an older worker.
+    pub bytes: Vec<u8>,
     /// The most likely alternatives, best first.
     pub top: Vec<TopLogprob>,
 }
@@ -137,6 +143,8 @@ impl From<pb::TokenLogprob> for TokenLogprob {
         TokenLogprob {
             token_id: l.token_id,
             logprob: l.logprob,
+            text: l.text,
+            bytes: l.bytes,
             top: l
                 .top
                 .into_iter()

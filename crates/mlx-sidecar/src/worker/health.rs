@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use tonic::{metadata::AsciiMetadataValue, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -14,20 +14,30 @@ pub(crate) const SERVICE: &str = "mlx_sidecar.v1.Inference";
 
 /// Asks the worker once; `Ok(())` only for `SERVING`, else why not.
 pub(crate) async fn probe(channel: &Channel, timeout: Duration) -> Result<(), String> {
-    match check(channel, timeout).await {
+    match check(channel, timeout, None).await {
         Ok(ServingStatus::Serving) => Ok(()),
         Ok(other) => Err(format!("health is {}", other.as_str_name())),
         Err(reason) => Err(reason),
     }
 }
 
-/// One health check with a deadline (sent as `grpc-timeout` and enforced locally).
-pub(crate) async fn check(channel: &Channel, timeout: Duration) -> Result<ServingStatus, String> {
+/// One health check with a deadline (sent as `grpc-timeout` and enforced locally), with
+/// the `authorization` metadata a daemon's TCP listener may require.
+pub(crate) async fn check(
+    channel: &Channel,
+    timeout: Duration,
+    authorization: Option<&AsciiMetadataValue>,
+) -> Result<ServingStatus, String> {
     let mut client = HealthClient::new(channel.clone());
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: SERVICE.to_owned(),
     });
     request.set_timeout(timeout);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert(super::transport::AUTHORIZATION, value.clone());
+    }
     match tokio::time::timeout(timeout, client.check(request)).await {
         Err(_) => Err(format!("no health answer within {timeout:?}")),
         Ok(Err(status)) => Err(format!(

@@ -1,12 +1,15 @@
 //! gRPC over a Unix domain socket: a tonic [`Channel`] whose connector dials the socket
-//! with tokio's `UnixStream` (wrapped for hyper by `TokioIo`), and the test that tells a
-//! broken connection from a status the worker sent.
+//! with tokio's `UnixStream` (wrapped for hyper by `TokioIo`); over TCP to a daemon, tonic's
+//! own connector; and the test that tells a broken connection from a status the worker sent.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The metadata key of an API key, sent as `Bearer KEY` (a daemon's TCP listener checks it).
+pub(crate) const AUTHORIZATION: &str = "authorization";
 
 /// A lazily connecting channel to the worker listening on `path`. It (re)connects on the
 /// first call and after the connection breaks.
@@ -19,6 +22,19 @@ pub(crate) fn uds_channel(path: PathBuf) -> Channel {
             async move { UnixStream::connect(path).await.map(TokioIo::new) }
         },
     ))
+}
+
+/// A channel to the TCP address `uri` (`http://host:port`), connected now so that a wrong
+/// address fails at once; it reconnects by itself after the connection breaks.
+pub(crate) async fn tcp_channel(
+    uri: String,
+    connect_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(uri)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
 }
 
 /// Whether `status` says the call's deadline passed: the worker's `DEADLINE_EXCEEDED`, or

@@ -9,6 +9,7 @@
 mod catalogue;
 mod catalogue_process;
 mod catalogue_requests;
+mod connect;
 mod env;
 mod faults;
 mod lifetime;

@@ -448,3 +448,104 @@ async fn works_on_a_current_thread_runtime() {
     assert_ne!(supervisor.worker_pid(), Some(first));
     supervisor.shutdown().await.expect("shutdown");
 }
+
+/// Every request option reaches the worker: the chat template's generation prompt can be
+/// left out (tokenize and generate agree), the penalty context sizes are sent (the worker
+/// names them when invalid), and each logprob carries its token's text and raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_options_penalty_windows_and_logprob_bytes_reach_the_worker() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = support::ready_tiny_supervisor(sandbox.path()).await;
+    let client = supervisor.client();
+    let messages = vec![ChatMessage::user("Hi there")];
+
+    let with = client
+        .tokenize(TokenizeRequest::chat(messages.clone()))
+        .await
+        .expect("tokenize");
+    let without = client
+        .tokenize(TokenizeRequest::chat(messages.clone()).add_generation_prompt(false))
+        .await
+        .expect("tokenize");
+    assert_eq!(
+        with.text,
+        format!("{}<|im_start|>assistant\n", without.text)
+    );
+    assert!(without.ids.len() < with.ids.len() && with.ids.starts_with(&without.ids));
+    for (add, expected) in [(true, with.ids.len()), (false, without.ids.len())] {
+        let request = GenerateRequest::chat(messages.clone())
+            .add_generation_prompt(add)
+            .max_tokens(1);
+        let completion = support::complete(&client, request).await;
+        assert_eq!(
+            completion.finished.usage.prompt_tokens as usize, expected,
+            "{add}"
+        );
+    }
+
+    for request in [
+        GenerateRequest::text("x")
+            .repetition_penalty(1.2)
+            .repetition_context_size(0),
+        GenerateRequest::text("x")
+            .presence_penalty(0.5)
+            .penalty_context_size(0),
+    ] {
+        let err = client
+            .generate(request)
+            .await
+            .map(|_| ())
+            .expect_err("size 0 is invalid");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("context_size"), "{err}");
+    }
+    let windows = GenerateRequest::text("Hello")
+        .repetition_penalty(1.3)
+        .repetition_context_size(4)
+        .frequency_penalty(0.5)
+        .penalty_context_size(8)
+        .max_tokens(4);
+    assert_eq!(support::complete(&client, windows).await.token_ids.len(), 4);
+
+    // Sampled text from the tiny model splits many characters across tokens.
+    let mut stream = client
+        .generate(
+            GenerateRequest::text("日本語のテキスト 🙂🚀")
+                .temperature(1.0)
+                .seed(3)
+                .max_tokens(40)
+                .logprobs(2),
+        )
+        .await
+        .expect("generate");
+    let (mut text, mut ids, mut entries) = (String::new(), Vec::new(), Vec::new());
+    while let Some(event) = stream.next().await {
+        if let GenerateEvent::Token {
+            text: t,
+            token_ids,
+            logprobs,
+        } = event.expect("event")
+        {
+            text.push_str(&t);
+            ids.extend(token_ids);
+            entries.extend(logprobs);
+        }
+    }
+    assert_eq!(entries.iter().map(|e| e.token_id).collect::<Vec<_>>(), ids);
+    for entry in &entries {
+        assert!(!entry.bytes.is_empty(), "{entry:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&entry.bytes),
+            entry.text,
+            "{entry:?}"
+        );
+        assert_eq!(entry.top.len(), 2);
+    }
+    let joined: Vec<u8> = entries.iter().flat_map(|e| e.bytes.clone()).collect();
+    assert_eq!(String::from_utf8_lossy(&joined), text);
+    assert!(
+        entries.iter().any(|e| e.text.contains('\u{fffd}')),
+        "no token split a character: the byte check proves little"
+    );
+    supervisor.shutdown().await.expect("shutdown");
+}
