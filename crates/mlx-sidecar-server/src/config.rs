@@ -47,7 +47,7 @@ impl Default for Limits {
 pub struct ServeConfig {
     /// The worker's supervisor: what to run, restart policy, standby.
     pub supervisor: SupervisorConfig,
-    /// The Unix socket to listen on; `None` takes [`crate::listen::default_socket_path`].
+    /// The Unix socket to listen on; `None` takes [`mlx_sidecar::daemon::default_socket_path`].
     /// Ignored when systemd hands over sockets (`LISTEN_FDS`).
     pub socket_path: Option<PathBuf>,
     /// Also listen on this TCP address (`--listen HOST:PORT`). A non-loopback address

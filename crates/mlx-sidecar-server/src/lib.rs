@@ -10,7 +10,8 @@
 //! listeners → mux → auth → drain → gRPC relay / OpenAI routes → library Client → supervisor → worker
 //! ```
 //!
-//! - **listeners** (`listen`): [`run`] binds them first — the per-user Unix socket (0600
+//! - **listeners** (`listen`): [`run`] binds them first — the per-user Unix socket
+//!   ([`mlx_sidecar::daemon::default_socket_path`] unless configured; 0600
 //!   in a 0700 folder, claimed pueue-style so a second daemon is refused and a stale
 //!   socket replaced), optionally TCP (loopback only without an [`ApiKey`]), or the
 //!   sockets systemd hands over (`LISTEN_FDS`) — so that a refused daemon never starts a
@@ -83,7 +84,6 @@ use tokio::{sync::watch, task::JoinSet, time::Instant};
 
 pub use auth::ApiKey;
 pub use config::{DEFAULT_GRACE, DEFAULT_MAX_BODY_BYTES, Limits, ServeConfig, ServeError};
-pub use listen::default_socket_path;
 
 use crate::{
     drain::Drain,

@@ -1,5 +1,6 @@
 //! The daemon's listeners: the per-user Unix socket, an optional TCP address, or the
-//! sockets systemd hands over (`LISTEN_FDS`, through `listenfd`).
+//! sockets systemd hands over (`LISTEN_FDS`, through `listenfd`). The default socket is
+//! the library's [`default_socket_path`], where clients look for a daemon.
 //!
 //! The Unix socket's folder is made 0700 and the socket 0600: only the daemon's user can
 //! connect, which is why it needs no API key. Claiming the path follows pueue: if a file
@@ -15,20 +16,10 @@ use std::{
     time::Duration,
 };
 
+use mlx_sidecar::daemon::default_socket_path;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::{ServeConfig, ServeError};
-
-/// The Unix socket a daemon listens on by default, per user:
-/// `$XDG_RUNTIME_DIR/mlx-sidecar/daemon.sock`, else `<tmp>/mlx-sidecar-<uid>/daemon.sock`.
-pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(runtime) => PathBuf::from(runtime).join("mlx-sidecar/daemon.sock"),
-        None => std::env::temp_dir()
-            .join(format!("mlx-sidecar-{}", nix::unistd::getuid()))
-            .join("daemon.sock"),
-    }
-}
 
 /// How long a claim waits for an existing socket to accept a connection.
 const CLAIM_TIMEOUT: Duration = Duration::from_millis(500);

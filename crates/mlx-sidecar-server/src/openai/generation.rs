@@ -2,12 +2,10 @@
 //! with each token's log-probability given its text, and every step recorded through the
 //! request's [`RequestObserver`].
 //!
-//! The library reports a generated token's id and log-probability but not its text (only
-//! the alternatives carry text). A token's text is therefore taken from the alternatives
-//! when the token is among them, else from the chunk's text when the chunk holds that one
-//! token, else asked of the worker (`Detokenize`, one id). The chunk's text can differ from
-//! the token's own when the worker held text back (a possible stop string, or part of a
-//! UTF-8 character); the proper fix is a `text` field in the proto's `TokenLogprob`.
+//! The worker reports each generated token's own text with its log-probability. A worker
+//! older than that field sends none: the text is then taken from the alternatives when
+//! the token is among them, else from the chunk's text when the chunk holds that one token,
+//! else asked of the worker (`Detokenize`, one id).
 
 use std::time::Duration;
 
@@ -127,12 +125,14 @@ async fn token_infos(
     let single = logprobs.len() == 1;
     let mut infos = Vec::with_capacity(logprobs.len());
     for lp in logprobs {
-        let known = lp
-            .top
-            .iter()
-            .find(|t| t.token_id == lp.token_id)
-            .map(|t| t.text.clone())
-            .or_else(|| single.then(|| chunk_text.to_owned()));
+        let own = (!lp.text.is_empty() || !lp.bytes.is_empty()).then(|| lp.text.clone());
+        let known = own.or_else(|| {
+            lp.top
+                .iter()
+                .find(|t| t.token_id == lp.token_id)
+                .map(|t| t.text.clone())
+                .or_else(|| single.then(|| chunk_text.to_owned()))
+        });
         let text = match known {
             Some(text) => text,
             None => client
