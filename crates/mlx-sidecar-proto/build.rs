@@ -1,6 +1,7 @@
-//! Generates the protobuf types and gRPC stubs of `proto/mlx_sidecar/v1` with protox (a
-//! pure-Rust protobuf compiler, so no system `protoc` is needed) and tonic-prost-build, and
-//! writes the encoded file descriptor set that `FILE_DESCRIPTOR_SET` embeds.
+//! Generates the protobuf types and gRPC stubs of `proto/mlx_sidecar/v1` (`inference.proto`,
+//! the worker's service, and `daemon.proto`, the daemon's) with protox (a pure-Rust protobuf
+//! compiler, so no system `protoc` is needed) and tonic-prost-build, and writes the encoded
+//! file descriptor set of both that `FILE_DESCRIPTOR_SET` embeds.
 
 use std::path::PathBuf;
 
@@ -10,9 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?)
         .join("../../proto")
         .canonicalize()?;
-    let proto = "mlx_sidecar/v1/inference.proto";
-    println!("cargo:rerun-if-changed={}", root.join(proto).display());
-    let descriptors = protox::compile([proto], [&root])?;
+    let protos = [
+        "mlx_sidecar/v1/inference.proto",
+        "mlx_sidecar/v1/daemon.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={}", root.join(proto).display());
+    }
+    let descriptors = protox::compile(protos, [&root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("mlx_sidecar_v1_descriptor.bin"),

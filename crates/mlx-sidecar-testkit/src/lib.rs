@@ -4,8 +4,9 @@
 //! deadlines, and (in [`raw`] and [`procfs`]) a raw gRPC channel to a worker and `/proc`
 //! readings for the fault catalogue's leak checks.
 //!
-//! Both the library's tests (`crates/mlx-sidecar/tests/it`) and the command's
-//! (`crates/mlx-sidecar-cli/tests/it`) use it, as `support`.
+//! The library's tests (`crates/mlx-sidecar/tests/it`), the command's
+//! (`crates/mlx-sidecar-cli/tests/it`) and the daemon's (`crates/mlx-sidecar-server/tests`)
+//! use it.
 
 pub mod procfs;
 pub mod raw;

@@ -1,0 +1,184 @@
+//! `POST /v1/chat/completions`: validate, generate, answer in one JSON body or as
+//! `chat.completion.chunk` events.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    response::{IntoResponse, Response},
+};
+use mlx_sidecar::Finished;
+
+use super::{
+    error::{ApiError, Endpoint},
+    finish_reason,
+    generation::{Generation, Step, Steps, TokenInfo},
+    logprobs, new_request_id, sse,
+    types::{
+        ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
+        ChatMessageOut, UsageOut,
+    },
+    unix_now, validation,
+};
+use crate::{metrics::Api, state::AppState};
+
+/// The handler.
+pub(crate) async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let observer = state.metrics().start(Api::Http);
+    let limits = state.limits();
+    let model_id = match state.served_model() {
+        Ok(m) => m,
+        Err(e) => return super::reject(observer, e),
+    };
+    let validated = validation::parse_body(body, limits.max_body_bytes)
+        .and_then(|b| validation::chat(b, &model_id, limits.request_timeout));
+    let validated = match validated {
+        Ok(v) => v,
+        Err(e) => return super::reject(observer, e),
+    };
+    let id = format!("chatcmpl-{}", new_request_id());
+    let request = validated.request.request_id(id.clone());
+    let generation = match Generation::start(
+        state.client(),
+        request,
+        Endpoint::Chat,
+        observer,
+        limits.retry_after,
+    )
+    .await
+    {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
+    let writer = ChatWriter {
+        id,
+        created: unix_now(),
+        model: model_id,
+        include_usage: validated.include_usage,
+        logprobs: validated.logprobs,
+    };
+    if validated.stream {
+        sse::respond(
+            generation.into_steps(),
+            writer,
+            limits.stream_buffer,
+            limits.stall_timeout,
+        )
+    } else {
+        match collect(generation.into_steps(), &writer).await {
+            Ok(body) => Json(body).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+/// Builds the chunks and the whole response of one request.
+struct ChatWriter {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    logprobs: bool,
+}
+
+impl ChatWriter {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<UsageOut>) -> String {
+        sse::json(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: self.include_usage.then_some(usage),
+        })
+    }
+}
+
+impl sse::ChunkWriter for ChatWriter {
+    fn opening(&mut self) -> Vec<String> {
+        let delta = ChatDelta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        };
+        vec![self.chunk(
+            vec![ChatChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            }],
+            None,
+        )]
+    }
+
+    fn output(&mut self, text: String, tokens: Vec<TokenInfo>) -> Vec<String> {
+        // Tokens whose text the worker holds back (part of a UTF-8 character, a possible
+        // stop string) arrive with empty text: nothing to say unless logprobs are wanted.
+        if text.is_empty() && !self.logprobs {
+            return Vec::new();
+        }
+        let choice = ChatChunkChoice {
+            index: 0,
+            delta: ChatDelta {
+                role: None,
+                content: Some(text),
+            },
+            logprobs: self.logprobs.then(|| logprobs::chat(&tokens)),
+            finish_reason: None,
+        };
+        vec![self.chunk(vec![choice], None)]
+    }
+
+    fn finished(&mut self, finished: &Finished) -> Vec<String> {
+        let last = ChatChunkChoice {
+            index: 0,
+            delta: ChatDelta::default(),
+            logprobs: None,
+            finish_reason: Some(finish_reason(finished.finish_reason)),
+        };
+        let mut chunks = vec![self.chunk(vec![last], None)];
+        if self.include_usage {
+            chunks.push(self.chunk(vec![], Some(finished.usage.into())));
+        }
+        chunks
+    }
+}
+
+/// Reads the whole generation into one response body.
+async fn collect(mut steps: Steps, writer: &ChatWriter) -> Result<ChatCompletion, ApiError> {
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    while let Some(step) = steps.next().await {
+        match step? {
+            Step::Output { text: t, logprobs } => {
+                text.push_str(&t);
+                tokens.extend(logprobs);
+            }
+            Step::Finished(finished) => {
+                return Ok(ChatCompletion {
+                    id: writer.id.clone(),
+                    object: "chat.completion",
+                    created: writer.created,
+                    model: writer.model.clone(),
+                    choices: vec![ChatChoice {
+                        index: 0,
+                        message: ChatMessageOut {
+                            role: "assistant",
+                            content: text,
+                        },
+                        logprobs: writer.logprobs.then(|| logprobs::chat(&tokens)),
+                        finish_reason: finish_reason(finished.finish_reason),
+                    }],
+                    usage: finished.usage.into(),
+                });
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "the generation ended without a final message",
+    ))
+}

@@ -1,0 +1,309 @@
+//! Follows the supervisor: one task turns its [`LifecycleEvent`]s into the daemon's view of
+//! the worker ([`WorkerView`], on a `watch` channel that `/ready`, the OpenAI routes and the
+//! `Status` rpc read), drives `grpc.health.v1` (`SERVING` only while a worker is ready and
+//! the daemon is not draining), sets the worker metrics (`worker_up`, `standby_ready`,
+//! `worker_restarts_total{cause}`), and tells systemd `READY=1` when the first worker is
+//! ready (`sd-notify`; nothing happens without `NOTIFY_SOCKET`).
+//!
+//! Each event only says *that* something changed; the state, pids and standby come from the
+//! supervisor itself (its view is updated before the event is sent), so a lagging receiver
+//! that missed events still ends up right. When a worker becomes ready its model is asked
+//! for before health says `SERVING`, so a caller who saw `SERVING` finds the model id set.
+//!
+//! A restart is counted when the supervisor announces it (`Restarting`, or `Promoted` when
+//! the standby takes over), with the cause of the crash before it: `unhealthy` when the
+//! crashed worker's last event was a failed health check (the supervisor kills a worker
+//! right after the failure that reaches its threshold), else `signal` or `exit` from its
+//! exit status.
+
+use std::{sync::Arc, time::Duration};
+
+use mlx_sidecar::{Client, LifecycleEvent, ModelInfo, Supervisor, WorkerState};
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
+
+use crate::{
+    drain::Drain,
+    grpc::health::HealthPublisher,
+    metrics::{Metrics, RestartCause},
+};
+
+/// Deadline of the model-info call made after each worker becomes ready.
+const MODEL_INFO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The standby worker, as the daemon sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standby {
+    /// Not configured.
+    Off,
+    /// Loading the model.
+    Starting,
+    /// Loaded and idle, ready to take over.
+    Ready,
+    /// Configured, but none runs now.
+    None,
+}
+
+/// What the daemon knows about its worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerView {
+    /// The supervisor's state.
+    pub(crate) state: WorkerState,
+    /// The active worker's pid, while it runs.
+    pub(crate) pid: Option<u32>,
+    /// When the active worker became ready.
+    pub(crate) ready_since: Option<Instant>,
+    /// Workers started after the first (restarts and standby takeovers).
+    pub(crate) restarts: u32,
+    /// The standby's state.
+    pub(crate) standby: Standby,
+    /// The standby's pid, while one runs.
+    pub(crate) standby_pid: Option<u32>,
+    /// The model, as the last ready worker described it.
+    pub(crate) model: Option<ModelInfo>,
+}
+
+impl WorkerView {
+    /// Before the first event.
+    pub(crate) fn initial(standby: bool) -> Self {
+        WorkerView {
+            state: WorkerState::Starting,
+            pid: None,
+            ready_since: None,
+            restarts: 0,
+            standby: if standby { Standby::None } else { Standby::Off },
+            standby_pid: None,
+            model: None,
+        }
+    }
+
+    /// Whether requests can go to a worker now.
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(self.state, WorkerState::Ready | WorkerState::Unhealthy) && self.pid.is_some()
+    }
+}
+
+/// Follows `supervisor` until its events end; see the [module docs](self).
+pub(crate) struct Follower {
+    pub(crate) view: watch::Sender<WorkerView>,
+    pub(crate) health: HealthPublisher,
+    pub(crate) drain: Arc<Drain>,
+    pub(crate) metrics: Metrics,
+    pub(crate) client: Client,
+    pub(crate) restarts: RestartCauses,
+    pub(crate) notified_ready: bool,
+}
+
+impl Follower {
+    /// The follower of a new daemon, publishing on `view`.
+    pub(crate) fn new(
+        view: watch::Sender<WorkerView>,
+        health: HealthPublisher,
+        drain: Arc<Drain>,
+        metrics: Metrics,
+        client: Client,
+    ) -> Self {
+        Follower {
+            view,
+            health,
+            drain,
+            metrics,
+            client,
+            restarts: RestartCauses::default(),
+            notified_ready: false,
+        }
+    }
+
+    /// Runs until the supervisor's event channel closes.
+    pub(crate) async fn run(
+        mut self,
+        supervisor: &Supervisor,
+        mut events: broadcast::Receiver<LifecycleEvent>,
+    ) {
+        // The worker may have become ready before the first event was read.
+        self.update(supervisor, None).await;
+        loop {
+            match events.recv().await {
+                Ok(event) => self.update(supervisor, Some(event)).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "lifecycle events missed; re-reading the supervisor");
+                    self.update(supervisor, None).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.update(supervisor, Some(LifecycleEvent::Stopped)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Re-reads the supervisor after `event`, and publishes.
+    async fn update(&mut self, supervisor: &Supervisor, event: Option<LifecycleEvent>) {
+        if let Some(event) = &event {
+            if let Some(cause) = self.restarts.on_event(event) {
+                self.metrics.count_restart(cause);
+            }
+        }
+        let state = supervisor.state();
+        let pid = supervisor.worker_pid();
+        let standby_pid = supervisor.standby_pid();
+        let mut fetch_model = false;
+        self.view.send_modify(|v| {
+            match &event {
+                Some(LifecycleEvent::Ready { .. }) => {
+                    v.ready_since = Some(Instant::now());
+                    fetch_model = true;
+                }
+                Some(LifecycleEvent::Restarting { .. } | LifecycleEvent::Promoted { .. }) => {
+                    v.restarts += 1;
+                }
+                _ => {}
+            }
+            if v.standby != Standby::Off {
+                v.standby = match (&event, standby_pid) {
+                    (Some(LifecycleEvent::StandbyReady { .. }), Some(_)) => Standby::Ready,
+                    (Some(LifecycleEvent::StandbyStarting { .. }), Some(_)) => Standby::Starting,
+                    (_, None) => Standby::None,
+                    (_, Some(_)) => v.standby,
+                };
+            }
+            if pid.is_none() {
+                v.ready_since = None;
+            }
+            v.state = state;
+            v.pid = pid;
+            v.standby_pid = standby_pid;
+        });
+        // Before the first event, a ready worker needs its model described too.
+        let (ready, standby_ready, has_model) = {
+            let v = self.view.borrow();
+            (v.is_ready(), v.standby == Standby::Ready, v.model.is_some())
+        };
+        if ready && (fetch_model || !has_model) {
+            self.fetch_model_info().await;
+        }
+        self.metrics.set_worker_up(ready);
+        self.metrics.set_standby_ready(standby_ready);
+        self.health.set(ready && !self.drain.is_draining()).await;
+        if ready && !self.notified_ready {
+            self.notified_ready = true;
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(error = %e, "cannot tell systemd READY=1");
+            }
+        }
+    }
+
+    /// Asks the new worker for its model and stores the answer.
+    async fn fetch_model_info(&self) {
+        let client = self.client.clone().with_timeout(MODEL_INFO_TIMEOUT);
+        match client.model_info().await {
+            Ok(info) => {
+                self.view.send_modify(|v| v.model = Some(info));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the worker's model info"),
+        }
+    }
+}
+
+/// Remembers why the active worker crashed, to count the restart that follows by cause;
+/// see the [module docs](self).
+#[derive(Debug, Default)]
+pub(crate) struct RestartCauses {
+    /// The process id of the last worker whose health check failed, until it is ready again.
+    unhealthy_pid: Option<u32>,
+    /// The cause of the last crash, counted when the restart is announced.
+    pending: Option<RestartCause>,
+}
+
+impl RestartCauses {
+    /// Takes in `event`; returns the cause when it announces a restart.
+    fn on_event(&mut self, event: &LifecycleEvent) -> Option<RestartCause> {
+        match event {
+            LifecycleEvent::Ready { pid, .. } if self.unhealthy_pid == Some(*pid) => {
+                self.unhealthy_pid = None;
+            }
+            LifecycleEvent::Unhealthy { pid, .. } => self.unhealthy_pid = Some(*pid),
+            LifecycleEvent::Crashed { pid, status } => {
+                self.pending = Some(if self.unhealthy_pid == Some(*pid) {
+                    RestartCause::Unhealthy
+                } else if status.signal.is_some() {
+                    RestartCause::Signal
+                } else {
+                    RestartCause::Exit
+                });
+            }
+            LifecycleEvent::Restarting { .. } | LifecycleEvent::Promoted { .. } => {
+                return Some(self.pending.take().unwrap_or(RestartCause::Exit));
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mlx_sidecar::ExitStatusInfo;
+
+    use super::*;
+
+    fn ready(pid: u32) -> LifecycleEvent {
+        LifecycleEvent::Ready {
+            pid,
+            load_time: Duration::from_secs(1),
+            startup: None,
+        }
+    }
+
+    fn crashed(pid: u32, code: Option<i32>, signal: Option<i32>) -> LifecycleEvent {
+        LifecycleEvent::Crashed {
+            pid,
+            status: ExitStatusInfo { code, signal },
+        }
+    }
+
+    fn restarting() -> LifecycleEvent {
+        LifecycleEvent::Restarting {
+            attempt: 1,
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn restarts_are_counted_by_the_cause_of_the_crash() {
+        let mut causes = RestartCauses::default();
+        let mut counted = Vec::new();
+        for event in [
+            ready(10),
+            crashed(10, None, Some(9)),
+            restarting(),
+            ready(11),
+            LifecycleEvent::Unhealthy {
+                pid: 11,
+                reason: "no answer".into(),
+                failures: 3,
+            },
+            crashed(11, Some(0), None),
+            LifecycleEvent::Promoted {
+                pid: 12,
+                attempt: 2,
+                was_ready: true,
+            },
+            ready(12),
+            crashed(12, Some(1), None),
+            restarting(),
+        ] {
+            counted.extend(causes.on_event(&event));
+        }
+        assert_eq!(
+            counted,
+            [
+                RestartCause::Signal,
+                RestartCause::Unhealthy,
+                RestartCause::Exit
+            ]
+        );
+    }
+}

@@ -1,0 +1,612 @@
+//! The daemon for real: `run()` in this process with a real supervised worker on the tiny
+//! model, called over its Unix socket and TCP by the library's client, the generated gRPC
+//! clients (tonic-health's, tonic-reflection's) and a plain HTTP/1 client. Each test has
+//! its own temporary folder, socket and worker.
+
+mod support;
+
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use mlx_sidecar::{Client, GenerateRequest, TokenizeRequest};
+use mlx_sidecar_proto::v1::{self as pb, WorkerState};
+use mlx_sidecar_server::{ApiKey, ServeError, run};
+use tokio::net::{TcpStream, UnixStream};
+use tonic::transport::{Endpoint, Uri};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+use support::{
+    Daemon, READY,
+    client_ext::{DaemonConnection, DaemonEndpoint},
+    config, http_get, http_post,
+};
+
+fn text_request(max_tokens: u32) -> GenerateRequest {
+    GenerateRequest::text("The daemon")
+        .max_tokens(max_tokens)
+        .ignore_eos(true)
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_every_service_on_the_unix_socket_and_refuses_a_second_daemon() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path());
+    let socket = config.socket_path.clone().expect("socket");
+    // A stale socket from a dead daemon: nothing answers on it.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(socket.parent().expect("parent"))
+        .expect("mkdir");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    let daemon = Daemon::start(config.clone()).await;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().expect("parent")), 0o700);
+
+    // The library's own client, over the daemon's socket.
+    let client = Client::connect_uds(&socket).await.expect("library client");
+    let completion = client
+        .generate(text_request(8))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(completion.finished.usage.completion_tokens, 8);
+    assert!(!completion.text.is_empty());
+    let tokenized = client
+        .tokenize(TokenizeRequest::text("hello"))
+        .await
+        .expect("tokenize");
+    assert_eq!(
+        client
+            .detokenize(tokenized.ids.clone(), true)
+            .await
+            .expect("detokenize"),
+        "hello"
+    );
+    let info = client.model_info().await.expect("model info");
+    // The relayed generation was counted like an HTTP one, under api="grpc".
+    let (code, _, metrics) = http_get(
+        UnixStream::connect(&socket).await.expect("connect"),
+        "/metrics",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    for (series, value) in [
+        (
+            "mlx_sidecar_requests_total{api=\"grpc\",finish_reason=\"length\"}",
+            1.0,
+        ),
+        ("mlx_sidecar_generation_tokens_total{api=\"grpc\"}", 8.0),
+        (
+            "mlx_sidecar_time_to_first_token_seconds_count{api=\"grpc\"}",
+            1.0,
+        ),
+        ("mlx_sidecar_requests_running{api=\"grpc\"}", 0.0),
+        (
+            "mlx_sidecar_requests_total{api=\"http\",finish_reason=\"length\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(
+            support::sample(&metrics, series),
+            value,
+            "{series} in {metrics}"
+        );
+    }
+
+    let status = daemon.status().await;
+    assert_eq!(status.worker_state(), WorkerState::Ready);
+    assert_eq!(status.worker_pid, Some(info.worker_pid));
+    assert_eq!(status.daemon_pid, std::process::id());
+    assert_eq!(status.model_id, info.model_id);
+    assert_eq!(status.model_path, info.model_path);
+    assert_eq!(status.listeners.len(), 1);
+    assert_eq!(status.listeners[0].kind, "unix");
+    assert_eq!(status.listeners[0].address, socket.display().to_string());
+    assert!(!status.draining);
+
+    // Reflection lists every service, in both protocol versions, and serves descriptors.
+    let channel = unix_channel(&socket);
+    let expected = [
+        "mlx_sidecar.v1.Inference",
+        "mlx_sidecar.v1.Daemon",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+    let services = reflection_v1_services(channel.clone()).await;
+    for name in expected {
+        assert!(
+            services.iter().any(|s| s == name),
+            "{name} missing from {services:?}"
+        );
+    }
+    let alpha = reflection_v1alpha_services(channel.clone()).await;
+    assert!(
+        alpha.iter().any(|s| s == "mlx_sidecar.v1.Inference"),
+        "{alpha:?}"
+    );
+    let files = reflection_v1_file_of(channel, "mlx_sidecar.v1.Daemon").await;
+    assert!(!files.is_empty());
+
+    // A method no service has: UNIMPLEMENTED, as gRPC servers answer.
+    let mut grpc = tonic::client::Grpc::new(unix_channel(&socket));
+    grpc.ready().await.expect("channel ready");
+    let unknown = grpc
+        .unary::<_, pb::ModelInfoResponse, _>(
+            tonic::Request::new(pb::ModelInfoRequest {}),
+            http::uri::PathAndQuery::from_static("/mlx_sidecar.v1.Nothing/Call"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("no such method");
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented);
+
+    // The HTTP probes on the same socket.
+    let (code, _, _) = http_get(
+        UnixStream::connect(&socket).await.expect("connect"),
+        "/ready",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _, _) = http_get(
+        UnixStream::connect(&socket).await.expect("connect"),
+        "/health",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    // A second daemon on the same socket is refused, naming the path and this process.
+    match run(config, std::future::pending()).await {
+        Err(ServeError::AlreadyRunning { path, pid }) => {
+            assert_eq!(path, socket);
+            assert_eq!(pid, Some(std::process::id()));
+        }
+        other => panic!("a second daemon was not refused: {other:?}"),
+    }
+    assert_eq!(daemon.status().await.worker_state(), WorkerState::Ready);
+
+    daemon.stop().await.expect("clean stop");
+    assert!(!socket.exists(), "the socket is removed at stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listeners_require_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = "test-key-4f1c9a";
+    let config = config(dir.path())
+        .with_listen("127.0.0.1:0".parse().expect("addr"))
+        .with_api_key(ApiKey::new(key).expect("key"));
+    let daemon = Daemon::start(config).await;
+    let status = daemon.status().await;
+    let tcp = status
+        .listeners
+        .iter()
+        .find(|l| l.kind == "tcp")
+        .expect("a TCP listener");
+    assert!(tcp.requires_api_key);
+    let addr = tcp.address.clone();
+    let endpoint = DaemonEndpoint::Tcp(format!("http://{addr}"));
+
+    // With the key: generation works over TCP.
+    let good = DaemonConnection::connect(&endpoint, Some(key))
+        .await
+        .expect("connect");
+    let request = pb::GenerateRequest {
+        prompt: Some(pb::Prompt {
+            input: Some(pb::prompt::Input::Text("over tcp".into())),
+        }),
+        max_tokens: Some(5),
+        ..Default::default()
+    };
+    let mut stream = good
+        .inference()
+        .generate(request.clone())
+        .await
+        .expect("generate with the key")
+        .into_inner();
+    let mut tokens = 0;
+    let mut finished = None;
+    while let Some(message) = stream.message().await.expect("stream") {
+        match message.event.expect("event") {
+            pb::generate_response::Event::Chunk(chunk) => tokens += chunk.token_ids.len(),
+            pb::generate_response::Event::Finished(f) => finished = Some(f),
+        }
+    }
+    assert_eq!(tokens, 5);
+    assert_eq!(
+        finished.and_then(|f| f.usage).map(|u| u.completion_tokens),
+        Some(5)
+    );
+    good.status().await.expect("status with the key");
+
+    // Without it, or with a wrong one: UNAUTHENTICATED and nothing else.
+    for wrong in [None, Some("test-key-4f1c9b"), Some("")] {
+        let bad = DaemonConnection::connect(&endpoint, wrong)
+            .await
+            .expect("connect");
+        let status = bad
+            .inference()
+            .generate(request.clone())
+            .await
+            .expect_err("generate without the key");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+        let error = bad.status().await.expect_err("status without the key");
+        assert_eq!(error.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    }
+
+    // HTTP on TCP: 401 with a Bearer challenge and an OpenAI error body.
+    for wrong in [None, Some("nope")] {
+        let (code, headers, body) = http_get(
+            TcpStream::connect(&addr).await.expect("tcp"),
+            "/ready",
+            wrong,
+        )
+        .await;
+        assert_eq!(code, 401);
+        assert_eq!(
+            headers.get("www-authenticate").map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    let (code, _, _) = http_get(
+        TcpStream::connect(&addr).await.expect("tcp"),
+        "/ready",
+        Some(key),
+    )
+    .await;
+    assert_eq!(code, 200);
+    // The Unix socket needs no key.
+    let (code, _, _) = http_get(
+        UnixStream::connect(&daemon.socket).await.expect("unix"),
+        "/ready",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_without_a_key_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path()).with_listen("0.0.0.0:0".parse().expect("addr"));
+    let socket = config.socket_path.clone().expect("socket");
+    let error = run(config, std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(error, ServeError::InsecureListen { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("0.0.0.0"), "{error}");
+    assert!(!socket.exists(), "nothing was bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_invisible_to_callers_and_health_follows_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(config(dir.path())).await;
+    let connection = daemon.connection().await;
+    let mut watch = connection
+        .health()
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("watch").expect("first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let old_pid = daemon.status().await.worker_pid.expect("worker pid");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(old_pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    // Sent right after the kill: it waits for the next worker and succeeds.
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let completion = client
+        .generate(text_request(6))
+        .await
+        .expect("generate across the restart")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(completion.finished.usage.completion_tokens, 6);
+
+    // Health went NOT_SERVING while no worker was ready, then SERVING again.
+    let mut seen = Vec::new();
+    tokio::time::timeout(READY, async {
+        while let Some(message) = watch.message().await.expect("watch") {
+            seen.push(message.status());
+            if seen.contains(&ServingStatus::NotServing)
+                && seen.last() == Some(&ServingStatus::Serving)
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("health did not go NOT_SERVING then SERVING: {seen:?}"));
+
+    let status = daemon.status().await;
+    assert_ne!(status.worker_pid, Some(old_pid));
+    assert!(status.worker_pid.is_some());
+    assert!(status.worker_restarts >= 1, "{status:?}");
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_requests_and_drains_the_stream_in_flight() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(config(dir.path())).await;
+    let socket = daemon.socket.clone();
+    let worker_pid = daemon.status().await.worker_pid.expect("worker pid");
+
+    // A caller who pauses reading: its stream stays in flight until it reads on.
+    let slow = paused_reader_channel(&socket).await;
+    let request = pb::GenerateRequest {
+        prompt: Some(pb::Prompt {
+            input: Some(pb::prompt::Input::Text("drain".into())),
+        }),
+        max_tokens: Some(300),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut stream = pb::inference_client::InferenceClient::new(slow)
+        .generate(request.clone())
+        .await
+        .expect("generate")
+        .into_inner();
+    let first = stream.message().await.expect("first").expect("a message");
+    assert!(matches!(
+        first.event,
+        Some(pb::generate_response::Event::Chunk(_))
+    ));
+
+    let mut daemon = daemon;
+    let _ = daemon.stop.take().expect("stop").send(());
+    // Draining: health NOT_SERVING, new inference refused as retryable, probes still answer.
+    daemon.wait_health(ServingStatus::NotServing).await;
+    let connection = daemon.connection().await;
+    let refused = connection
+        .inference()
+        .generate(request)
+        .await
+        .expect_err("refused while draining");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let status = connection.status().await.expect("status while draining");
+    assert!(status.draining);
+    assert_eq!(
+        (status.requests_running, status.requests_waiting),
+        (1, 0),
+        "the paused stream is in flight"
+    );
+    let (code, headers, _) = http_get(
+        UnixStream::connect(&socket).await.expect("unix"),
+        "/ready",
+        None,
+    )
+    .await;
+    assert_eq!(code, 503);
+    assert!(headers.contains_key("retry-after"));
+    // HTTP generations are refused the same way (503, Retry-After, OpenAI's shape); the
+    // model list, /health and /metrics answer on, and both refusals are counted.
+    let (code, headers, body) = http_post(
+        UnixStream::connect(&socket).await.expect("unix"),
+        "/v1/completions",
+        &serde_json::json!({"prompt": "late", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    for path in ["/v1/models", "/health"] {
+        let (code, _, body) = http_get(
+            UnixStream::connect(&socket).await.expect("unix"),
+            path,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (_, _, metrics) = http_get(
+        UnixStream::connect(&socket).await.expect("unix"),
+        "/metrics",
+        None,
+    )
+    .await;
+    for api in ["http", "grpc"] {
+        let series =
+            format!("mlx_sidecar_request_errors_total{{api=\"{api}\",code=\"unavailable\"}}");
+        assert_eq!(
+            support::sample(&metrics, &series),
+            1.0,
+            "{series} in {metrics}"
+        );
+    }
+    assert!(
+        !daemon.task.is_finished(),
+        "run() waits for the stream in flight"
+    );
+
+    // The stream in flight runs to its end.
+    let mut tokens = match first.event {
+        Some(pb::generate_response::Event::Chunk(chunk)) => chunk.token_ids.len(),
+        _ => 0,
+    };
+    let mut finished = None;
+    while let Some(message) = stream
+        .message()
+        .await
+        .expect("the stream survives the drain")
+    {
+        match message.event.expect("event") {
+            pb::generate_response::Event::Chunk(chunk) => tokens += chunk.token_ids.len(),
+            pb::generate_response::Event::Finished(f) => finished = Some(f),
+        }
+    }
+    assert_eq!(tokens, 300);
+    let finished = finished.expect("finished");
+    assert_eq!(finished.finish_reason(), pb::FinishReason::Length);
+
+    tokio::time::timeout(Duration::from_secs(30), &mut daemon.task)
+        .await
+        .expect("run() returns after the drain")
+        .expect("no panic")
+        .expect("run() returns Ok");
+    assert!(!socket.exists(), "the socket is removed");
+    let gone = std::fs::read_to_string(format!("/proc/{worker_pid}/stat"))
+        .map_or(true, |stat| stat.contains(") Z"));
+    assert!(gone, "the worker is stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_leaves_nothing_running() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(config(dir.path())).await;
+    let request = pb::GenerateRequest {
+        prompt: Some(pb::Prompt {
+            input: Some(pb::prompt::Input::Text("gone".into())),
+        }),
+        max_tokens: Some(1500),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // It cannot finish by itself: the caller does not read.
+    let channel = paused_reader_channel(&daemon.socket).await;
+    let mut stream = pb::inference_client::InferenceClient::new(channel)
+        .generate(request)
+        .await
+        .expect("generate")
+        .into_inner();
+    stream.message().await.expect("first").expect("a message");
+    let status = daemon.status().await;
+    assert_eq!(status.requests_running, 1, "{status:?}");
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = daemon.status().await;
+        if status.requests_running == 0 && status.requests_waiting == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped call is still counted: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.stop().await.expect("clean stop");
+}
+
+/// A channel whose HTTP/2 windows are tiny: a stream the caller does not read stops in
+/// the daemon after a few hundred bytes, until the caller reads on.
+async fn paused_reader_channel(socket: &Path) -> tonic::transport::Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::from_static("http://daemon.sock")
+        .initial_stream_window_size(Some(256))
+        .initial_connection_window_size(Some(256))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .expect("channel")
+}
+
+fn unix_channel(socket: &Path) -> tonic::transport::Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::from_static("http://daemon.sock").connect_with_connector_lazy(tower::service_fn(
+        move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        },
+    ))
+}
+
+async fn reflection_v1_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflection_v1_file_of(channel: tonic::transport::Channel, symbol: &str) -> Vec<Vec<u8>> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+    match response.message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => files.file_descriptor_proto,
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflection_v1alpha_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
