@@ -6,7 +6,9 @@
 #   scripts/test.sh --quick    skip the slow end-to-end tests on the default model
 #
 # Steps: Python env → proto stubs in sync → ruff → pytest (real worker, real MLX) →
-#        cargo fmt → clippy → cargo doc → cargo test (real supervisor, real worker, real MLX).
+#        cargo fmt → clippy → cargo doc → cargo test (real supervisor, real worker, real MLX) →
+#        the daemon (`mlx-sidecar serve`) with third-party clients (openai, curl, prometheus-client,
+#        grpcio-reflection).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -26,8 +28,8 @@ step "python stubs match proto/"
 PYTHON=.venv/bin/python scripts/gen-proto.sh --check
 
 step "ruff"
-.venv/bin/ruff check sidecar scripts
-.venv/bin/ruff format --check sidecar scripts
+.venv/bin/ruff check sidecar scripts tests/daemon
+.venv/bin/ruff format --check sidecar scripts tests/daemon
 
 step "pytest"
 pytest_args=()
@@ -47,5 +49,12 @@ step "cargo test"
 test_env=()
 [ "$quick" = 1 ] && test_env+=(MLX_SIDECAR_SKIP_DEFAULT_MODEL=1)
 env "${test_env[@]}" cargo test --workspace --locked -- --test-threads=2
+
+step "daemon, with third-party clients"
+# The real `mlx-sidecar serve` on the tiny model; curl comes with Debian and macOS.
+cargo build -p mlx-sidecar-cli --locked
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+  .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+(MLX_SIDECAR_BIN="$target_dir/debug/mlx-sidecar" .venv/bin/python -m pytest -q tests/daemon)
 
 step "all tests passed"

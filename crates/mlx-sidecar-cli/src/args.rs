@@ -1,6 +1,7 @@
 //! The command line, as clap derive types: global options (where the environment, model and
 //! socket live) and one struct per command. Every field's doc comment is its `--help` text.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -118,6 +119,13 @@ impl From<VariantArg> for Variant {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run the shared daemon: one worker for every local process, until SIGTERM or SIGINT.
+    ///
+    /// Serves gRPC and an OpenAI-compatible HTTP API on one Unix socket (and TCP with
+    /// --listen); `generate` and `chat` use it when it runs. See the README.
+    Serve(ServeArgs),
+    /// Show what the daemon runs: model, device, worker, restarts, load, standby.
+    Status(StatusArgs),
     /// Generate text from a prompt, streaming it to stdout as it comes.
     Generate(GenerateArgs),
     /// An interactive conversation that keeps its history.
@@ -212,6 +220,9 @@ pub(crate) struct GenerateArgs {
 
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub(crate) daemon: DaemonArgs,
 }
 
 /// `chat`.
@@ -227,6 +238,91 @@ pub(crate) struct ChatArgs {
 
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub(crate) daemon: DaemonArgs,
+}
+
+/// Whether `generate` and `chat` use a daemon. Without these options they use a daemon that
+/// serves on the default socket, unless --model is given (the daemon serves its own model),
+/// and start their own worker otherwise.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Daemon options")]
+pub(crate) struct DaemonArgs {
+    /// Use the daemon at ADDR (unix:/path, a path, http://host:port or host:port).
+    ///
+    /// An error if none answers there. The daemon's model is used; --model is ignored.
+    #[arg(
+        long,
+        env = "MLX_SIDECAR_CONNECT",
+        value_name = "ADDR",
+        conflicts_with = "no_daemon"
+    )]
+    pub(crate) connect: Option<String>,
+
+    /// Send the key in FILE to the daemon (for a TCP listener started with a key).
+    #[arg(long, env = "MLX_SIDECAR_API_KEY_FILE", value_name = "FILE")]
+    pub(crate) api_key_file: Option<PathBuf>,
+
+    /// Start an own worker even when a daemon runs.
+    #[arg(long)]
+    pub(crate) no_daemon: bool,
+}
+
+/// The format of log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The Unix socket [default: $XDG_RUNTIME_DIR/mlx-sidecar/daemon.sock].
+    ///
+    /// Else <temp dir>/mlx-sidecar-<uid>/daemon.sock. Folder 0700, socket 0600.
+    #[arg(long, env = "MLX_SIDECAR_SOCKET", value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+
+    /// Also listen on TCP (port 0: any free one). Only loopback without --api-key-file.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) listen: Option<SocketAddr>,
+
+    /// Require `Authorization: Bearer KEY` on TCP, the key read from FILE.
+    #[arg(long, env = "MLX_SIDECAR_API_KEY_FILE", value_name = "FILE")]
+    pub(crate) api_key_file: Option<PathBuf>,
+
+    /// Seconds requests in flight may run on after SIGTERM or SIGINT.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub(crate) grace: f64,
+
+    /// Largest HTTP request body in bytes; larger ones get 413.
+    #[arg(long, value_name = "N", default_value_t = mlx_sidecar_server::DEFAULT_MAX_BODY_BYTES)]
+    pub(crate) max_body_bytes: usize,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The daemon's address [default: the default socket].
+    #[arg(long, env = "MLX_SIDECAR_CONNECT", value_name = "ADDR")]
+    pub(crate) connect: Option<String>,
+
+    /// Send the key in FILE (for a TCP listener started with a key).
+    #[arg(long, env = "MLX_SIDECAR_API_KEY_FILE", value_name = "FILE")]
+    pub(crate) api_key_file: Option<PathBuf>,
+
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `doctor`.

@@ -52,7 +52,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let mut interrupts = Interrupts::new()?;
     let session = tokio::select! {
-        session = Session::start(global, progress) => session?,
+        session = Session::start(global, &args.daemon, progress) => session?,
         () = interrupts.next() => return Ok(ExitCode::from(INTERRUPTED)),
     };
     let result = converse(&session, args, &mut interrupts).await;

@@ -41,7 +41,7 @@ pub(crate) async fn run(
     // Ctrl-C while the environment or the worker starts: dropping the start-up future
     // drops the supervisor, which stops the worker.
     let session = tokio::select! {
-        session = Session::start(global, progress) => session?,
+        session = Session::start(global, &args.daemon, progress) => session?,
         () = interrupts.next() => return Ok(ExitCode::from(INTERRUPTED)),
     };
     let result = generate(&session, req, format, &mut interrupts).await;

@@ -1,7 +1,7 @@
 //! Logging: `tracing` to stderr. Quiet by default (warnings of this program, errors of the
 //! worker); `-v` shows the worker's logs (re-emitted by the supervisor under the target
 //! `mlx_worker` at their own level) and this program's info, `-vv` debug, `-vvv` trace.
-//! `RUST_LOG` replaces the filter.
+//! `RUST_LOG` replaces the filter. `serve --log-format json` writes one JSON object a line.
 //!
 //! A second layer taps the worker's info messages ("loading model", "startup", ...) into
 //! the start-up spinner, so the user sees what the worker is doing without `-v`.
@@ -15,10 +15,11 @@ use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
+use super::args::LogFormat;
 use super::progress::StderrProgress;
 
 /// Installs the global subscriber.
-pub(crate) fn init(verbose: u8, progress: Arc<StderrProgress>) {
+pub(crate) fn init(verbose: u8, format: LogFormat, progress: Arc<StderrProgress>) {
     let default = match verbose {
         // The worker's log and the supervisor's reports reach the user through the errors
         // they cause; on their own they are shown from -v on.
@@ -28,12 +29,19 @@ pub(crate) fn init(verbose: u8, progress: Arc<StderrProgress>) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(verbose > 0)
-        .without_time()
-        .with_filter(filter);
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(verbose > 0)
+            .without_time()
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter);
     let tap =
         WorkerTap { progress }.with_filter(Targets::new().with_target("mlx_worker", Level::INFO));
     let _ = tracing_subscriber::registry()

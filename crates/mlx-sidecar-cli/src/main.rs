@@ -4,7 +4,9 @@
 //! - `args`: the clap types (every option documented for `--help`).
 //! - `session`: the Python environment (via the library's `env` module) and a supervised,
 //!   ready worker for `generate` and `chat`.
-//! - `generate`, `chat`, `doctor`, `setup`, `chaos`, `bench`: one module per command.
+//! - `session`: also decides whether `generate` and `chat` use a running daemon.
+//! - `serve`, `status`, `generate`, `chat`, `doctor`, `setup`, `chaos`, `bench`: one module
+//!   per command (`serve` runs the `mlx_sidecar_server` daemon).
 //! - `request`: sampling options → request; worker field errors → options.
 //! - `stream`: printing a token stream (text or JSON lines) and Ctrl-C cancellation.
 //! - `progress`: spinners (or plain lines) on stderr; `logging`: tracing setup.
@@ -20,8 +22,10 @@ mod generate;
 mod logging;
 mod progress;
 mod request;
+mod serve;
 mod session;
 mod setup;
+mod status;
 mod stream;
 
 use std::process::ExitCode;
@@ -29,13 +33,17 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use args::{Cli, Command};
+use args::{Cli, Command, LogFormat};
 use progress::StderrProgress;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let progress = Arc::new(StderrProgress::new());
-    logging::init(cli.global.verbose, progress.clone());
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    logging::init(cli.global.verbose, format, progress.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
 /// Runs the parsed command.
 async fn run(cli: &Cli, progress: &StderrProgress) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Serve(args) => serve::run(&cli.global, args, progress).await,
+        Command::Status(args) => status::run(args).await,
         Command::Generate(args) => generate::run(&cli.global, args, progress).await,
         Command::Chat(args) => chat::run(&cli.global, args, progress).await,
         Command::Doctor(args) => doctor::run(&cli.global, args).await,

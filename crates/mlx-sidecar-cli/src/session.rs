@@ -1,18 +1,20 @@
-//! Starting the worker for `generate` and `chat`: make sure the Python environment is there
-//! (building it on first use, with progress), spawn the supervisor, wait until the worker
-//! serves, and shut it all down again.
+//! Where `generate` and `chat` send requests: a running `mlx-sidecar serve` daemon (given
+//! with `--connect`, or found on the default socket), or an own worker. For an own worker:
+//! make sure the Python environment is there (building it on first use, with progress),
+//! spawn the supervisor, wait until the worker serves, and shut it all down again.
+//! [`supervisor_config`] is shared with `serve`, which hands it to the daemon.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mlx_sidecar::Client;
 use mlx_sidecar::env::{self, EnvOptions, PythonEnv};
+use mlx_sidecar::{Client, Endpoint, HealthStatus};
 use mlx_sidecar::{Supervisor, SupervisorConfig, WorkerCommand};
 
 use mlx_sidecar::LifecycleEvent;
 use tokio::sync::broadcast;
 
-use super::args::GlobalArgs;
+use super::args::{DaemonArgs, GlobalArgs};
 use super::exit::UsageError;
 use super::logging;
 use super::progress::StderrProgress;
@@ -70,38 +72,154 @@ fn startup_crash(status: String) -> anyhow::Error {
     )
 }
 
-/// A running, ready worker.
-pub(crate) struct Session {
+/// How long `generate` and `chat` wait for a daemon on the default socket before starting
+/// their own worker.
+const DAEMON_PROBE: Duration = Duration::from_millis(200);
+
+/// The `--startup-timeout`.
+fn startup_timeout(global: &GlobalArgs) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(global.startup_timeout)
+        .context("--startup-timeout must be a non-negative number of seconds")
+}
+
+/// The supervisor's configuration from the global options: checks `--model`, ensures the
+/// Python environment (building it on first use), and sets the worker's command line,
+/// start-up timeout, socket directory and standby. Used by own-worker sessions and `serve`.
+pub(crate) async fn supervisor_config(
+    global: &GlobalArgs,
+    progress: &StderrProgress,
+) -> anyhow::Result<SupervisorConfig> {
+    if let Some(model) = &global.model {
+        if !model.exists() {
+            return Err(UsageError(format!(
+                "--model {}: no such file or directory",
+                model.display()
+            ))
+            .into());
+        }
+    }
+    let timeout = startup_timeout(global)?;
+    let env = env::ensure(&env_options(global), progress)
+        .await
+        .context("preparing the worker's Python environment")?;
+    tracing::debug!(python = %env.python.display(), "worker environment");
+    let mut config = SupervisorConfig::new(worker_command(&env, global))
+        .with_startup_timeout(timeout)
+        .with_standby(global.standby);
+    if let Some(dir) = &global.socket_dir {
+        config = config.with_socket_dir(dir);
+    }
+    Ok(config)
+}
+
+/// The API key in `file` (surrounding whitespace trimmed).
+pub(crate) fn read_api_key(file: &std::path::Path) -> anyhow::Result<String> {
+    let key = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the API key file {}", file.display()))?;
+    Ok(key.trim().to_owned())
+}
+
+/// Where requests go: an own, supervised worker, or a `mlx-sidecar serve` daemon.
+pub(crate) enum Session {
+    /// A worker this process started; stopped again at the end.
+    Own(OwnWorker),
+    /// A daemon's client; the daemon keeps running after this process.
+    Daemon(Client),
+}
+
+impl Session {
+    /// Connects to a daemon or starts an own worker. `--no-daemon` starts an own worker;
+    /// `--connect` (or `MLX_SIDECAR_CONNECT`) must reach a daemon, else it is an error;
+    /// otherwise a daemon that answers `SERVING` on the default socket within 200 ms is used,
+    /// unless `--model` asks for a model of this process's own.
+    pub(crate) async fn start(
+        global: &GlobalArgs,
+        daemon: &DaemonArgs,
+        progress: &StderrProgress,
+    ) -> anyhow::Result<Self> {
+        if daemon.no_daemon {
+            return Ok(Session::Own(OwnWorker::start(global, progress).await?));
+        }
+        if let Some(address) = &daemon.connect {
+            let endpoint: Endpoint = address
+                .parse()
+                .map_err(|e| UsageError(format!("--connect {address}: {e}")))?;
+            let mut client = Client::connect(endpoint.clone())
+                .await
+                .with_context(|| no_daemon(&endpoint))?;
+            if let Some(file) = &daemon.api_key_file {
+                client = client.with_api_key(&read_api_key(file)?)?;
+            }
+            tracing::info!(%endpoint, "using the daemon");
+            return Ok(Session::Daemon(client));
+        }
+        if global.model.is_none() {
+            if let Some(client) = probe_default_daemon().await {
+                return Ok(Session::Daemon(client));
+            }
+        }
+        Ok(Session::Own(OwnWorker::start(global, progress).await?))
+    }
+
+    /// The client to send requests with.
+    pub(crate) fn client(&self) -> &Client {
+        match self {
+            Session::Own(own) => &own.client,
+            Session::Daemon(client) => client,
+        }
+    }
+
+    /// Stops an own worker (see [`OwnWorker::shutdown`]); leaves a daemon alone.
+    pub(crate) async fn shutdown(self, interrupts: &mut Interrupts) {
+        match self {
+            Session::Own(own) => own.shutdown(interrupts).await,
+            Session::Daemon(_) => {}
+        }
+    }
+}
+
+/// The error message when no daemon answers on `endpoint` (a socket shown as its path).
+pub(crate) fn no_daemon(endpoint: &Endpoint) -> String {
+    let shown = match endpoint {
+        Endpoint::Unix(path) => path.display().to_string(),
+        Endpoint::Tcp { .. } => endpoint.to_string(),
+    };
+    format!("no daemon answers on {shown}; start one with `mlx-sidecar serve`")
+}
+
+/// A client of the daemon on the default socket, if one answers `SERVING` in time.
+async fn probe_default_daemon() -> Option<Client> {
+    let endpoint = Endpoint::default_daemon();
+    let probe = async {
+        let client = Client::connect(endpoint.clone()).await.ok()?;
+        let client = client.with_timeout(DAEMON_PROBE);
+        match client.health().await {
+            Ok(HealthStatus::Serving) => Some(client.with_timeout(Duration::from_secs(30))),
+            _ => None,
+        }
+    };
+    let found = tokio::time::timeout(DAEMON_PROBE, probe)
+        .await
+        .ok()
+        .flatten();
+    match &found {
+        Some(_) => tracing::info!(%endpoint, "using the daemon"),
+        None => tracing::debug!(%endpoint, "no daemon serving; starting an own worker"),
+    }
+    found
+}
+
+/// A running, ready worker of this process.
+pub(crate) struct OwnWorker {
     supervisor: Supervisor,
     client: Client,
 }
 
-impl Session {
+impl OwnWorker {
     /// Ensures the environment, starts the worker and waits until it serves.
-    pub(crate) async fn start(
-        global: &GlobalArgs,
-        progress: &StderrProgress,
-    ) -> anyhow::Result<Self> {
-        if let Some(model) = &global.model {
-            if !model.exists() {
-                return Err(UsageError(format!(
-                    "--model {}: no such file or directory",
-                    model.display()
-                ))
-                .into());
-            }
-        }
-        let env = env::ensure(&env_options(global), progress)
-            .await
-            .context("preparing the worker's Python environment")?;
-        let timeout = Duration::try_from_secs_f64(global.startup_timeout)
-            .context("--startup-timeout must be a non-negative number of seconds")?;
-        let mut config = SupervisorConfig::new(worker_command(&env, global))
-            .with_startup_timeout(timeout)
-            .with_standby(global.standby);
-        if let Some(dir) = &global.socket_dir {
-            config = config.with_socket_dir(dir);
-        }
+    async fn start(global: &GlobalArgs, progress: &StderrProgress) -> anyhow::Result<Self> {
+        let config = supervisor_config(global, progress).await?;
+        let timeout = startup_timeout(global)?;
         let started = Instant::now();
         progress.spin("starting the worker");
         let supervisor = match Supervisor::spawn(config).await {
@@ -124,22 +242,16 @@ impl Session {
         ready?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            python = %env.python.display(),
             "worker ready"
         );
         let client = supervisor.client();
-        Ok(Session { supervisor, client })
-    }
-
-    /// The client of the worker.
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+        Ok(OwnWorker { supervisor, client })
     }
 
     /// Stops the worker gracefully (it drains, then exits); errors are logged, not returned.
     /// Another Ctrl-C meanwhile stops it at once (dropping the supervisor kills the worker's
     /// process group).
-    pub(crate) async fn shutdown(self, interrupts: &mut Interrupts) {
+    async fn shutdown(self, interrupts: &mut Interrupts) {
         tokio::select! {
             result = self.supervisor.shutdown() => {
                 if let Err(e) = result {

@@ -2,7 +2,7 @@
 //! `with_*` methods), the HTTP front's [`Limits`], and [`ServeError`], the failures that
 //! stop [`crate::run`].
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use mlx_sidecar::SupervisorConfig;
 
@@ -63,6 +63,22 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Limits of the HTTP front: body size, timeouts, stream buffer, `Retry-After`.
     pub limits: Limits,
+    /// Called once every listener is bound, before the worker starts, with each listener as
+    /// `unix:PATH` or `tcp:HOST:PORT` (the port actually bound, also for port 0).
+    pub on_listening: Option<OnListening>,
+}
+
+/// What [`OnListening`] calls: given the listeners as `unix:PATH` or `tcp:HOST:PORT`.
+pub type ListeningCallback = dyn Fn(&[String]) + Send + Sync;
+
+/// A callback told where the daemon listens; see [`ServeConfig::with_on_listening`].
+#[derive(Clone)]
+pub struct OnListening(pub Arc<ListeningCallback>);
+
+impl fmt::Debug for OnListening {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnListening(..)")
+    }
 }
 
 impl ServeConfig {
@@ -77,7 +93,18 @@ impl ServeConfig {
             socket_activation: true,
             grace: DEFAULT_GRACE,
             limits: Limits::default(),
+            on_listening: None,
         }
+    }
+
+    /// Sets [`ServeConfig::on_listening`]: `callback` learns the bound listeners (for
+    /// example the port chosen for `--listen 127.0.0.1:0`).
+    pub fn with_on_listening(
+        mut self,
+        callback: impl Fn(&[String]) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_listening = Some(OnListening(Arc::new(callback)));
+        self
     }
 
     /// Sets [`ServeConfig::socket_path`].

@@ -83,7 +83,10 @@ use mlx_sidecar::Supervisor;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 
 pub use auth::ApiKey;
-pub use config::{DEFAULT_GRACE, DEFAULT_MAX_BODY_BYTES, Limits, ServeConfig, ServeError};
+pub use config::{
+    DEFAULT_GRACE, DEFAULT_MAX_BODY_BYTES, Limits, ListeningCallback, OnListening, ServeConfig,
+    ServeError,
+};
 
 use crate::{
     drain::Drain,
@@ -118,6 +121,10 @@ pub async fn run(
             .collect(),
     );
     let listeners: Vec<_> = bound.iter().map(|b| b.info().clone()).collect();
+    if let Some(OnListening(callback)) = &config.on_listening {
+        let names: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+        callback(&names);
+    }
     let supervisor = Supervisor::spawn(config.supervisor.clone()).await?;
     let events = supervisor.subscribe();
     let client = supervisor.client();

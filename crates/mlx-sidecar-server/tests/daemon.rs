@@ -108,6 +108,16 @@ async fn serves_every_service_on_the_unix_socket_and_refuses_a_second_daemon() {
     assert_eq!(status.worker_state(), WorkerState::Ready);
     assert_eq!(status.worker_pid, Some(info.worker_pid));
     assert_eq!(status.daemon_pid, std::process::id());
+    // The library's Client::daemon_status reads the same.
+    let library = client.daemon_status().await.expect("daemon_status");
+    assert_eq!(library.worker_state, "ready");
+    assert_eq!(library.worker_pid, Some(info.worker_pid));
+    assert_eq!(library.model_id, info.model_id);
+    assert_eq!(library.device, info.device);
+    assert_eq!(library.daemon_pid, std::process::id());
+    assert_eq!(library.listeners.len(), 1);
+    assert_eq!(library.listeners[0].kind, "unix");
+    assert_eq!(library.listeners[0].address, socket.display().to_string());
     assert_eq!(status.model_id, info.model_id);
     assert_eq!(status.model_path, info.model_path);
     assert_eq!(status.listeners.len(), 1);
@@ -185,9 +195,12 @@ async fn serves_every_service_on_the_unix_socket_and_refuses_a_second_daemon() {
 async fn tcp_listeners_require_the_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = "test-key-4f1c9a";
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tell = told.clone();
     let config = config(dir.path())
         .with_listen("127.0.0.1:0".parse().expect("addr"))
-        .with_api_key(ApiKey::new(key).expect("key"));
+        .with_api_key(ApiKey::new(key).expect("key"))
+        .with_on_listening(move |names| tell.lock().expect("lock").extend_from_slice(names));
     let daemon = Daemon::start(config).await;
     let status = daemon.status().await;
     let tcp = status
@@ -197,6 +210,11 @@ async fn tcp_listeners_require_the_key() {
         .expect("a TCP listener");
     assert!(tcp.requires_api_key);
     let addr = tcp.address.clone();
+    // on_listening was told the port actually bound.
+    assert!(
+        told.lock().expect("lock").contains(&format!("tcp:{addr}")),
+        "{told:?}"
+    );
     let endpoint = DaemonEndpoint::Tcp(format!("http://{addr}"));
 
     // With the key: generation works over TCP.

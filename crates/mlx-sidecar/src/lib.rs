@@ -85,9 +85,9 @@ mod supervisor;
 mod worker;
 
 pub use client::{
-    ChatMessage, Client, Completion, Endpoint, FinishReason, Finished, GenerateEvent,
-    GenerateRequest, GenerateStream, HealthStatus, ModelInfo, Prompt, Timings, TokenLogprob,
-    TokenizeRequest, Tokenized, TopLogprob, Usage,
+    ChatMessage, Client, Completion, DaemonListener, DaemonStatus, Endpoint, FinishReason,
+    Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus, ModelInfo, Prompt,
+    Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;

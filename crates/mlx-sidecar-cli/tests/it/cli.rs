@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use crate::support::{self, python as repo_python};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mlx-sidecar");
-const DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mlx-sidecar");
+pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
 
 /// The tiny random-weight model, written once per test run.
-fn tiny_model() -> PathBuf {
+pub(crate) fn tiny_model() -> PathBuf {
     support::tiny_model().to_path_buf()
 }
 
@@ -26,14 +26,14 @@ fn skip_default_model() -> bool {
 
 /// A command for the binary with its own environment directory and cache, using the
 /// repository's interpreter; variables that would change its behaviour are cleared.
-struct Cli {
-    cmd: Command,
+pub(crate) struct Cli {
+    pub(crate) cmd: Command,
     _scratch: tempfile::TempDir,
 }
 
 impl Cli {
     /// With the repository's interpreter (`--python`).
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Cli::bare().arg("--python").arg(repo_python())
     }
 
@@ -47,10 +47,15 @@ impl Cli {
             "MLX_SIDECAR_VARIANT",
             "MLX_SIDECAR_MODEL",
             "MLX_SIDECAR_SOCKET_DIR",
+            "MLX_SIDECAR_SOCKET",
+            "MLX_SIDECAR_CONNECT",
+            "MLX_SIDECAR_API_KEY_FILE",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
         }
+        // The default daemon socket lives here: never the user's daemon.
+        cmd.env("XDG_RUNTIME_DIR", scratch.path());
         // Conversions of the default model are shared between tests when the test script
         // names a cache; otherwise each test converts into its own.
         if std::env::var_os("MLX_SIDECAR_CACHE_DIR").is_none() {
@@ -63,18 +68,18 @@ impl Cli {
         }
     }
 
-    fn tiny() -> Self {
+    pub(crate) fn tiny() -> Self {
         let mut cli = Cli::new();
         cli.cmd.arg("--model").arg(tiny_model());
         cli
     }
 
-    fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+    pub(crate) fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
         self.cmd.arg(arg);
         self
     }
 
-    fn args<I, S>(mut self, args: I) -> Self
+    pub(crate) fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
@@ -83,7 +88,7 @@ impl Cli {
         self
     }
 
-    fn run(self) -> Output {
+    pub(crate) fn run(self) -> Output {
         self.run_with_stdin("")
     }
 
@@ -139,11 +144,11 @@ fn wait_output(mut child: Child, deadline: Duration) -> Output {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn json_lines(out: &Output) -> Vec<Value> {
+pub(crate) fn json_lines(out: &Output) -> Vec<Value> {
     text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))

@@ -5,5 +5,6 @@
 mod bench;
 mod catalogue;
 mod cli;
+mod daemon;
 
 use mlx_sidecar_testkit as support;

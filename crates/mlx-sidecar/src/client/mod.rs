@@ -21,6 +21,7 @@
 //! the supervisor's published worker come from [`crate::worker`].
 
 mod auth;
+mod daemon_status;
 mod endpoint;
 mod request;
 mod stream;
@@ -32,6 +33,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::{sync::watch, time::Instant};
 use tonic::transport::Channel;
 
+pub use daemon_status::{DaemonListener, DaemonStatus};
 pub use endpoint::Endpoint;
 pub use request::{ChatMessage, GenerateRequest, Prompt, TokenizeRequest};
 pub use stream::GenerateStream;
@@ -40,7 +42,9 @@ pub use types::{
     TokenLogprob, Tokenized, TopLogprob, Usage,
 };
 
-use mlx_sidecar_proto::v1::{self as pb, inference_client::InferenceClient};
+use mlx_sidecar_proto::v1::{
+    self as pb, daemon_client::DaemonClient, inference_client::InferenceClient,
+};
 
 use crate::{
     Error,
@@ -286,6 +290,21 @@ impl Client {
             .unary(|channel, timeout| async move {
                 let req = self.request(pb::ModelInfoRequest {}, timeout);
                 InferenceClient::new(channel).model_info(req).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Asks a `mlx-sidecar serve` daemon what it runs ([`DaemonStatus`]: model, device,
+    /// worker pid and uptime, restarts, load, standby, listeners), through its
+    /// `mlx_sidecar.v1.Daemon/Status` rpc. Answers also while the daemon has no ready
+    /// worker. Only a client from [`Client::connect`] to a daemon can ask: a worker does
+    /// not serve this rpc (`UNIMPLEMENTED`).
+    pub async fn daemon_status(&self) -> Result<DaemonStatus, Error> {
+        let response = self
+            .unary(|channel, timeout| async move {
+                let req = self.request(pb::StatusRequest {}, timeout);
+                DaemonClient::new(channel).status(req).await
             })
             .await?;
         Ok(response.into())

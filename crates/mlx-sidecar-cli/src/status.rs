@@ -1,0 +1,100 @@
+//! `mlx-sidecar status`: asks a running daemon what it runs (`Client::daemon_status`) and
+//! prints it as aligned lines, or as one JSON object with `--json`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use mlx_sidecar::{Client, DaemonStatus, Endpoint};
+
+use super::args::StatusArgs;
+use super::exit::UsageError;
+use super::session::{no_daemon, read_api_key};
+
+/// How long the daemon has to answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prints the daemon's status; fails (exit 1) when no daemon answers.
+pub(crate) async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let endpoint = match &args.connect {
+        Some(address) => address
+            .parse()
+            .map_err(|e| UsageError(format!("--connect {address}: {e}")))?,
+        None => Endpoint::default_daemon(),
+    };
+    let no_daemon = || no_daemon(&endpoint);
+    let mut client = Client::connect(endpoint.clone())
+        .await
+        .with_context(no_daemon)?
+        .with_timeout(STATUS_TIMEOUT);
+    if let Some(file) = &args.api_key_file {
+        client = client.with_api_key(&read_api_key(file)?)?;
+    }
+    let status = client.daemon_status().await.with_context(no_daemon)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print!("{}", lines(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status as a few aligned lines.
+fn lines(s: &DaemonStatus) -> String {
+    let pid = |p: Option<u32>| p.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let standby = match s.standby_pid {
+        Some(p) => format!("{} (pid {p})", s.standby),
+        None => s.standby.clone(),
+    };
+    let listeners: Vec<String> = s
+        .listeners
+        .iter()
+        .map(|l| {
+            let key = if l.requires_api_key { " (key)" } else { "" };
+            format!("{}:{}{key}", l.kind, l.address)
+        })
+        .collect();
+    let rows = [
+        ("model", format!("{} ({})", s.model_id, s.model_path)),
+        (
+            "device",
+            format!("{} ({}, {})", s.device, s.backend, s.device_name),
+        ),
+        (
+            "worker",
+            format!(
+                "{}, pid {}, up {}",
+                s.worker_state,
+                pid(s.worker_pid),
+                secs(s.worker_uptime)
+            ),
+        ),
+        ("restarts", s.worker_restarts.to_string()),
+        (
+            "requests",
+            format!(
+                "{} running, {} waiting",
+                s.requests_running, s.requests_waiting
+            ),
+        ),
+        ("standby", standby),
+        ("listening", listeners.join(", ")),
+        (
+            "daemon",
+            format!(
+                "{}, pid {}, up {}{}",
+                s.daemon_version,
+                s.daemon_pid,
+                secs(s.daemon_uptime),
+                if s.draining { ", draining" } else { "" }
+            ),
+        ),
+    ];
+    rows.iter()
+        .map(|(name, value)| format!("{name:<10} {value}\n"))
+        .collect()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.0}s", d.as_secs_f64())
+}
