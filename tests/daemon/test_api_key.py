@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -152,3 +153,23 @@ def test_grpc_with_the_key_is_served(keyed: Daemon) -> None:
         assert "mlx_sidecar.v1.Inference" in set(database.get_services())
         pool = descriptor_pool.DescriptorPool(database)
         assert pool.FindServiceByName("mlx_sidecar.v1.Inference").methods_by_name["Generate"]
+
+
+def test_the_unix_socket_needs_no_key(keyed: Daemon) -> None:
+    # Its 0600 mode protects it; the key is for TCP only.
+    assert keyed.socket_path.stat().st_mode & 0o777 == 0o600
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(keyed.socket_path))
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    # A plain authority: see test_grpc_reflection.py on grpcio's default for unix: targets.
+    options = [("grpc.default_authority", "localhost")]
+    with grpc.insecure_channel(f"unix:{keyed.socket_path}", options=options) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

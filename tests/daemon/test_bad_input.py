@@ -252,6 +252,7 @@ def test_a_client_that_stops_reading(own: Daemon, stall_timeout_s: float) -> Non
     cancelled = 'mlx_sidecar_request_errors_total{api="http",code="cancelled"}'
     before = {name: metric(own, name) for name in (generated, finished, cancelled)}
     rss_before = vm_rss_kib(own.pid)
+    fds_before = own.fd_count()
     # A long stream of large events (20 alternatives a token, about 1.4 kB an event; 2.6 MB
     # in all) on the Unix socket, whose kernel buffer (about 200 kB) fills at once, unlike
     # loopback TCP's, which grows to hold megabytes.
@@ -312,4 +313,10 @@ def test_a_client_that_stops_reading(own: Daemon, stall_timeout_s: float) -> Non
         assert b"data: [DONE]" not in rest
     finally:
         stalled.close()
+    wait_for(
+        lambda: own.fd_count() <= fds_before + FD_SLACK,
+        10,
+        f"the daemon's fds to return to {fds_before} (+{FD_SLACK})",
+        interval=0.1,
+    )
     assert_serves(own)

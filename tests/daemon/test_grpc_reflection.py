@@ -118,3 +118,25 @@ def test_health_is_serving(channel: grpc.Channel) -> None:
     for service in ("", INFERENCE):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def unix_health(daemon: Daemon, options: list[tuple[str, str]]) -> int:
+    with grpc.insecure_channel(f"unix:{daemon.socket_path}", options=options) as unix:
+        reply = health_pb2_grpc.HealthStub(unix).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        return reply.status
+
+
+def test_grpcio_over_the_unix_socket_with_a_plain_authority(daemon: Daemon) -> None:
+    options = [("grpc.default_authority", "localhost")]
+    assert unix_health(daemon, options) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=grpc.RpcError,
+    reason="grpcio's default :authority for a unix: target is made from the socket path, "
+    "and the daemon's HTTP/2 server (h2) answers such an authority with RST_STREAM "
+    "PROTOCOL_ERROR (the worker, a grpcio server, accepts it)",
+)
+def test_grpcio_over_the_unix_socket_as_it_comes(daemon: Daemon) -> None:
+    assert unix_health(daemon, []) == health_pb2.HealthCheckResponse.SERVING
