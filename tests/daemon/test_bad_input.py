@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,33 +16,21 @@ from typing import Any
 
 import pytest
 
-from conftest import Daemon, binary_path, running_daemon, wait_for
+from conftest import Daemon, running_daemon, wait_for
 
-SHORT_STALL_TIMEOUT_S = 2.0
-DEFAULT_STALL_TIMEOUT_S = 30.0
+STALL_TIMEOUT_S = 2.0
 FD_SLACK = 4
-
-
-def serve_supports(flag: str) -> bool:
-    """Whether this build of `mlx-sidecar serve` has an option."""
-    help_text = subprocess.run(
-        [str(binary_path()), "serve", "--help"], capture_output=True, text=True, timeout=30
-    ).stdout
-    return flag in help_text
 
 
 @pytest.fixture(scope="module")
 def stall_timeout_s() -> float:
-    """A short ``--stall-timeout`` when the CLI has the option, else the daemon's default."""
-    return SHORT_STALL_TIMEOUT_S if serve_supports("--stall-timeout") else DEFAULT_STALL_TIMEOUT_S
+    """The daemon's ``--stall-timeout``, short so that the stalled-reader test ends soon."""
+    return STALL_TIMEOUT_S
 
 
 @pytest.fixture(scope="module")
 def own(daemon_binary: Path, tiny_model_dir: Path, stall_timeout_s: float) -> Iterator[Daemon]:
-    args = []
-    if stall_timeout_s != DEFAULT_STALL_TIMEOUT_S:
-        args = ["--stall-timeout", str(stall_timeout_s)]
-    with running_daemon(tiny_model_dir, *args) as d:
+    with running_daemon(tiny_model_dir, "--stall-timeout", str(stall_timeout_s)) as d:
         yield d
 
 

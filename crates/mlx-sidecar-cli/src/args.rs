@@ -300,6 +300,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub(crate) grace: f64,
 
+    /// Seconds a stream may wait on a client that stopped reading before it is cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub(crate) stall_timeout: f64,
+
     /// Largest HTTP request body in bytes; larger ones get 413.
     #[arg(long, value_name = "N", default_value_t = mlx_sidecar_server::DEFAULT_MAX_BODY_BYTES)]
     pub(crate) max_body_bytes: usize,

@@ -22,6 +22,8 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let grace = Duration::try_from_secs_f64(args.grace)
         .context("--grace must be a non-negative number of seconds")?;
+    let stall_timeout = Duration::try_from_secs_f64(args.stall_timeout)
+        .context("--stall-timeout must be a non-negative number of seconds")?;
     // Install the handlers first: a signal during the environment check must still drain.
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -29,6 +31,7 @@ pub(crate) async fn run(
     let mut config = ServeConfig::new(supervisor)
         .with_grace(grace)
         .with_max_body_bytes(args.max_body_bytes)
+        .with_stall_timeout(stall_timeout)
         .with_on_listening(|listeners| {
             eprintln!("mlx-sidecar: listening on {}", listeners.join(", "));
         });

@@ -23,7 +23,10 @@ use axum::{
     routing::get,
 };
 use tower::ServiceBuilder;
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::{
+    timeout::TimeoutLayer,
+    trace::{DefaultOnFailure, TraceLayer},
+};
 
 use crate::{
     metrics::Metrics,
@@ -44,7 +47,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(state.clone(), shape_errors))
-                .layer(TraceLayer::new_for_http())
+                // Error responses are answers (a 503 while the worker starts), not faults of the
+                // daemon: they go to the debug log; faults are logged where they happen.
+                .layer(
+                    TraceLayer::new_for_http()
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::GATEWAY_TIMEOUT,
                     limits.request_timeout + Duration::from_secs(5),
