@@ -20,6 +20,8 @@ use crate::metrics::RequestObserver;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TokenInfo {
     pub(crate) text: String,
+    /// The token's raw bytes (part of a UTF-8 character, where the text has U+FFFD).
+    pub(crate) bytes: Vec<u8>,
     pub(crate) logprob: f32,
     pub(crate) top: Vec<(String, f32)>,
 }
@@ -140,8 +142,14 @@ async fn token_infos(
                 .await
                 .unwrap_or_default(),
         };
+        let bytes = if lp.bytes.is_empty() {
+            text.as_bytes().to_vec()
+        } else {
+            lp.bytes
+        };
         infos.push(TokenInfo {
             text,
+            bytes,
             logprob: lp.logprob,
             top: lp.top.into_iter().map(|t| (t.text, t.logprob)).collect(),
         });

@@ -15,7 +15,7 @@ pub(crate) fn chat(tokens: &[TokenInfo]) -> ChatLogprobs {
             .map(|t| ChatTokenLogprob {
                 token: t.text.clone(),
                 logprob: t.logprob,
-                bytes: t.text.as_bytes().to_vec(),
+                bytes: t.bytes.clone(),
                 top_logprobs: t
                     .top
                     .iter()
@@ -53,11 +53,13 @@ mod tests {
         vec![
             TokenInfo {
                 text: "Pa".into(),
+                bytes: b"Pa".to_vec(),
                 logprob: -0.25,
                 top: vec![("Pa".into(), -0.25), ("Lo".into(), -2.0)],
             },
             TokenInfo {
                 text: "rïs".into(),
+                bytes: "rïs".as_bytes().to_vec(),
                 logprob: -0.5,
                 top: vec![("rïs".into(), -0.5)],
             },

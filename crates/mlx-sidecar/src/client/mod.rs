@@ -333,10 +333,12 @@ impl Client {
             Ok(ServingStatus::Serving) => Ok(HealthStatus::Serving),
             Ok(ServingStatus::NotServing) => Ok(HealthStatus::NotServing),
             Ok(_) => Ok(HealthStatus::Unknown),
-            Err(reason) => Err(Error::Rpc {
+            // A broken connection is retryable; an answer such as UNAUTHENTICATED keeps its code.
+            Err(status) if transport::is_transport_failure(&status) => Err(Error::Rpc {
                 code: tonic::Code::Unavailable,
-                message: reason,
+                message: format!("health check failed: {}", status.message()),
             }),
+            Err(status) => Err(Error::from(status)),
         }
     }
 

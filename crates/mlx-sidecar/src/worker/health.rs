@@ -17,17 +17,22 @@ pub(crate) async fn probe(channel: &Channel, timeout: Duration) -> Result<(), St
     match check(channel, timeout, None).await {
         Ok(ServingStatus::Serving) => Ok(()),
         Ok(other) => Err(format!("health is {}", other.as_str_name())),
-        Err(reason) => Err(reason),
+        Err(status) => Err(format!(
+            "health check failed: {:?}: {}",
+            status.code(),
+            status.message()
+        )),
     }
 }
 
 /// One health check with a deadline (sent as `grpc-timeout` and enforced locally), with
-/// the `authorization` metadata a daemon's TCP listener may require.
+/// the `authorization` metadata a daemon's TCP listener may require. A failure keeps its
+/// gRPC code (a missing deadline answer is `DEADLINE_EXCEEDED`).
 pub(crate) async fn check(
     channel: &Channel,
     timeout: Duration,
     authorization: Option<&AsciiMetadataValue>,
-) -> Result<ServingStatus, String> {
+) -> Result<ServingStatus, tonic::Status> {
     let mut client = HealthClient::new(channel.clone());
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: SERVICE.to_owned(),
@@ -39,12 +44,10 @@ pub(crate) async fn check(
             .insert(super::transport::AUTHORIZATION, value.clone());
     }
     match tokio::time::timeout(timeout, client.check(request)).await {
-        Err(_) => Err(format!("no health answer within {timeout:?}")),
-        Ok(Err(status)) => Err(format!(
-            "health check failed: {:?}: {}",
-            status.code(),
-            status.message()
-        )),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no health answer within {timeout:?}"
+        ))),
+        Ok(Err(status)) => Err(status),
         Ok(Ok(response)) => {
             Ok(ServingStatus::try_from(response.into_inner().status)
                 .unwrap_or(ServingStatus::Unknown))

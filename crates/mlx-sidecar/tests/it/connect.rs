@@ -177,7 +177,12 @@ async fn every_call_over_tcp_carries_the_api_key() {
 
     let without = client.tokenize("ab").await.expect_err("no key");
     assert_eq!(without.code(), tonic::Code::Unauthenticated, "{without:?}");
-    client.health().await.expect_err("no key: no health");
+    let unhealthy = client.health().await.expect_err("no key: no health");
+    assert_eq!(
+        unhealthy.code(),
+        tonic::Code::Unauthenticated,
+        "{unhealthy:?}"
+    );
     let wrong = client
         .clone()
         .with_api_key("not-the-key")
