@@ -458,6 +458,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
+                ..Usage::default()
             },
             timings: Timings {
                 queue_wait_ms: 3.0,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emlx_sidecar/v1/inference.proto\x12\x0emlx_sidecar.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"y\n\nChatPrompt\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.mlx_sidecar.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"y\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1a.mlx_sidecar.v1.ChatPromptH\x00\x12*\n\x06tokens\x18\x03 \x01(\x0b\x32\x18.mlx_sidecar.v1.TokenIdsH\x00\x42\x07\n\x05input\"\xc5\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12$\n\x17repetition_context_size\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12!\n\x14penalty_context_size\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x41\n\nlogit_bias\x18\n \x03(\x0b\x32-.mlx_sidecar.v1.SamplingParams.LogitBiasEntry\x12\x11\n\x04seed\x18\x0b \x01(\x04H\t\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x1a\n\x18_repetition_context_sizeB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x17\n\x15_penalty_context_sizeB\x07\n\x05_seed\"1\n\x0fLogprobsOptions\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\r\n\x05top_n\x18\x02 \x01(\x05\"\x94\x02\n\x0fGenerateRequest\x12&\n\x06prompt\x18\x01 \x01(\x0b\x32\x16.mlx_sidecar.v1.Prompt\x12\x30\n\x08sampling\x18\x02 \x01(\x0b\x32\x1e.mlx_sidecar.v1.SamplingParams\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\x31\n\x08logprobs\x18\x07 \x01(\x0b\x32\x1f.mlx_sidecar.v1.LogprobsOptions\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\r\n\x0b_max_tokens\"w\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\'\n\x03top\x18\x03 \x03(\x0b\x32\x1a.mlx_sidecar.v1.TopLogprob\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05\x62ytes\x18\x05 \x01(\x0c\"=\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"`\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1c.mlx_sidecar.v1.TokenLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xbe\x01\n\x07Timings\x12\x15\n\rqueue_wait_ms\x18\x01 \x01(\x01\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\x12!\n\x19prefill_tokens_per_second\x18\x05 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\"\xef\x01\n\x10GenerateFinished\x12\x33\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1c.mlx_sidecar.v1.FinishReason\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.mlx_sidecar.v1.Usage\x12(\n\x07timings\x18\x03 \x01(\x0b\x32\x17.mlx_sidecar.v1.Timings\x12\x14\n\x0cmatched_stop\x18\x04 \x01(\t\x12\x1a\n\rstop_token_id\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x10\n\x0e_stop_token_id\"\x81\x01\n\x10GenerateResponse\x12.\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1d.mlx_sidecar.v1.GenerateChunkH\x00\x12\x34\n\x08\x66inished\x18\x02 \x01(\x0b\x32 .mlx_sidecar.v1.GenerateFinishedH\x00\x42\x07\n\x05\x65vent\"\x8e\x01\n\x0fTokenizeRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1a.mlx_sidecar.v1.ChatPromptH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokens\"-\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"=\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x12\n\x10ModelInfoRequest\"y\n\x0cQuantization\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\r\x12\x12\n\ngroup_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rsource_format\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65quantized\x18\x06 \x01(\x08\"\xea\x04\n\x11ModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x32\n\x0cquantization\x18\x04 \x01(\x0b\x32\x1c.mlx_sidecar.v1.Quantization\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12*\n\x06\x64\x65vice\x18\x07 \x01(\x0e\x32\x1a.mlx_sidecar.v1.DeviceKind\x12(\n\x07\x62\x61\x63kend\x18\x08 \x01(\x0e\x32\x17.mlx_sidecar.v1.Backend\x12\x13\n\x0b\x64\x65vice_name\x18\t \x01(\t\x12\x13\n\x0bmlx_version\x18\n \x01(\t\x12\x16\n\x0emlx_lm_version\x18\x0b \x01(\t\x12\x1b\n\x13\x61\x63tive_memory_bytes\x18\x0c \x01(\x04\x12\x19\n\x11peak_memory_bytes\x18\r \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_memory_bytes\x18\x0e \x01(\x04\x12\x12\n\nworker_pid\x18\x0f \x01(\r\x12\x16\n\x0eworker_version\x18\x10 \x01(\t\x12\x16\n\x0epython_version\x18\x11 \x01(\t\x12\x15\n\reos_token_ids\x18\x12 \x03(\r\x12\x19\n\x11has_chat_template\x18\x13 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x14 \x01(\r\x12\x14\n\x0cload_seconds\x18\x15 \x01(\x01\x12\x17\n\x0fparameter_count\x18\x16 \x01(\x04\x12\x10\n\x08\x63pu_blas\x18\x17 \x01(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*S\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_CPU\x10\x01\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x02*X\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_CPU\x10\x01\x12\x11\n\rBACKEND_METAL\x10\x02\x12\x10\n\x0c\x42\x41\x43KEND_CUDA\x10\x03\x32\xd2\x02\n\tInference\x12O\n\x08Generate\x12\x1f.mlx_sidecar.v1.GenerateRequest\x1a .mlx_sidecar.v1.GenerateResponse0\x01\x12M\n\x08Tokenize\x12\x1f.mlx_sidecar.v1.TokenizeRequest\x1a .mlx_sidecar.v1.TokenizeResponse\x12S\n\nDetokenize\x12!.mlx_sidecar.v1.DetokenizeRequest\x1a\".mlx_sidecar.v1.DetokenizeResponse\x12P\n\tModelInfo\x12 .mlx_sidecar.v1.ModelInfoRequest\x1a!.mlx_sidecar.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emlx_sidecar/v1/inference.proto\x12\x0emlx_sidecar.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"y\n\nChatPrompt\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.mlx_sidecar.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"y\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1a.mlx_sidecar.v1.ChatPromptH\x00\x12*\n\x06tokens\x18\x03 \x01(\x0b\x32\x18.mlx_sidecar.v1.TokenIdsH\x00\x42\x07\n\x05input\"\xc5\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12$\n\x17repetition_context_size\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12!\n\x14penalty_context_size\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x41\n\nlogit_bias\x18\n \x03(\x0b\x32-.mlx_sidecar.v1.SamplingParams.LogitBiasEntry\x12\x11\n\x04seed\x18\x0b \x01(\x04H\t\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x1a\n\x18_repetition_context_sizeB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x17\n\x15_penalty_context_sizeB\x07\n\x05_seed\"1\n\x0fLogprobsOptions\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\r\n\x05top_n\x18\x02 \x01(\x05\"\xda\x03\n\x0fGenerateRequest\x12&\n\x06prompt\x18\x01 \x01(\x0b\x32\x16.mlx_sidecar.v1.Prompt\x12\x30\n\x08sampling\x18\x02 \x01(\x0b\x32\x1e.mlx_sidecar.v1.SamplingParams\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\x31\n\x08logprobs\x18\x07 \x01(\x0b\x32\x1f.mlx_sidecar.v1.LogprobsOptions\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x37\n\x0c\x63ontinuation\x18\t \x01(\x0b\x32\x1c.mlx_sidecar.v1.ContinuationH\x01\x88\x01\x01\x12\x18\n\x0bmax_resumes\x18\n \x01(\rH\x02\x88\x01\x01\x12<\n\x0fresponse_format\x18\x0b \x01(\x0b\x32\x1e.mlx_sidecar.v1.ResponseFormatH\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0f\n\r_continuationB\x0e\n\x0c_max_resumesB\x12\n\x10_response_format\"_\n\x0c\x43ontinuation\x12\x1b\n\x13\x64\x65livered_token_ids\x18\x01 \x03(\r\x12\x1c\n\x14\x64\x65livered_text_bytes\x18\x02 \x01(\r\x12\x14\n\x0cresume_count\x18\x03 \x01(\r\"j\n\x0eResponseFormat\x12\x37\n\x0bjson_object\x18\x01 \x01(\x0b\x32 .mlx_sidecar.v1.JsonObjectFormatH\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"\x12\n\x10JsonObjectFormat\"w\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\'\n\x03top\x18\x03 \x03(\x0b\x32\x1a.mlx_sidecar.v1.TopLogprob\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05\x62ytes\x18\x05 \x01(\x0c\"=\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\"`\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1c.mlx_sidecar.v1.TokenLogprob\"h\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\x12\x0f\n\x07resumes\x18\x04 \x01(\r\"\xbe\x01\n\x07Timings\x12\x15\n\rqueue_wait_ms\x18\x01 \x01(\x01\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\x12!\n\x19prefill_tokens_per_second\x18\x05 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\"\xef\x01\n\x10GenerateFinished\x12\x33\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1c.mlx_sidecar.v1.FinishReason\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.mlx_sidecar.v1.Usage\x12(\n\x07timings\x18\x03 \x01(\x0b\x32\x17.mlx_sidecar.v1.Timings\x12\x14\n\x0cmatched_stop\x18\x04 \x01(\t\x12\x1a\n\rstop_token_id\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x10\n\x0e_stop_token_id\"\x81\x01\n\x10GenerateResponse\x12.\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1d.mlx_sidecar.v1.GenerateChunkH\x00\x12\x34\n\x08\x66inished\x18\x02 \x01(\x0b\x32 .mlx_sidecar.v1.GenerateFinishedH\x00\x42\x07\n\x05\x65vent\"\x8e\x01\n\x0fTokenizeRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1a.mlx_sidecar.v1.ChatPromptH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokens\"-\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"=\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x12\n\x10ModelInfoRequest\"y\n\x0cQuantization\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\r\x12\x12\n\ngroup_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x15\n\rsource_format\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65quantized\x18\x06 \x01(\x08\"\xea\x04\n\x11ModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x32\n\x0cquantization\x18\x04 \x01(\x0b\x32\x1c.mlx_sidecar.v1.Quantization\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12*\n\x06\x64\x65vice\x18\x07 \x01(\x0e\x32\x1a.mlx_sidecar.v1.DeviceKind\x12(\n\x07\x62\x61\x63kend\x18\x08 \x01(\x0e\x32\x17.mlx_sidecar.v1.Backend\x12\x13\n\x0b\x64\x65vice_name\x18\t \x01(\t\x12\x13\n\x0bmlx_version\x18\n \x01(\t\x12\x16\n\x0emlx_lm_version\x18\x0b \x01(\t\x12\x1b\n\x13\x61\x63tive_memory_bytes\x18\x0c \x01(\x04\x12\x19\n\x11peak_memory_bytes\x18\r \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_memory_bytes\x18\x0e \x01(\x04\x12\x12\n\nworker_pid\x18\x0f \x01(\r\x12\x16\n\x0eworker_version\x18\x10 \x01(\t\x12\x16\n\x0epython_version\x18\x11 \x01(\t\x12\x15\n\reos_token_ids\x18\x12 \x03(\r\x12\x19\n\x11has_chat_template\x18\x13 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x14 \x01(\r\x12\x14\n\x0cload_seconds\x18\x15 \x01(\x01\x12\x17\n\x0fparameter_count\x18\x16 \x01(\x04\x12\x10\n\x08\x63pu_blas\x18\x17 \x01(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*S\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_CPU\x10\x01\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x02*X\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_CPU\x10\x01\x12\x11\n\rBACKEND_METAL\x10\x02\x12\x10\n\x0c\x42\x41\x43KEND_CUDA\x10\x03\x32\xd2\x02\n\tInference\x12O\n\x08Generate\x12\x1f.mlx_sidecar.v1.GenerateRequest\x1a .mlx_sidecar.v1.GenerateResponse0\x01\x12M\n\x08Tokenize\x12\x1f.mlx_sidecar.v1.TokenizeRequest\x1a .mlx_sidecar.v1.TokenizeResponse\x12S\n\nDetokenize\x12!.mlx_sidecar.v1.DetokenizeRequest\x1a\".mlx_sidecar.v1.DetokenizeResponse\x12P\n\tModelInfo\x12 .mlx_sidecar.v1.ModelInfoRequest\x1a!.mlx_sidecar.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=3244
-  _globals['_FINISHREASON']._serialized_end=3368
-  _globals['_DEVICEKIND']._serialized_start=3370
-  _globals['_DEVICEKIND']._serialized_end=3453
-  _globals['_BACKEND']._serialized_start=3455
-  _globals['_BACKEND']._serialized_end=3543
+  _globals['_FINISHREASON']._serialized_start=3714
+  _globals['_FINISHREASON']._serialized_end=3838
+  _globals['_DEVICEKIND']._serialized_start=3840
+  _globals['_DEVICEKIND']._serialized_end=3923
+  _globals['_BACKEND']._serialized_start=3925
+  _globals['_BACKEND']._serialized_end=4013
   _globals['_CHATMESSAGE']._serialized_start=50
   _globals['_CHATMESSAGE']._serialized_end=94
   _globals['_CHATPROMPT']._serialized_start=96
@@ -54,35 +54,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGPROBSOPTIONS']._serialized_start=951
   _globals['_LOGPROBSOPTIONS']._serialized_end=1000
   _globals['_GENERATEREQUEST']._serialized_start=1003
-  _globals['_GENERATEREQUEST']._serialized_end=1279
-  _globals['_TOKENLOGPROB']._serialized_start=1281
-  _globals['_TOKENLOGPROB']._serialized_end=1400
-  _globals['_TOPLOGPROB']._serialized_start=1402
-  _globals['_TOPLOGPROB']._serialized_end=1463
-  _globals['_GENERATECHUNK']._serialized_start=1465
-  _globals['_GENERATECHUNK']._serialized_end=1561
-  _globals['_USAGE']._serialized_start=1563
-  _globals['_USAGE']._serialized_end=1620
-  _globals['_TIMINGS']._serialized_start=1623
-  _globals['_TIMINGS']._serialized_end=1813
-  _globals['_GENERATEFINISHED']._serialized_start=1816
-  _globals['_GENERATEFINISHED']._serialized_end=2055
-  _globals['_GENERATERESPONSE']._serialized_start=2058
-  _globals['_GENERATERESPONSE']._serialized_end=2187
-  _globals['_TOKENIZEREQUEST']._serialized_start=2190
-  _globals['_TOKENIZEREQUEST']._serialized_end=2332
-  _globals['_TOKENIZERESPONSE']._serialized_start=2334
-  _globals['_TOKENIZERESPONSE']._serialized_end=2379
-  _globals['_DETOKENIZEREQUEST']._serialized_start=2381
-  _globals['_DETOKENIZEREQUEST']._serialized_end=2442
-  _globals['_DETOKENIZERESPONSE']._serialized_start=2444
-  _globals['_DETOKENIZERESPONSE']._serialized_end=2478
-  _globals['_MODELINFOREQUEST']._serialized_start=2480
-  _globals['_MODELINFOREQUEST']._serialized_end=2498
-  _globals['_QUANTIZATION']._serialized_start=2500
-  _globals['_QUANTIZATION']._serialized_end=2621
-  _globals['_MODELINFORESPONSE']._serialized_start=2624
-  _globals['_MODELINFORESPONSE']._serialized_end=3242
-  _globals['_INFERENCE']._serialized_start=3546
-  _globals['_INFERENCE']._serialized_end=3884
+  _globals['_GENERATEREQUEST']._serialized_end=1477
+  _globals['_CONTINUATION']._serialized_start=1479
+  _globals['_CONTINUATION']._serialized_end=1574
+  _globals['_RESPONSEFORMAT']._serialized_start=1576
+  _globals['_RESPONSEFORMAT']._serialized_end=1682
+  _globals['_JSONOBJECTFORMAT']._serialized_start=1684
+  _globals['_JSONOBJECTFORMAT']._serialized_end=1702
+  _globals['_TOKENLOGPROB']._serialized_start=1704
+  _globals['_TOKENLOGPROB']._serialized_end=1823
+  _globals['_TOPLOGPROB']._serialized_start=1825
+  _globals['_TOPLOGPROB']._serialized_end=1886
+  _globals['_GENERATECHUNK']._serialized_start=1888
+  _globals['_GENERATECHUNK']._serialized_end=1984
+  _globals['_USAGE']._serialized_start=1986
+  _globals['_USAGE']._serialized_end=2090
+  _globals['_TIMINGS']._serialized_start=2093
+  _globals['_TIMINGS']._serialized_end=2283
+  _globals['_GENERATEFINISHED']._serialized_start=2286
+  _globals['_GENERATEFINISHED']._serialized_end=2525
+  _globals['_GENERATERESPONSE']._serialized_start=2528
+  _globals['_GENERATERESPONSE']._serialized_end=2657
+  _globals['_TOKENIZEREQUEST']._serialized_start=2660
+  _globals['_TOKENIZEREQUEST']._serialized_end=2802
+  _globals['_TOKENIZERESPONSE']._serialized_start=2804
+  _globals['_TOKENIZERESPONSE']._serialized_end=2849
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2851
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2912
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2914
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2948
+  _globals['_MODELINFOREQUEST']._serialized_start=2950
+  _globals['_MODELINFOREQUEST']._serialized_end=2968
+  _globals['_QUANTIZATION']._serialized_start=2970
+  _globals['_QUANTIZATION']._serialized_end=3091
+  _globals['_MODELINFORESPONSE']._serialized_start=3094
+  _globals['_MODELINFORESPONSE']._serialized_end=3712
+  _globals['_INFERENCE']._serialized_start=4016
+  _globals['_INFERENCE']._serialized_end=4354
 # @@protoc_insertion_point(module_scope)

@@ -112,7 +112,7 @@ class LogprobsOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., top_n: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "sampling", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "request_id")
+    __slots__ = ("prompt", "sampling", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "request_id", "continuation", "max_resumes", "response_format")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,9 @@ class GenerateRequest(_message.Message):
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESUMES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     prompt: Prompt
     sampling: SamplingParams
     max_tokens: int
@@ -129,7 +132,32 @@ class GenerateRequest(_message.Message):
     ignore_eos: bool
     logprobs: LogprobsOptions
     request_id: str
-    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[_Union[LogprobsOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    continuation: Continuation
+    max_resumes: int
+    response_format: ResponseFormat
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[_Union[LogprobsOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., max_resumes: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+
+class Continuation(_message.Message):
+    __slots__ = ("delivered_token_ids", "delivered_text_bytes", "resume_count")
+    DELIVERED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    delivered_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    delivered_text_bytes: int
+    resume_count: int
+    def __init__(self, delivered_token_ids: _Optional[_Iterable[int]] = ..., delivered_text_bytes: _Optional[int] = ..., resume_count: _Optional[int] = ...) -> None: ...
+
+class ResponseFormat(_message.Message):
+    __slots__ = ("json_object", "json_schema")
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    json_object: JsonObjectFormat
+    json_schema: str
+    def __init__(self, json_object: _Optional[_Union[JsonObjectFormat, _Mapping]] = ..., json_schema: _Optional[str] = ...) -> None: ...
+
+class JsonObjectFormat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token_id", "logprob", "top", "text", "bytes")
@@ -166,12 +194,16 @@ class GenerateChunk(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens")
+    __slots__ = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "resumes")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESUMES_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    cached_prompt_tokens: int
+    resumes: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., resumes: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_wait_ms", "prefill_ms", "decode_ms", "decode_tokens_per_second", "prefill_tokens_per_second", "time_to_first_token_ms", "total_ms")

@@ -183,6 +183,8 @@ fn finished(f: Finished) -> pb::GenerateFinished {
         usage: Some(pb::Usage {
             prompt_tokens: f.usage.prompt_tokens,
             completion_tokens: f.usage.completion_tokens,
+            cached_prompt_tokens: f.usage.cached_prompt_tokens,
+            resumes: f.usage.resumes,
         }),
         timings: Some(pb::Timings {
             queue_wait_ms: t.queue_wait_ms,
@@ -302,6 +304,9 @@ mod tests {
                 top_n: 5,
             }),
             request_id: "req-1".into(),
+            continuation: None,
+            max_resumes: None,
+            response_format: None,
         }
     }
 

@@ -292,6 +292,9 @@ impl GenerateRequest {
                 top_n: saturating_i32(top_n),
             }),
             request_id: self.request_id.clone(),
+            continuation: None,
+            max_resumes: None,
+            response_format: None,
         }
     }
 }

@@ -66,8 +66,12 @@ pub enum FinishReason {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
-    /// Tokens generated.
+    /// Tokens generated (those delivered before a resume included).
     pub completion_tokens: u32,
+    /// Prompt tokens whose KV cache was reused from an earlier request.
+    pub cached_prompt_tokens: u32,
+    /// How many times the stream was resumed on another worker after a worker died.
+    pub resumes: u32,
 }
 
 /// Where a request's time went, measured in the worker (milliseconds).
@@ -117,6 +121,8 @@ impl From<pb::GenerateFinished> for Finished {
         let usage = f.usage.map_or_else(Usage::default, |u| Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
+            cached_prompt_tokens: u.cached_prompt_tokens,
+            resumes: u.resumes,
         });
         let timings = f.timings.map_or_else(Timings::default, |t| Timings {
             queue_wait_ms: t.queue_wait_ms,

@@ -638,6 +638,8 @@ fn random_generate(rng: &mut StdRng) -> pb::GenerateRequest {
         } else {
             String::new()
         },
+        // The continuation and the response format join the fuzz with their features.
+        ..Default::default()
     }
 }
 
