@@ -296,6 +296,7 @@ class Decoder:
                     "fields": {
                         "request_id": request.job.params.request_id,
                         "generated": request.generated,
+                        "replaying": request.replaying,
                     }
                 },
             )

@@ -62,15 +62,17 @@ class EngineRuns:
         self.engine = engine
         self.limits = limits
 
+    def submit(self, request: pb.GenerateRequest) -> tuple[RequestClock, asyncio.Task[Received]]:
+        """Submits one request: its clock (the engine sets its readings) and its outcome."""
+        stream = ResponseStream()
+        clock = RequestClock(arrival=now())
+        self.engine.submit(validate_generate(request, self.limits), stream, clock)
+        return clock, asyncio.ensure_future(_collect(stream))
+
     async def run(self, requests: list[pb.GenerateRequest]) -> list[Received]:
         """Submits ``requests`` together; what each caller received, in order."""
-        streams = []
-        for request in requests:
-            stream = ResponseStream()
-            params = validate_generate(request, self.limits)
-            self.engine.submit(params, stream, RequestClock(arrival=now()))
-            streams.append(stream)
-        return list(await asyncio.gather(*(_collect(s) for s in streams)))
+        tasks = [self.submit(request)[1] for request in requests]
+        return list(await asyncio.gather(*tasks))
 
 
 async def _collect(stream: ResponseStream) -> Received:
