@@ -118,6 +118,8 @@ pub(crate) struct Started {
     pub(crate) first: Option<pb::GenerateResponse>,
     /// How many times the request was sent until then.
     pub(crate) attempts: u32,
+    /// How many of those attempts the supervisor saw the worker die under.
+    pub(crate) deaths: u32,
 }
 
 /// The connection one call uses, and how to notice that its worker died.
@@ -272,7 +274,7 @@ impl Client {
         let deadline = request.deadline_or(self.generate_timeout);
         let deadline_at = Instant::now() + deadline;
         let proto = request.to_proto();
-        let started = self.start(&proto, deadline, deadline_at).await?;
+        let started = self.start(&proto, deadline, deadline_at, None).await?;
         Ok(GenerateStream::new(
             self.clone(),
             proto,
@@ -284,16 +286,21 @@ impl Client {
     }
 
     /// Sends `proto` until its first message arrives, retrying while that is retryable
-    /// and `deadline_at` allows: a new generation, or a resumed one.
+    /// and `deadline_at` allows: a new generation, or a resumed one. With `max_deaths`,
+    /// retrying stops once more workers than that died under the attempts (a continuation
+    /// that kills every worker it reaches must not loop until the deadline).
     pub(crate) async fn start(
         &self,
         proto: &pb::GenerateRequest,
         deadline: Duration,
         deadline_at: Instant,
+        max_deaths: Option<u32>,
     ) -> Result<Started, Error> {
         let this = self;
         let attempts = AtomicU32::new(0);
         let attempts = &attempts;
+        let deaths = AtomicU32::new(0);
+        let deaths = &deaths;
         let attempt = move || async move {
             attempts.fetch_add(1, Ordering::Relaxed);
             let mut conn = this.connection(deadline_at).await?;
@@ -313,16 +320,21 @@ impl Client {
                     Ok(Ok(started)) => Ok(started),
                     Ok(Err(status)) => Err(status_error(status, deadline)),
                 },
-                status = conn.died() => Err(died_before_output(status)),
+                status = conn.died() => {
+                    deaths.fetch_add(1, Ordering::Relaxed);
+                    Err(died_before_output(status))
+                }
             };
             result.map(|(streaming, first)| (conn, streaming, first))
         };
-        let (conn, streaming, first) = retry(attempt, deadline_at).await?;
+        let may_retry = || max_deaths.is_none_or(|max| deaths.load(Ordering::Relaxed) <= max);
+        let (conn, streaming, first) = retry_while(attempt, deadline_at, may_retry).await?;
         Ok(Started {
             conn,
             streaming,
             first,
             attempts: attempts.load(Ordering::Relaxed),
+            deaths: deaths.load(Ordering::Relaxed),
         })
     }
 
@@ -524,6 +536,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
+    retry_while(attempt, deadline_at, || true).await
+}
+
+/// [`retry`], and only while `may_retry` also says so.
+async fn retry_while<T, F, Fut>(
+    attempt: F,
+    deadline_at: Instant,
+    may_retry: impl Fn() -> bool,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
         .with_max_delay(Duration::from_millis(500))
@@ -533,7 +558,7 @@ where
     attempt
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(|e: &Error| e.is_retryable() && Instant::now() < deadline_at)
+        .when(|e: &Error| e.is_retryable() && Instant::now() < deadline_at && may_retry())
         .notify(|e: &Error, delay: Duration| {
             tracing::debug!(error = %e, ?delay, "retrying the call");
         })

@@ -97,6 +97,7 @@ impl GenerateStream {
             streaming,
             first,
             attempts,
+            ..
         } = started;
         let state = State {
             client,
@@ -240,9 +241,11 @@ impl State {
             resume_count,
         });
         tracing::debug!(error = %died, resume_count, delivered = self.delivered_ids.len(), "resuming the stream on the next worker");
+        // A worker that dies before the continuation's first output uses up a resume too.
+        let spare = self.max_resumes.saturating_sub(resume_count);
         let started = match self
             .client
-            .start(&request, self.deadline, self.deadline_at)
+            .start(&request, self.deadline, self.deadline_at, Some(spare))
             .await
         {
             Ok(started) => started,
@@ -256,6 +259,7 @@ impl State {
                 return Err(died);
             }
         };
+        let resume_count = resume_count.saturating_add(started.deaths);
         self.resumes = resume_count;
         self.conn = started.conn;
         self.streaming = started.streaming;
