@@ -146,6 +146,23 @@ impl Conn {
         }
     }
 
+    /// Whether a supervisor keeps running workers: a worker that cancels its requests
+    /// (shutting down) is then being replaced, not stopped with the rest.
+    pub(crate) fn supervisor_carries_on(&self) -> bool {
+        use crate::WorkerState;
+        self.watch.as_ref().is_some_and(|(view, _)| {
+            !matches!(
+                view.borrow().state,
+                WorkerState::Stopping | WorkerState::Stopped | WorkerState::GaveUp
+            )
+        })
+    }
+
+    /// The supervisor's generation of this call's worker, when a supervisor runs it.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        self.watch.as_ref().map(|(_, generation)| *generation)
+    }
+
     /// The process id of this call's worker, when a supervisor runs it.
     pub(crate) fn worker_pid(&self) -> Option<u32> {
         let (view, generation) = self.watch.as_ref()?;
@@ -274,7 +291,9 @@ impl Client {
         let deadline = request.deadline_or(self.generate_timeout);
         let deadline_at = Instant::now() + deadline;
         let proto = request.to_proto();
-        let started = self.start(&proto, deadline, deadline_at, None).await?;
+        let started = self
+            .start(&proto, deadline, deadline_at, None, None)
+            .await?;
         Ok(GenerateStream::new(
             self.clone(),
             proto,
@@ -288,13 +307,15 @@ impl Client {
     /// Sends `proto` until its first message arrives, retrying while that is retryable
     /// and `deadline_at` allows: a new generation, or a resumed one. With `max_deaths`,
     /// retrying stops once more workers than that died under the attempts (a continuation
-    /// that kills every worker it reaches must not loop until the deadline).
+    /// that kills every worker it reaches must not loop until the deadline). A worker of
+    /// generation `avoid` (the one a resumed stream was cut by) is not called.
     pub(crate) async fn start(
         &self,
         proto: &pb::GenerateRequest,
         deadline: Duration,
         deadline_at: Instant,
         max_deaths: Option<u32>,
+        avoid: Option<u64>,
     ) -> Result<Started, Error> {
         let this = self;
         let attempts = AtomicU32::new(0);
@@ -303,7 +324,7 @@ impl Client {
         let deaths = &deaths;
         let attempt = move || async move {
             attempts.fetch_add(1, Ordering::Relaxed);
-            let mut conn = this.connection(deadline_at).await?;
+            let mut conn = this.connection(deadline_at, avoid).await?;
             let req = this.request(
                 proto.clone(),
                 deadline_at.saturating_duration_since(Instant::now()),
@@ -464,7 +485,9 @@ impl Client {
     }
 
     /// Waits (until `deadline_at`) for a worker to call and returns the connection to it.
-    async fn connection(&self, deadline_at: Instant) -> Result<Conn, Error> {
+    /// With `avoid`, a worker of that generation (one that just died under a stream) is
+    /// not used: the call waits for the next.
+    async fn connection(&self, deadline_at: Instant, avoid: Option<u64>) -> Result<Conn, Error> {
         let view = match &self.source {
             Source::Direct { channel } => {
                 return Ok(Conn {
@@ -479,7 +502,9 @@ impl Client {
         let found = {
             let waited = tokio::time::timeout_at(
                 deadline_at,
-                view.wait_for(|v| v.usable_channel().is_some() || v.is_terminal()),
+                view.wait_for(|v| {
+                    (v.usable_channel().is_some() && Some(v.generation) != avoid) || v.is_terminal()
+                }),
             )
             .await;
             match waited {
@@ -515,7 +540,7 @@ impl Client {
         let call = &call;
         let this = self;
         let attempt = move || async move {
-            let mut conn = this.connection(deadline_at).await?;
+            let mut conn = this.connection(deadline_at, None).await?;
             let remaining = deadline_at.saturating_duration_since(Instant::now());
             tokio::select! {
                 r = tokio::time::timeout_at(deadline_at, call(conn.channel.clone(), remaining)) => match r {

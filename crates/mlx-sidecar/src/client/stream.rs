@@ -179,13 +179,27 @@ impl State {
         if self.done {
             return None;
         }
-        let message = match self.first.take() {
+        let mut message = match self.first.take() {
             Some(first) => Ok(Some(first)),
             None => match self.receive().await {
                 Err(died @ Error::WorkerDied { .. }) => self.resume(died).await,
                 other => other,
             },
         };
+        // A worker the supervisor replaces (say, after failed health checks) cancels its
+        // requests as it drains: that stream goes on on the next worker too.
+        while let Ok(Some(GenerateResponse {
+            event: Some(Event::Finished(finished)),
+        })) = &message
+            && finished.finish_reason == pb::FinishReason::Cancelled as i32
+            && self.conn.supervisor_carries_on()
+        {
+            let died = self.worker_died(Some("the worker cancelled the request".to_owned()));
+            match self.resume(died).await {
+                Err(Error::WorkerDied { .. }) => break,
+                resumed => message = resumed,
+            }
+        }
         let item = match message {
             Ok(Some(GenerateResponse {
                 event: Some(Event::Chunk(chunk)),
@@ -245,7 +259,13 @@ impl State {
         let spare = self.max_resumes.saturating_sub(resume_count);
         let started = match self
             .client
-            .start(&request, self.deadline, self.deadline_at, Some(spare))
+            .start(
+                &request,
+                self.deadline,
+                self.deadline_at,
+                Some(spare),
+                self.conn.generation(),
+            )
             .await
         {
             Ok(started) => started,

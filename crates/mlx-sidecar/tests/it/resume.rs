@@ -85,6 +85,13 @@ async fn reference(supervisor: &Supervisor, request: GenerateRequest) -> Receive
 /// `got` is `want`, token by token (and text, logprobs, finish), resumed `resumes` times.
 fn assert_same_stream(got: &Received, want: &Received, resumes: u32, what: &str) {
     assert!(got.error.is_none(), "{what}: {:?}", got.error);
+    assert_eq!(
+        got.ids.len(),
+        want.ids.len(),
+        "{what}: tokens; finished {:?}, want {:?}",
+        got.finished,
+        want.finished
+    );
     assert_eq!(got.ids, want.ids, "{what}: token ids");
     assert_eq!(got.text, want.text, "{what}: text");
     let (g, w) = (
@@ -230,7 +237,8 @@ async fn a_hung_worker_found_by_the_probes_is_resumed_from() {
     );
     let supervisor = Supervisor::spawn(config).await.expect("spawn");
     supervisor.wait_ready(READY).await.expect("ready");
-    let request = long("Hang on", 200);
+    // Long enough that the worker is still generating when it is stopped.
+    let request = long("Hang on", 1500);
     let want = reference(&supervisor, request.clone()).await;
     let stream = supervisor
         .client()
