@@ -240,7 +240,14 @@ impl State {
     /// returns that worker's first message; or `died` itself when the resume limit or the
     /// deadline does not allow it, or no worker took over in time.
     async fn resume(&mut self, died: Error) -> Result<Option<GenerateResponse>, Error> {
-        if self.resumes >= self.max_resumes || Instant::now() >= self.deadline_at {
+        // Every token was delivered and only the finish was lost: nothing to continue (a
+        // worker refuses such a continuation), and the caller learns how it ended.
+        let complete = self
+            .request
+            .max_tokens
+            .and_then(|m| usize::try_from(m).ok())
+            .is_some_and(|m| self.delivered_ids.len() >= m);
+        if complete || self.resumes >= self.max_resumes || Instant::now() >= self.deadline_at {
             return Err(died);
         }
         let noticed = Instant::now();
