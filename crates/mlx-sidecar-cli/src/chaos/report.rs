@@ -95,6 +95,9 @@ pub(crate) struct Requests {
     pub(crate) tokens: u64,
     pub(crate) tokens_per_second: f64,
     pub(crate) time_to_first_token_ms: Stats,
+    /// Per resume: from noticing the worker's death to the continuation's first message
+    /// (the `Resumed` events' stall).
+    pub(crate) resume_stall_ms: Stats,
 }
 
 #[derive(Debug, Serialize)]
@@ -270,6 +273,10 @@ pub(crate) fn build(
                     .iter()
                     .filter_map(|r| Some(r.first_token? - r.sent)),
             ),
+            resume_stall_ms: Stats::of_secs(marks.events.iter().filter_map(|(_, e)| match e {
+                mlx_sidecar::LifecycleEvent::Resumed { stall, .. } => Some(stall.as_secs_f64()),
+                _ => None,
+            })),
         },
         faults: Faults {
             injected: faults.len(),
@@ -395,6 +402,14 @@ pub(crate) fn render(r: &Report) -> String {
         stats_row(
             "time to first token (all requests)",
             &q.time_to_first_token_ms
+        )
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        stats_row(
+            "resume stall (death noticed to the next token)",
+            &q.resume_stall_ms
         )
     );
     if r.restart_breakdown_ms.values().any(|s| s.n > 0) {
