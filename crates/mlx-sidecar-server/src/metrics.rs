@@ -22,6 +22,7 @@
 //! | `mlx_sidecar_requests_total` | counter | api, finish_reason | finished requests |
 //! | `mlx_sidecar_request_errors_total` | counter | api, code | failed requests, by gRPC code name |
 //! | `mlx_sidecar_worker_restarts_total` | counter | cause | restarts of the active worker |
+//! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
 
 mod observer;
 
@@ -174,6 +175,7 @@ struct Inner {
     requests: Family<FinishLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     restarts: Family<RestartLabels, Counter>,
+    resumes: Counter,
 }
 
 impl Default for Metrics {
@@ -201,6 +203,7 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             restarts: Family::default(),
+            resumes: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -272,6 +275,11 @@ impl Metrics {
             "worker_restarts",
             "Restarts of the active worker, by cause",
             inner.restarts.clone(),
+        );
+        r.register(
+            "stream_resumes",
+            "Generation streams resumed on the next worker after their worker died",
+            inner.resumes.clone(),
         );
         for api in [Api::Http, Api::Grpc] {
             let labels = ApiLabels { api };
@@ -400,6 +408,11 @@ impl Metrics {
     /// Sets `mlx_sidecar_standby_ready`.
     pub(crate) fn set_standby_ready(&self, ready: bool) {
         self.inner.standby_ready.set(i64::from(ready));
+    }
+
+    /// Counts one stream resumed on the next worker.
+    pub(crate) fn count_resume(&self) {
+        self.inner.resumes.inc();
     }
 
     /// Counts one restart of the active worker.

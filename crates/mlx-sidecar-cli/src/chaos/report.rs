@@ -69,6 +69,8 @@ pub(crate) struct Settings {
     pub(crate) faults: Vec<FaultPlan>,
     /// Whether the supervisor kept a standby worker (--standby).
     pub(crate) standby: bool,
+    /// Whether streams resumed on the next worker (no --no-resume).
+    pub(crate) resume: bool,
     /// Whether the first restart after a served run was immediate (no --no-immediate-restart).
     pub(crate) immediate_restart: bool,
 }
@@ -82,6 +84,10 @@ pub(crate) struct Requests {
     /// Completed or failed after the client library re-sent them (the worker died or was
     /// unavailable before their first token): the caller did nothing.
     pub(crate) retried_transparently: usize,
+    /// Requests whose stream the client library resumed on the next worker after their
+    /// worker died mid-stream (completed or not), and the resumes in all.
+    pub(crate) resumed: usize,
+    pub(crate) resumes: u64,
     pub(crate) failed_by_reason: BTreeMap<String, usize>,
     pub(crate) lost_by_reason: BTreeMap<String, usize>,
     /// Failures whose error said retrying is safe (nothing had been streamed).
@@ -89,6 +95,9 @@ pub(crate) struct Requests {
     pub(crate) tokens: u64,
     pub(crate) tokens_per_second: f64,
     pub(crate) time_to_first_token_ms: Stats,
+    /// Per resume: from noticing the worker's death to the continuation's first message
+    /// (the `Resumed` events' stall).
+    pub(crate) resume_stall_ms: Stats,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +161,8 @@ pub(crate) fn build(
             retried += 1;
         }
     }
+    let resumed = requests.iter().filter(|r| r.resumes > 0).count();
+    let resumes: u64 = requests.iter().map(|r| u64::from(r.resumes)).sum();
     let tokens: u64 = requests.iter().map(|r| u64::from(r.tokens)).sum();
     let duration = settings.duration_s.max(1e-9);
 
@@ -250,6 +261,8 @@ pub(crate) fn build(
             failed,
             lost,
             retried_transparently: retried,
+            resumed,
+            resumes,
             failed_by_reason,
             lost_by_reason,
             failed_retry_safe: retry_safe,
@@ -260,6 +273,10 @@ pub(crate) fn build(
                     .iter()
                     .filter_map(|r| Some(r.first_token? - r.sent)),
             ),
+            resume_stall_ms: Stats::of_secs(marks.events.iter().filter_map(|(_, e)| match e {
+                mlx_sidecar::LifecycleEvent::Resumed { stall, .. } => Some(stall.as_secs_f64()),
+                _ => None,
+            })),
         },
         faults: Faults {
             injected: faults.len(),
@@ -323,6 +340,14 @@ pub(crate) fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
+        "  {:<28} {:>8}  ({} resumes{})",
+        "resumed mid-stream",
+        q.resumed,
+        q.resumes,
+        if s.resume { "" } else { "; off: --no-resume" }
+    );
+    let _ = writeln!(
+        out,
         "  {:<28} {:>8}",
         "failed (caller got an error)", q.failed
     );
@@ -377,6 +402,14 @@ pub(crate) fn render(r: &Report) -> String {
         stats_row(
             "time to first token (all requests)",
             &q.time_to_first_token_ms
+        )
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        stats_row(
+            "resume stall (death noticed to the next token)",
+            &q.resume_stall_ms
         )
     );
     if r.restart_breakdown_ms.values().any(|s| s.n > 0) {
@@ -441,6 +474,7 @@ mod tests {
             ended: 1.0,
             tokens: 4,
             attempts,
+            resumes: 0,
             outcome,
             retry_safe: Some(false),
         }
@@ -455,6 +489,7 @@ mod tests {
             duration_s: 2.0,
             faults: Vec::new(),
             standby: false,
+            resume: true,
             immediate_restart: true,
         }
     }

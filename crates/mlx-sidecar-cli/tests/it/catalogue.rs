@@ -197,6 +197,10 @@ async fn fault_17_kills_under_load_lose_nothing() {
     for reason in failed.keys() {
         assert_eq!(reason, "worker died mid-stream", "{failed:?}");
     }
+    // Streams cut by a kill go on on the next worker (4 clients always streaming: at least
+    // one kill lands mid-stream).
+    assert!(n("/requests/resumed") >= 1, "{:#}", report["requests"]);
+    assert!(n("/requests/resumes") >= n("/requests/resumed"));
     let detect = report
         .pointer("/faults/by_kind/kill/time_to_detect_ms/max")
         .and_then(serde_json::Value::as_f64)
@@ -207,10 +211,11 @@ async fn fault_17_kills_under_load_lose_nothing() {
     );
     assert!(std::fs::read_to_string(&chart).is_ok_and(|svg| svg.contains("<svg")));
     eprintln!(
-        "FIGURE fault 17: {} requests under 4 kills: {} completed ({} retried transparently), {} failed with an error, 0 lost; serve again p50 {} ms",
+        "FIGURE fault 17: {} requests under 4 kills: {} completed ({} retried transparently, {} resumed mid-stream), {} failed with an error, 0 lost; serve again p50 {} ms",
         n("/requests/total"),
         n("/requests/completed"),
         n("/requests/retried_transparently"),
+        n("/requests/resumed"),
         n("/requests/failed"),
         report
             .pointer("/faults/by_kind/kill/time_to_serve_again_ms/p50")

@@ -69,6 +69,8 @@ pub struct Supervisor {
     standby_task: Option<JoinHandle<()>>,
     socket_dir: PathBuf,
     cleanup: Cleanup,
+    /// Streams resumed by this supervisor's clients (shared with them).
+    resumes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Supervisor {
@@ -125,6 +127,7 @@ impl Supervisor {
             standby_task,
             socket_dir,
             cleanup,
+            resumes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         match first_rx.await {
             Ok(Ok(())) => Ok(supervisor),
@@ -162,7 +165,13 @@ impl Supervisor {
 
     /// A client that always talks to the current worker (cheap; clone freely).
     pub fn client(&self) -> Client {
-        Client::supervised(self.view.clone())
+        Client::supervised(self.view.clone(), self.events.clone(), self.resumes.clone())
+    }
+
+    /// How many generation streams of this supervisor's clients were resumed on another
+    /// worker after the one serving them died (see [`crate::GenerateRequest::max_resumes`]).
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lifecycle events from now on. A receiver that falls more than 256 events behind
