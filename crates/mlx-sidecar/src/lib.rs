@@ -91,5 +91,5 @@ pub use client::{
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
-pub use supervisor::{LifecycleEvent, StartupTimes, Supervisor};
+pub use supervisor::{LifecycleEvent, ReplicaStatus, StartupTimes, Supervisor};
 pub use worker::{ExitStatusInfo, WorkerState};

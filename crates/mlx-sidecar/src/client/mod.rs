@@ -48,7 +48,7 @@ use mlx_sidecar_proto::v1::{
 
 use crate::{
     Error,
-    worker::{WorkerView, health, transport},
+    worker::{LoadGuard, Replicas, WorkerView, health, pool_state, transport},
 };
 use auth::BearerToken;
 
@@ -83,15 +83,17 @@ pub struct Client {
 enum Source {
     /// One endpoint (a daemon or a worker's socket), no supervisor.
     Direct { channel: Channel },
-    /// Whatever worker the supervisor runs now.
-    Supervised { view: watch::Receiver<WorkerView> },
+    /// Whatever workers the supervisor's replicas run now.
+    Supervised { replicas: Replicas },
 }
 
 /// The connection one call uses, and how to notice that its worker died.
 pub(crate) struct Conn {
     channel: Channel,
-    /// The supervisor's view and the worker generation this call talks to.
+    /// The supervisor's view of this call's replica and the worker generation it talks to.
     watch: Option<(watch::Receiver<WorkerView>, u64)>,
+    /// Counts this call in flight on its replica, for the least-loaded choice.
+    _load: Option<LoadGuard>,
 }
 
 impl Conn {
@@ -113,8 +115,8 @@ impl Conn {
 }
 
 impl Client {
-    pub(crate) fn supervised(view: watch::Receiver<WorkerView>) -> Self {
-        Client::with_source(Source::Supervised { view })
+    pub(crate) fn supervised(replicas: Replicas) -> Self {
+        Client::with_source(Source::Supervised { replicas })
     }
 
     fn with_source(source: Source) -> Self {
@@ -317,13 +319,13 @@ impl Client {
         use tonic_health::pb::health_check_response::ServingStatus;
         let channel = match &self.source {
             Source::Direct { channel } => channel.clone(),
-            Source::Supervised { view } => {
-                let view = view.borrow();
-                if view.is_terminal() {
-                    return Err(view.terminal_error());
+            Source::Supervised { replicas } => {
+                let mut watchers = replicas.watchers();
+                if let Some(error) = Replicas::terminal_error(&watchers) {
+                    return Err(error);
                 }
-                match view.usable_channel() {
-                    Some(channel) => channel.clone(),
+                match replicas.pick(&mut watchers) {
+                    Some(picked) => picked.channel,
                     None => return Ok(HealthStatus::NotServing),
                 }
             }
@@ -353,45 +355,43 @@ impl Client {
         request
     }
 
-    /// Waits (until `deadline_at`) for a worker to call and returns the connection to it.
+    /// Waits (until `deadline_at`) for a worker to call and returns the connection to it:
+    /// with replicas, the ready one with the least work in flight (see `worker::pool`).
     async fn connection(&self, deadline_at: Instant) -> Result<Conn, Error> {
-        let view = match &self.source {
+        let replicas = match &self.source {
             Source::Direct { channel } => {
                 return Ok(Conn {
                     channel: channel.clone(),
                     watch: None,
+                    _load: None,
                 });
             }
-            Source::Supervised { view } => view,
+            Source::Supervised { replicas } => replicas,
         };
-        let mut view = view.clone();
+        let mut watchers = replicas.watchers();
         let started = Instant::now();
-        let found = {
-            let waited = tokio::time::timeout_at(
-                deadline_at,
-                view.wait_for(|v| v.usable_channel().is_some() || v.is_terminal()),
-            )
-            .await;
-            match waited {
-                Err(_) => None,
-                Ok(Err(_)) => return Err(Error::Stopped),
-                Ok(Ok(v)) => Some(match v.usable_channel() {
-                    Some(channel) => Ok((channel.clone(), v.generation)),
-                    None => Err(v.terminal_error()),
-                }),
+        loop {
+            if let Some(picked) = replicas.pick(&mut watchers) {
+                return Ok(Conn {
+                    channel: picked.channel,
+                    watch: Some((picked.view, picked.generation)),
+                    _load: Some(picked.load),
+                });
             }
-        };
-        let Some(found) = found else {
-            return Err(Error::NotReady {
-                waited: started.elapsed(),
-                state: view.borrow().state.to_string(),
-            });
-        };
-        let (channel, generation) = found?;
-        Ok(Conn {
-            channel,
-            watch: Some((view, generation)),
-        })
+            if let Some(error) = Replicas::terminal_error(&watchers) {
+                return Err(error);
+            }
+            match tokio::time::timeout_at(deadline_at, Replicas::changed(&mut watchers)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Stopped),
+                Err(_) => {
+                    return Err(Error::NotReady {
+                        waited: started.elapsed(),
+                        state: pool_state(&watchers).to_string(),
+                    });
+                }
+            }
+        }
     }
 
     /// Runs a unary call with the client's deadline, retrying while it is retryable.
