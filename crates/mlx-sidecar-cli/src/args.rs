@@ -311,6 +311,31 @@ pub(crate) struct ServeArgs {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+
+    /// Replicas: N workers, each with its own socket and restarts, loading the same model.
+    ///
+    /// Each request goes to the ready replica with the fewest requests in flight; one that
+    /// has not started when its replica dies goes to another. Costs N copies of the model's
+    /// memory. On a CPU the replicas share the cores.
+    #[arg(
+        long,
+        env = "MLX_SIDECAR_WORKERS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub(crate) workers: u16,
+
+    /// Pin replica i to GPU LIST[i mod len] (its CUDA_VISIBLE_DEVICES), such as 0,1,2,3.
+    ///
+    /// Without it the replicas share the default device.
+    #[arg(
+        long,
+        env = "MLX_SIDECAR_WORKER_DEVICES",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub(crate) worker_devices: Vec<String>,
 }
 
 /// `status`.

@@ -90,9 +90,29 @@ fn lines(s: &DaemonStatus) -> String {
             ),
         ),
     ];
-    rows.iter()
+    let mut text: String = rows
+        .iter()
         .map(|(name, value)| format!("{name:<10} {value}\n"))
-        .collect()
+        .collect();
+    // One line per replica, when the daemon runs several (`serve --workers N`).
+    if s.replicas.len() > 1 {
+        for r in &s.replicas {
+            let device = if r.device.is_empty() {
+                String::new()
+            } else {
+                format!(", device {}", r.device)
+            };
+            let name = format!("replica {}", r.index);
+            text.push_str(&format!(
+                "{name:<10} {}, pid {}, {} in flight, {} restarts{device}\n",
+                r.state,
+                pid(r.worker_pid),
+                r.in_flight,
+                r.restarts
+            ));
+        }
+    }
+    text
 }
 
 fn secs(d: Duration) -> String {

@@ -137,6 +137,7 @@ pub async fn run(
         metrics.clone(),
         config.limits.clone(),
         worker,
+        supervisor.monitor(),
         drain.clone(),
     );
     let (health, health_service) = HealthPublisher::new().await;

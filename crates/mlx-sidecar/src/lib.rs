@@ -85,11 +85,11 @@ mod supervisor;
 mod worker;
 
 pub use client::{
-    ChatMessage, Client, Completion, DaemonListener, DaemonStatus, Endpoint, FinishReason,
-    Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus, ModelInfo, Prompt,
-    Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
+    ChatMessage, Client, Completion, DaemonListener, DaemonReplica, DaemonStatus, Endpoint,
+    FinishReason, Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus,
+    ModelInfo, Prompt, Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
-pub use supervisor::{LifecycleEvent, ReplicaStatus, StartupTimes, Supervisor};
+pub use supervisor::{LifecycleEvent, ReplicaMonitor, ReplicaStatus, StartupTimes, Supervisor};
 pub use worker::{ExitStatusInfo, WorkerState};

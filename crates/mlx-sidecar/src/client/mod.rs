@@ -33,7 +33,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::{sync::watch, time::Instant};
 use tonic::transport::Channel;
 
-pub use daemon_status::{DaemonListener, DaemonStatus};
+pub use daemon_status::{DaemonListener, DaemonReplica, DaemonStatus};
 pub use endpoint::Endpoint;
 pub use request::{ChatMessage, GenerateRequest, Prompt, TokenizeRequest};
 pub use stream::GenerateStream;

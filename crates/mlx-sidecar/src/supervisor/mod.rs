@@ -83,6 +83,39 @@ pub struct ReplicaStatus {
     pub device: Option<String>,
 }
 
+/// Reads each replica's status; made by [`Supervisor::monitor`], cheap to clone. After the
+/// supervisor is gone every replica reads as stopped.
+#[derive(Debug, Clone)]
+pub struct ReplicaMonitor {
+    pool: Replicas,
+    devices: Vec<Option<String>>,
+}
+
+impl ReplicaMonitor {
+    /// Each replica's state, worker, socket and load now.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.pool
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(index, member)| {
+                let view = member.view.borrow();
+                ReplicaStatus {
+                    index,
+                    state: view.state.clone(),
+                    pid: if view.alive { view.pid } else { None },
+                    standby_pid: view.standby_pid,
+                    socket: view.socket.clone(),
+                    last_exit: view.last_status,
+                    in_flight: member.in_flight.load(Ordering::Relaxed),
+                    restarts: view.generation.saturating_sub(1),
+                    device: self.devices.get(index).cloned().flatten(),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Supervisor {
     /// Starts supervising: prepares each replica's socket, spawns its worker and returns
     /// without waiting for them to be ready (see [`Supervisor::wait_ready`]; calls wait by
@@ -165,25 +198,16 @@ impl Supervisor {
 
     /// Each replica's state, worker, socket and load now.
     pub fn replicas(&self) -> Vec<ReplicaStatus> {
-        self.replicas
-            .iter()
-            .zip(self.pool.members())
-            .enumerate()
-            .map(|(index, (replica, member))| {
-                let view = replica.view.borrow();
-                ReplicaStatus {
-                    index,
-                    state: view.state.clone(),
-                    pid: if view.alive { view.pid } else { None },
-                    standby_pid: view.standby_pid,
-                    socket: view.socket.clone(),
-                    last_exit: view.last_status,
-                    in_flight: member.in_flight.load(Ordering::Relaxed),
-                    restarts: view.generation.saturating_sub(1),
-                    device: replica.device.clone(),
-                }
-            })
-            .collect()
+        self.monitor().replicas()
+    }
+
+    /// A cheap handle that reads [`Supervisor::replicas`] without holding the supervisor
+    /// (for a status page or metrics).
+    pub fn monitor(&self) -> ReplicaMonitor {
+        ReplicaMonitor {
+            pool: self.pool.clone(),
+            devices: self.replicas.iter().map(|r| r.device.clone()).collect(),
+        }
     }
 
     /// The running (active) worker's process id: the one calls go to. With replicas, the
