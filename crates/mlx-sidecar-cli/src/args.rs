@@ -296,6 +296,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MLX_SIDECAR_API_KEY_FILE", value_name = "FILE")]
     pub(crate) api_key_file: Option<PathBuf>,
 
+    /// Let health probes through TCP without the key: GET /health, GET /ready, gRPC Health/Check.
+    ///
+    /// For Kubernetes, whose gRPC probe cannot send a key (see deploy/kubernetes).
+    #[arg(long, env = "MLX_SIDECAR_OPEN_PROBES")]
+    pub(crate) open_probes: bool,
+
     /// Seconds requests in flight may run on after SIGTERM or SIGINT.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub(crate) grace: f64,

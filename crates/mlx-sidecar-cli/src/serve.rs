@@ -35,6 +35,7 @@ pub(crate) async fn run(
         .with_grace(grace)
         .with_max_body_bytes(args.max_body_bytes)
         .with_stall_timeout(stall_timeout)
+        .with_open_probes(args.open_probes)
         .with_on_listening(|listeners| {
             eprintln!("mlx-sidecar: listening on {}", listeners.join(", "));
         });
