@@ -46,6 +46,16 @@ class IncrementalDetokenizer:
         """Returns whatever text is still held back (at the end of generation)."""
         return self._emit(final=True)
 
+    def pending(self) -> str:
+        """The text ``flush`` would return now, without taking it (a trailing partial
+        character left out)."""
+        ids = self._ids
+        if self._read_offset >= len(ids):
+            return ""
+        prefix_text = self._decode(ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(ids[self._prefix_offset :])
+        return new_text[len(prefix_text) :].removesuffix(REPLACEMENT_CHAR)
+
     def _emit(self, *, final: bool) -> str:
         ids = self._ids
         if self._read_offset >= len(ids):
@@ -86,6 +96,11 @@ class StopStringFilter:
         keep = self._held_back_length(buf)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], None
+
+    @property
+    def held(self) -> str:
+        """The text held back as a possible stop-string prefix."""
+        return self._held
 
     def flush(self) -> str:
         """Releases the held-back tail (generation ended without a stop string)."""

@@ -27,6 +27,15 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """A stream cut by a worker's death, resumed here (GenerateRequest.continuation)."""
+
+    delivered_ids: tuple[int, ...]  # tokens the caller received: treated as generated
+    delivered_text_bytes: int  # UTF-8 bytes of their text the caller received
+    resume_count: int  # this resume included (>= 1)
+
+
+@dataclass(frozen=True)
 class GenerateParams:
     """One validated Generate request."""
 
@@ -39,3 +48,9 @@ class GenerateParams:
     stop_token_ids: frozenset[int] = frozenset()
     logprobs: bool = False
     top_logprobs: int = 0
+    continuation: Continuation | None = None
+
+    @property
+    def delivered_ids(self) -> tuple[int, ...]:
+        """The tokens a continuation treats as already generated (none for a new request)."""
+        return self.continuation.delivered_ids if self.continuation is not None else ()

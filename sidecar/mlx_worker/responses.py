@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlx_sidecar.v1 import inference_pb2 as pb
 
+from .continuation import resume_output
 from .detokenize import IncrementalDetokenizer, StopStringFilter
 from .timings import now
 
@@ -44,7 +45,10 @@ class RequestState:
     stops: StopStringFilter
     placement: Placement
     uid: int | None = None  # its uid in the BatchGenerator (placement BATCH)
-    generated: int = 0
+    generated: int = 0  # tokens generated here (a continuation's delivered ones not included)
+    delivered: int = 0  # a continuation's delivered tokens, counted as generated
+    replaying: int = 0  # delivered tokens still to be decoded again (not sent)
+    _skip_bytes: int = 0  # text bytes the caller of a continuation already has
     # Output not yet taken: the text, ids and log-probabilities of the tokens since the last
     # take (sent as ONE chunk, however many tokens), then the final message.
     _text: list[str] = field(default_factory=list)
@@ -57,13 +61,32 @@ class RequestState:
         cls, job: Job, tokenizer: Any, placement: Placement, uid: int | None = None
     ) -> RequestState:
         params = job.params
+        if params.continuation is None:
+            return cls(
+                job=job,
+                detok=IncrementalDetokenizer(tokenizer, params.prompt_ids),
+                stops=StopStringFilter(params.stop_strings),
+                placement=placement,
+                uid=uid,
+            )
+        resumed = resume_output(
+            tokenizer, params.prompt_ids, params.stop_strings, params.continuation
+        )
         return cls(
             job=job,
-            detok=IncrementalDetokenizer(tokenizer, params.prompt_ids),
-            stops=StopStringFilter(params.stop_strings),
+            detok=resumed.detok,
+            stops=resumed.stops,
             placement=placement,
             uid=uid,
+            delivered=len(params.continuation.delivered_ids),
+            _skip_bytes=resumed.bytes_to_skip,
+            _text=[resumed.unsent_text] if resumed.unsent_text else [],
         )
+
+    @property
+    def completion_tokens(self) -> int:
+        """Every generated token, a continuation's delivered ones included."""
+        return self.delivered + self.generated
 
     def on_token(
         self, token: int, batch_finish: str | None, logprob: pb.TokenLogprob | None, t: float
@@ -90,6 +113,8 @@ class RequestState:
             finish = Finish(pb.FINISH_REASON_STOP, matched_stop=matched)
         elif finish is not None:
             text += self.stops.flush()
+        if self._skip_bytes and text:
+            text = self._skip_delivered(text)
         if text:
             self._text.append(text)
         self._ids.extend(ids)
@@ -97,13 +122,25 @@ class RequestState:
             self._logprobs.append(logprob)
         return finish
 
+    def _skip_delivered(self, text: str) -> str:
+        """Drops the start of ``text`` that the caller of a continuation already has."""
+        data = text.encode("utf-8")
+        n = min(self._skip_bytes, len(data))
+        self._skip_bytes -= n
+        return data[n:].decode("utf-8", errors="replace")
+
     def finish(self, finish: Finish) -> None:
         """Adds the final message (and logs the request at debug level)."""
         params = self.job.params
         timings = self.job.clock.to_proto(len(params.prompt_ids), self.generated, now())
+        resumes = params.continuation.resume_count if params.continuation is not None else 0
         finished = pb.GenerateFinished(
             finish_reason=finish.reason,
-            usage=pb.Usage(prompt_tokens=len(params.prompt_ids), completion_tokens=self.generated),
+            usage=pb.Usage(
+                prompt_tokens=len(params.prompt_ids),
+                completion_tokens=self.completion_tokens,
+                resumes=resumes,
+            ),
             timings=timings,
             matched_stop=finish.matched_stop or "",
             request_id=params.request_id,
@@ -119,7 +156,8 @@ class RequestState:
                         "request_id": params.request_id,
                         "finish_reason": pb.FinishReason.Name(finish.reason),
                         "prompt_tokens": len(params.prompt_ids),
-                        "completion_tokens": self.generated,
+                        "completion_tokens": self.completion_tokens,
+                        "resumes": resumes,
                         "queue_wait_ms": round(timings.queue_wait_ms, 3),
                         "ttft_ms": round(timings.time_to_first_token_ms, 3),
                         "decode_tps": round(timings.decode_tokens_per_second, 2),

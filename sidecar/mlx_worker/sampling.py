@@ -45,6 +45,12 @@ class SeededSampler:
             filters.append(lambda x, k=settings.top_k: apply_top_k(x, k))
         self._filters = filters
 
+    def skip(self, n: int) -> None:
+        """Splits the key as ``n`` draws would (a continuation's delivered tokens)."""
+        for _ in range(n):
+            self._key, _ = mx.random.split(self._key)
+        mx.eval(self._key)
+
     def __call__(self, logprobs: mx.array) -> mx.array:
         for f in self._filters:
             logprobs = f(logprobs)

@@ -17,6 +17,7 @@ import grpc
 
 from mlx_sidecar.v1 import inference_pb2 as pb
 
+from .continuation import check_continuation, resume_output
 from .errors import RequestFailure, invalid
 from .params import GenerateParams, SamplingSettings
 
@@ -213,6 +214,17 @@ def validate_generate(request: pb.GenerateRequest, limits: ModelLimits) -> Gener
     stop_ids = frozenset(extra_stops)
     if not request.ignore_eos:
         stop_ids |= limits.eos_token_ids
+    continuation = None
+    if request.HasField("continuation"):
+        continuation = check_continuation(
+            request.continuation,
+            prompt_len=len(prompt_ids),
+            max_tokens=max_tokens,
+            context_length=limits.context_length,
+            vocab_size=limits.vocab_size,
+            stop_token_ids=stop_ids,
+        )
+        resume_output(limits.tokenizer, prompt_ids, stops, continuation)  # checks the text
     return GenerateParams(
         request_id=request_id,
         prompt_ids=prompt_ids,
@@ -222,6 +234,7 @@ def validate_generate(request: pb.GenerateRequest, limits: ModelLimits) -> Gener
         stop_token_ids=stop_ids,
         logprobs=lp.enabled,
         top_logprobs=lp.top_n,
+        continuation=continuation,
     )
 
 

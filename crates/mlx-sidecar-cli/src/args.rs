@@ -194,6 +194,13 @@ pub(crate) struct SamplingArgs {
     /// For benchmarks and tests with fixed output lengths.
     #[arg(long)]
     pub(crate) ignore_eos: bool,
+
+    /// End with an error when the worker dies mid-answer, instead of resuming.
+    ///
+    /// By default a stream cut by a worker's death goes on on the next worker (up to 3
+    /// times), with the same tokens an uninterrupted run gives.
+    #[arg(long)]
+    pub(crate) no_resume: bool,
 }
 
 /// `generate`.

@@ -34,6 +34,9 @@ pub(crate) fn apply(mut req: GenerateRequest, s: &SamplingArgs) -> GenerateReque
     if s.ignore_eos {
         req = req.ignore_eos(true);
     }
+    if s.no_resume {
+        req = req.no_resume();
+    }
     req
 }
 

@@ -28,6 +28,7 @@
 //!
 //! The `replica` series (index from 0; one replica without `serve --workers`) are read
 //! from the supervisor when the metrics are served, and at each lifecycle event.
+//! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
 
 mod observer;
 
@@ -188,6 +189,7 @@ struct Inner {
     replica_up: Family<ReplicaLabels, Gauge>,
     replica_in_flight: Family<ReplicaLabels, Gauge>,
     replica_restarts: Family<ReplicaLabels, Counter>,
+    resumes: Counter,
 }
 
 impl Default for Metrics {
@@ -218,6 +220,7 @@ impl Metrics {
             replica_up: Family::default(),
             replica_in_flight: Family::default(),
             replica_restarts: Family::default(),
+            resumes: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -304,6 +307,11 @@ impl Metrics {
             "replica_restarts",
             "Workers started in the replica's place after its first",
             inner.replica_restarts.clone(),
+        );
+        r.register(
+            "stream_resumes",
+            "Generation streams resumed on the next worker after their worker died",
+            inner.resumes.clone(),
         );
         for api in [Api::Http, Api::Grpc] {
             let labels = ApiLabels { api };
@@ -459,6 +467,11 @@ impl Metrics {
                 restarts.inc_by(behind);
             }
         }
+    }
+
+    /// Counts one stream resumed on the next worker.
+    pub(crate) fn count_resume(&self) {
+        self.inner.resumes.inc();
     }
 
     /// Counts one restart of the active worker.

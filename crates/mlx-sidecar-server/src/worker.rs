@@ -2,7 +2,8 @@
 //! the worker ([`WorkerView`], on a `watch` channel that `/ready`, the OpenAI routes and the
 //! `Status` rpc read), drives `grpc.health.v1` (`SERVING` only while a worker is ready and
 //! the daemon is not draining), sets the worker metrics (`worker_up`, `standby_ready`,
-//! `worker_restarts_total{cause}`), and tells systemd `READY=1` when the first worker is
+//! `worker_restarts_total{cause}`, and `stream_resumes_total` from the clients' `Resumed`
+//! events), and tells systemd `READY=1` when the first worker is
 //! ready (`sd-notify`; nothing happens without `NOTIFY_SOCKET`).
 //!
 //! Each event only says *that* something changed; the state, pids and standby come from the
@@ -142,6 +143,9 @@ impl Follower {
     /// Re-reads the supervisor after `event`, and publishes.
     async fn update(&mut self, supervisor: &Supervisor, event: Option<LifecycleEvent>) {
         if let Some(event) = &event {
+            if matches!(event, LifecycleEvent::Resumed { .. }) {
+                self.metrics.count_resume();
+            }
             if let Some(cause) = self.restarts.on_event(event) {
                 self.metrics.count_restart(cause);
             }

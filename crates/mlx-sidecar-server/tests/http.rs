@@ -723,3 +723,123 @@ async fn sampling_parameters_reach_the_worker() {
     assert_eq!(tokens.len(), 4, "{body}");
     assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
 }
+
+/// The worker is killed mid-stream under a remote library client (gRPC through the relay)
+/// and under an OpenAI SSE client: each sees one unbroken stream with the tokens and text
+/// of an uninterrupted run, and `mlx_sidecar_stream_resumes_total` counts both resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_leaves_grpc_and_sse_callers_one_stream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let own = Daemon::start(with_tcp(config(dir.path()))).await;
+    let base = own.base().await;
+    let kill_worker = |pid: u32| {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    };
+
+    // A remote library client, through the daemon's gRPC relay.
+    let remote = mlx_sidecar::Client::connect_uds(&own.socket)
+        .await
+        .expect("client");
+    let request = mlx_sidecar::GenerateRequest::text("The daemon")
+        .max_tokens(600)
+        .ignore_eos(true);
+    let want = remote
+        .generate(request.clone())
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("reference");
+    let mut stream = remote.generate(request).await.expect("generate");
+    let (mut ids, mut text, mut finished) = (Vec::new(), String::new(), None);
+    let mut killed = None;
+    while let Some(event) = stream.next_event().await {
+        match event.expect("no error across the kill") {
+            mlx_sidecar::GenerateEvent::Token {
+                text: t, token_ids, ..
+            } => {
+                text.push_str(&t);
+                ids.extend(token_ids);
+            }
+            mlx_sidecar::GenerateEvent::Finished(f) => finished = Some(f),
+        }
+        if killed.is_none() && ids.len() >= 40 {
+            let pid = own.status().await.worker_pid.expect("pid");
+            kill_worker(pid);
+            killed = Some(pid);
+        }
+    }
+    let finished = finished.expect("finished");
+    assert_eq!(
+        ids, want.token_ids,
+        "the same tokens as the uninterrupted run"
+    );
+    assert_eq!(text, want.text);
+    assert_eq!(finished.usage.completion_tokens, 600);
+    assert_eq!(finished.usage.resumes, 1, "{finished:?}");
+    assert_ne!(own.status().await.worker_pid, killed);
+
+    // An OpenAI SSE client.
+    let body = json!({"prompt": "Once upon", "max_tokens": 600, "temperature": 0,
+        "ignore_eos": true});
+    let (status, _, whole) = post(format!("{base}/v1/completions"), &body).await;
+    assert_eq!(status, 200, "{whole}");
+    let whole = parse(&whole);
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({"include_usage": true});
+    let response = http()
+        .post(format!("{base}/v1/completions"))
+        .json(&streaming)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let mut bytes = response.bytes_stream();
+    let mut raw = String::new();
+    let mut killed = None;
+    while let Some(piece) = bytes.next().await {
+        raw.push_str(std::str::from_utf8(&piece.expect("body")).expect("utf-8"));
+        if killed.is_none() && sse_data(&raw).len() >= 30 {
+            let pid = own.status().await.worker_pid.expect("pid");
+            kill_worker(pid);
+            killed = Some(pid);
+        }
+    }
+    assert!(killed.is_some(), "killed mid-stream");
+    let events = sse_data(&raw);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{raw}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| parse(e))
+        .collect();
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{raw}");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(
+        streamed,
+        whole["choices"][0]["text"].as_str().expect("text")
+    );
+    let usage = &chunks.last().expect("usage chunk")["usage"];
+    assert_eq!(usage["completion_tokens"], 600, "{usage}");
+    assert_eq!(usage, &whole["usage"]);
+
+    wait_until(
+        Duration::from_secs(5),
+        "both resumes to be counted",
+        || async {
+            sample(
+                &metrics_text(&base).await,
+                "mlx_sidecar_stream_resumes_total",
+            ) == 2.0
+        },
+    )
+    .await;
+    own.stop().await.expect("clean stop");
+}

@@ -22,11 +22,14 @@ pub enum Error {
     },
 
     /// The worker process died (or its connection broke) while a call was in flight,
-    /// after part of the answer had arrived. The call is not retried automatically,
-    /// because the text already sent cannot be taken back.
+    /// after part of the answer had arrived, and the stream could not be resumed on the
+    /// next worker: resuming was turned off ([`crate::GenerateRequest::no_resume`]), the
+    /// resume limit was reached, or no worker took over before the deadline. The call is
+    /// not sent again from the start, because the text already sent cannot be taken back.
     #[error(
-        "worker died mid-call{}; {tokens_received} token(s) had arrived; {}",
+        "worker died mid-call{}; {tokens_received} token(s) had arrived{}; {}",
         status.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
+        if *resumes == 0 { String::new() } else { format!(" over {} resume(s)", resumes) },
         if *tokens_received == 0 { "safe to retry" } else { "not retried: a retry would repeat the text already delivered" }
     )]
     WorkerDied {
@@ -36,6 +39,8 @@ pub enum Error {
         partial_text: String,
         /// How many tokens had arrived before the worker died.
         tokens_received: usize,
+        /// How many times the stream had been resumed on another worker before this death.
+        resumes: u32,
     },
 
     /// The worker did not become ready (health `SERVING`) within the time the caller allowed.
@@ -233,6 +238,7 @@ mod tests {
             status: Some("killed by signal 9 (SIGKILL)".into()),
             partial_text: "The capital".into(),
             tokens_received,
+            resumes: 0,
         };
         let text = died(2).to_string();
         assert!(
@@ -243,6 +249,16 @@ mod tests {
         assert!(!died(2).is_retryable());
         assert!(died(0).to_string().contains("safe to retry"));
         assert!(died(0).is_retryable());
+        let resumed = Error::WorkerDied {
+            status: None,
+            partial_text: "The capital".into(),
+            tokens_received: 2,
+            resumes: 3,
+        };
+        assert!(
+            resumed.to_string().contains("over 3 resume(s)"),
+            "{resumed}"
+        );
     }
 
     #[test]

@@ -44,8 +44,11 @@
 //!
 //! **Calls survive restarts.** A [`Client`] call waits (within its deadline) for a ready
 //! worker, retries `UNAVAILABLE` with backoff until the first output arrives, and never
-//! hangs on a dead worker: a generation cut short ends with [`Error::WorkerDied`] holding
-//! the text already streamed.
+//! hangs on a dead worker. A generation whose worker dies after output began is resumed
+//! on the next ready worker (restarted or standby), which continues after the tokens
+//! already delivered: the caller sees one stream (up to 3 resumes by default,
+//! [`GenerateRequest::max_resumes`]). Past the limit or the deadline, or with resuming
+//! off, it ends with [`Error::WorkerDied`] holding the text already streamed.
 //!
 //! # Where things are
 //!
@@ -85,9 +88,10 @@ mod supervisor;
 mod worker;
 
 pub use client::{
-    ChatMessage, Client, Completion, DaemonListener, DaemonReplica, DaemonStatus, Endpoint,
-    FinishReason, Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus,
-    ModelInfo, Prompt, Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
+    ChatMessage, Client, Completion, Continuation, DEFAULT_MAX_RESUMES, DaemonListener,
+    DaemonReplica, DaemonStatus, Endpoint, FinishReason, Finished, GenerateEvent, GenerateRequest,
+    GenerateStream, HealthStatus, ModelInfo, Prompt, Timings, TokenLogprob, TokenizeRequest,
+    Tokenized, TopLogprob, Usage,
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;

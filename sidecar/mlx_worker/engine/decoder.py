@@ -29,6 +29,7 @@ from ..errors import RequestFailure
 from ..responses import Finish, RequestState, token_logprobs
 from ..timings import now
 from .commands import Job
+from .continuation import prefilled_length, start_point
 from .output import OutputHandOff
 from .startup import Started, new_batch_generator
 
@@ -185,6 +186,9 @@ class Decoder:
     def _on_token(
         self, request: RequestState, response: Any, logprob: pb.TokenLogprob | None, at: float
     ) -> None:
+        if request.replaying:
+            _replayed(request, response)
+            return
         finish = request.on_token(response.token, response.finish_reason, logprob, at)
         if finish is not None:
             if response.finish_reason is None:
@@ -203,7 +207,7 @@ class Decoder:
         return (
             self._solo_enabled
             and not self._by_job
-            and len(job.params.prompt_ids) <= self._plan.step_size
+            and prefilled_length(job.params) <= self._plan.step_size
         )
 
     def _start_in_batch(self, job: Job) -> None:
@@ -211,17 +215,20 @@ class Decoder:
 
         params = job.params
         try:
+            point = start_point(params, make_request_sampler(params.sampling, self._vocab_size))
             (uid,) = self._batch.insert(
-                [params.prompt_ids],
-                max_tokens=[params.max_tokens],
-                samplers=[make_request_sampler(params.sampling, self._vocab_size)],
+                [point.prompt_ids],
+                max_tokens=[point.max_tokens],
+                samplers=[point.sampler],
                 logits_processors=[make_request_processors(params.sampling)],
                 stop_sequences=[_stop_sequences(params.stop_token_ids)],
             )
+            request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH, uid)
         except Exception as e:
             self._cannot_start(job, e)
             return
-        self._book(RequestState.start(job, self._loaded.tokenizer, Placement.BATCH, uid))
+        request.replaying = point.replayed
+        self._book(request)
 
     def _start_solo(self, job: Job) -> None:
         from ..sampling import make_request_processors, make_request_sampler
@@ -229,18 +236,22 @@ class Decoder:
 
         params = job.params
         try:
-            self._solo = SoloSequence(
+            point = start_point(params, make_request_sampler(params.sampling, self._vocab_size))
+            solo = SoloSequence(
                 self._loaded.model,
-                params.prompt_ids,
-                params.max_tokens,
-                make_request_sampler(params.sampling, self._vocab_size),
+                point.prompt_ids,
+                point.max_tokens,
+                point.sampler,
                 make_request_processors(params.sampling),
                 params.stop_token_ids,
             )
+            request = RequestState.start(job, self._loaded.tokenizer, Placement.SOLO)
         except Exception as e:
             self._cannot_start(job, e)
             return
-        self._book(RequestState.start(job, self._loaded.tokenizer, Placement.SOLO))
+        self._solo = solo
+        request.replaying = point.replayed
+        self._book(request)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request runs alone", extra={"fields": {"request_id": params.request_id}})
 
@@ -285,6 +296,7 @@ class Decoder:
                     "fields": {
                         "request_id": request.job.params.request_id,
                         "generated": request.generated,
+                        "replaying": request.replaying,
                     }
                 },
             )
@@ -364,7 +376,24 @@ class Decoder:
 
 
 def _wants_logprob(request: RequestState, response: Any) -> bool:
-    return bool(request.job.params.logprobs) and response.finish_reason != "stop"
+    return (
+        bool(request.job.params.logprobs)
+        and not request.replaying
+        and response.finish_reason != "stop"
+    )
+
+
+def _replayed(request: RequestState, response: Any) -> None:
+    """A delivered token of a continuation, decoded again (engine/continuation.py): checked,
+    not sent."""
+    delivered = request.job.params.delivered_ids
+    expected = delivered[len(delivered) - request.replaying]
+    request.replaying -= 1
+    if response.token != expected or response.finish_reason is not None:
+        raise RuntimeError(
+            f"replaying delivered token {expected} gave {response.token} "
+            f"(finish {response.finish_reason})"
+        )
 
 
 def _stop_sequences(stop_token_ids: frozenset[int]) -> Any:

@@ -114,6 +114,11 @@ pub(crate) struct ChaosArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) chart: Option<PathBuf>,
 
+    /// Requests do not resume on the next worker when theirs dies mid-stream: they fail
+    /// with the worker-died error (the behaviour before resuming, for comparison).
+    #[arg(long)]
+    pub(crate) no_resume: bool,
+
     /// Random seed for prompts and pauses.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) seed: u64,

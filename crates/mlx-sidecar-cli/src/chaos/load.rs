@@ -4,7 +4,7 @@
 //! Each request asks for exactly `max_tokens` tokens (end-of-sequence ignored) after a
 //! prompt of random token ids. It ends in one of three ways:
 //! - *completed*: a finished message whose `completion_tokens` equals the tokens received
-//!   and `max_tokens`;
+//!   and `max_tokens` (possibly after the client library resumed it on the next worker);
 //! - *failed*: an error the caller saw, by reason (a worker that died mid-stream must hand
 //!   back exactly the text that was streamed);
 //! - *lost*: neither within the deadline plus a margin (a hang), or a "finished" whose
@@ -41,6 +41,8 @@ pub(crate) struct Load {
     pub(crate) seed: u64,
     /// Token ids are drawn from this range (ordinary tokens, no special ones).
     pub(crate) token_range: (u32, u32),
+    /// Whether streams resume on the next worker (no --no-resume).
+    pub(crate) resume: bool,
 }
 
 /// How one request ended.
@@ -62,6 +64,8 @@ pub(crate) struct RequestRecord {
     pub(crate) tokens: u32,
     /// Times the client library sent it (more than 1: retried transparently).
     pub(crate) attempts: u32,
+    /// Times the client library resumed its stream on the next worker.
+    pub(crate) resumes: u32,
     pub(crate) outcome: Outcome,
     /// For failures: whether the error said a retry is safe.
     pub(crate) retry_safe: Option<bool>,
@@ -104,6 +108,7 @@ struct Progress {
     text: String,
     first_token: Option<f64>,
     attempts: u32,
+    resumes: u32,
 }
 
 async fn one_request(
@@ -120,11 +125,17 @@ async fn one_request(
         .ignore_eos(true)
         .deadline(load.timeout)
         .request_id(format!("chaos-{id}-{n}"));
+    let request = if load.resume {
+        request
+    } else {
+        request.no_resume()
+    };
     let mut progress = Progress {
         tokens: 0,
         text: String::new(),
         first_token: None,
         attempts: 1,
+        resumes: 0,
     };
     let run = run_stream(client, request, load.max_tokens, timeline, &mut progress);
     let (outcome, retry_safe) = match tokio::time::timeout(load.timeout + HANG_MARGIN, run).await {
@@ -141,6 +152,7 @@ async fn one_request(
         ended: timeline.now(),
         tokens: progress.tokens,
         attempts: progress.attempts,
+        resumes: progress.resumes,
         outcome,
         retry_safe,
     }
@@ -174,6 +186,7 @@ async fn run_stream(
                 timeline.tokens(now, count);
             }
             Some(Ok(GenerateEvent::Finished(finished))) => {
+                progress.resumes = finished.usage.resumes;
                 let reported = finished.usage.completion_tokens;
                 let outcome = if reported != progress.tokens {
                     Outcome::Lost(format!(
@@ -192,7 +205,12 @@ async fn run_stream(
                 };
                 return (outcome, None);
             }
-            Some(Err(e)) => return failed(&e, progress),
+            Some(Err(e)) => {
+                if let Error::WorkerDied { resumes, .. } = &e {
+                    progress.resumes = *resumes;
+                }
+                return failed(&e, progress);
+            }
             None => {
                 return (
                     Outcome::Lost("stream ended without a finish or an error".into()),

@@ -148,6 +148,7 @@ pub(crate) async fn run(
         timeout: args.request_timeout,
         seed: args.seed,
         token_range: (vocab / 4, vocab / 2),
+        resume: !args.no_resume,
     });
     let first_pid = supervisor.worker_pid();
     // Every replica's first worker, for the leak check (their `Starting` came before the load).
@@ -302,6 +303,7 @@ pub(crate) async fn run(
         duration_s: run_time,
         faults: plans,
         standby: global.standby,
+        resume: !args.no_resume,
         immediate_restart: !args.no_immediate_restart,
     };
     let report = report::build(settings, &requests, faults, &marks, final_state);

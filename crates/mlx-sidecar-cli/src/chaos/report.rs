@@ -69,6 +69,8 @@ pub(crate) struct Settings {
     pub(crate) faults: Vec<FaultPlan>,
     /// Whether the supervisor kept a standby worker (--standby).
     pub(crate) standby: bool,
+    /// Whether streams resumed on the next worker (no --no-resume).
+    pub(crate) resume: bool,
     /// Whether the first restart after a served run was immediate (no --no-immediate-restart).
     pub(crate) immediate_restart: bool,
 }
@@ -82,6 +84,10 @@ pub(crate) struct Requests {
     /// Completed or failed after the client library re-sent them (the worker died or was
     /// unavailable before their first token): the caller did nothing.
     pub(crate) retried_transparently: usize,
+    /// Requests whose stream the client library resumed on the next worker after their
+    /// worker died mid-stream (completed or not), and the resumes in all.
+    pub(crate) resumed: usize,
+    pub(crate) resumes: u64,
     pub(crate) failed_by_reason: BTreeMap<String, usize>,
     pub(crate) lost_by_reason: BTreeMap<String, usize>,
     /// Failures whose error said retrying is safe (nothing had been streamed).
@@ -152,6 +158,8 @@ pub(crate) fn build(
             retried += 1;
         }
     }
+    let resumed = requests.iter().filter(|r| r.resumes > 0).count();
+    let resumes: u64 = requests.iter().map(|r| u64::from(r.resumes)).sum();
     let tokens: u64 = requests.iter().map(|r| u64::from(r.tokens)).sum();
     let duration = settings.duration_s.max(1e-9);
 
@@ -250,6 +258,8 @@ pub(crate) fn build(
             failed,
             lost,
             retried_transparently: retried,
+            resumed,
+            resumes,
             failed_by_reason,
             lost_by_reason,
             failed_retry_safe: retry_safe,
@@ -320,6 +330,14 @@ pub(crate) fn render(r: &Report) -> String {
         out,
         "  {:<28} {:>8}",
         "retried transparently", q.retried_transparently
+    );
+    let _ = writeln!(
+        out,
+        "  {:<28} {:>8}  ({} resumes{})",
+        "resumed mid-stream",
+        q.resumed,
+        q.resumes,
+        if s.resume { "" } else { "; off: --no-resume" }
     );
     let _ = writeln!(
         out,
@@ -441,6 +459,7 @@ mod tests {
             ended: 1.0,
             tokens: 4,
             attempts,
+            resumes: 0,
             outcome,
             retry_safe: Some(false),
         }
@@ -455,6 +474,7 @@ mod tests {
             duration_s: 2.0,
             faults: Vec::new(),
             standby: false,
+            resume: true,
             immediate_restart: true,
         }
     }

@@ -1,9 +1,11 @@
 //! Conversions between the wire types of `mlx_sidecar.v1.Inference` and the library's
 //! own, for the relay: requests in, events and answers out, errors as statuses.
 //!
-//! Requests convert without loss: every field is carried, and a value the library cannot
-//! represent (a negative count) is refused with the worker's own `INVALID_ARGUMENT`
-//! wording rather than dropped.
+//! Requests convert without loss: every field is carried (a caller's `max_resumes` limits
+//! the relay's own resumes; a caller's `continuation` goes on to the worker, and the
+//! relay's resumes count on from it), and a value the library cannot represent (a
+//! negative count) is refused with the worker's own `INVALID_ARGUMENT` wording rather
+//! than dropped. `response_format` is not carried yet: the library has no such option.
 
 use mlx_sidecar::{
     ChatMessage, Error, FinishReason, Finished, GenerateEvent, GenerateRequest, ModelInfo,
@@ -84,6 +86,12 @@ pub(crate) fn generate_request(request: pb::GenerateRequest) -> Result<GenerateR
         .stop_token_ids(request.stop_token_ids)
         .ignore_eos(request.ignore_eos)
         .request_id(request.request_id);
+    if let Some(n) = request.max_resumes {
+        out = out.max_resumes(n);
+    }
+    if let Some(continuation) = request.continuation {
+        out = out.continuation(continuation.into());
+    }
     if let Some(lp) = request.logprobs {
         if !(0..=MAX_TOP_LOGPROBS).contains(&lp.top_n) {
             return Err(invalid(
@@ -270,6 +278,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use mlx_sidecar::Continuation;
 
     fn full_request() -> pb::GenerateRequest {
         pb::GenerateRequest {
@@ -304,8 +313,12 @@ mod tests {
                 top_n: 5,
             }),
             request_id: "req-1".into(),
-            continuation: None,
-            max_resumes: None,
+            continuation: Some(pb::Continuation {
+                delivered_token_ids: vec![5, 6],
+                delivered_text_bytes: 3,
+                resume_count: 1,
+            }),
+            max_resumes: Some(2),
             response_format: None,
         }
     }
@@ -333,7 +346,13 @@ mod tests {
             .stop_token_ids([3, 4])
             .ignore_eos(true)
             .logprobs(5)
-            .request_id("req-1");
+            .request_id("req-1")
+            .max_resumes(2)
+            .continuation(Continuation {
+                delivered_token_ids: vec![5, 6],
+                delivered_text_bytes: 3,
+                resume_count: 1,
+            });
         assert_eq!(converted, expected);
         let tokens = pb::GenerateRequest {
             prompt: Some(pb::Prompt {

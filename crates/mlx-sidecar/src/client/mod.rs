@@ -9,10 +9,14 @@
 //!
 //! Every call has a deadline (sent as `grpc-timeout` and enforced locally). Within it, a
 //! call waits for a ready worker and retries `UNAVAILABLE` and broken connections with
-//! backoff (backon) — but a generation is retried only until its first output arrives.
-//! After that, a dying worker ends the stream with [`Error::WorkerDied`], which carries the
-//! text already received; death is noticed from the broken connection or the supervisor's
-//! crash notification, whichever comes first (see [`GenerateStream`]).
+//! backoff (backon) — but a generation is sent afresh only until its first output arrives.
+//! After that, a dying worker's stream is *resumed*: the original request plus a
+//! continuation (the token ids already delivered) goes to the next ready worker, which
+//! carries on with the next token, so the caller sees one unbroken stream. Death is
+//! noticed from the broken connection or the supervisor's crash notification, whichever
+//! comes first. Past the request's resume limit (default 3) or its deadline, or with
+//! resuming turned off, the stream ends with [`Error::WorkerDied`], which carries the text
+//! already received (see [`GenerateStream`]).
 //!
 //! The parts: `request` (what callers send: [`GenerateRequest`], [`TokenizeRequest`] and
 //! their wire form), `types` (what comes back, from the wire messages), `stream` (one
@@ -27,15 +31,28 @@ mod request;
 mod stream;
 mod types;
 
-use std::{future::Future, path::Path, time::Duration};
+use std::{
+    future::Future,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use backon::{ExponentialBuilder, Retryable};
-use tokio::{sync::watch, time::Instant};
-use tonic::transport::Channel;
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
+use tonic::{Streaming, transport::Channel};
 
 pub use daemon_status::{DaemonListener, DaemonReplica, DaemonStatus};
 pub use endpoint::Endpoint;
-pub use request::{ChatMessage, GenerateRequest, Prompt, TokenizeRequest};
+pub use request::{
+    ChatMessage, Continuation, DEFAULT_MAX_RESUMES, GenerateRequest, Prompt, TokenizeRequest,
+};
 pub use stream::GenerateStream;
 pub use types::{
     Completion, FinishReason, Finished, GenerateEvent, HealthStatus, ModelInfo, Timings,
@@ -47,8 +64,8 @@ use mlx_sidecar_proto::v1::{
 };
 
 use crate::{
-    Error,
-    worker::{LoadGuard, Replicas, WorkerView, health, pool_state, transport},
+    Error, LifecycleEvent,
+    worker::{LoadGuard, Replicas, WorkerId, WorkerView, health, pool_state, transport},
 };
 use auth::BearerToken;
 
@@ -77,21 +94,40 @@ pub struct Client {
     bearer: Option<BearerToken>,
     timeout: Duration,
     generate_timeout: Duration,
+    /// Streams resumed on another worker, shared by the clones of this client (and, for a
+    /// supervised client, by every client of the same supervisor).
+    resumes: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone)]
 enum Source {
     /// One endpoint (a daemon or a worker's socket), no supervisor.
     Direct { channel: Channel },
-    /// Whatever workers the supervisor's replicas run now.
-    Supervised { replicas: Replicas },
+    /// Whatever workers the supervisor's replicas run now; resumes are announced on its
+    /// events.
+    Supervised {
+        replicas: Replicas,
+        events: broadcast::Sender<LifecycleEvent>,
+    },
+}
+
+/// A generation whose first message has arrived: the connection, the response stream and
+/// that first message.
+pub(crate) struct Started {
+    pub(crate) conn: Conn,
+    pub(crate) streaming: Streaming<pb::GenerateResponse>,
+    pub(crate) first: Option<pb::GenerateResponse>,
+    /// How many times the request was sent until then.
+    pub(crate) attempts: u32,
+    /// How many of those attempts the supervisor saw the worker die under.
+    pub(crate) deaths: u32,
 }
 
 /// The connection one call uses, and how to notice that its worker died.
 pub(crate) struct Conn {
     channel: Channel,
-    /// The supervisor's view of this call's replica and the worker generation it talks to.
-    watch: Option<(watch::Receiver<WorkerView>, u64)>,
+    /// The supervisor's view of this call's replica and the worker it talks to.
+    watch: Option<(watch::Receiver<WorkerView>, WorkerId)>,
     /// Counts this call in flight on its replica, for the least-loaded choice.
     _load: Option<LoadGuard>,
 }
@@ -100,10 +136,10 @@ impl Conn {
     /// Resolves when this call's worker has died, with its exit status when known;
     /// never for a direct connection.
     pub(crate) async fn died(&mut self) -> Option<String> {
-        let Some((view, generation)) = &mut self.watch else {
+        let Some((view, id)) = &mut self.watch else {
             return std::future::pending().await;
         };
-        let generation = *generation;
+        let generation = id.generation;
         match view
             .wait_for(|v| v.generation != generation || !v.alive)
             .await
@@ -112,11 +148,46 @@ impl Conn {
             Err(_) => Some("the supervisor stopped".to_owned()),
         }
     }
+
+    /// Whether a supervisor keeps running workers: a worker that cancels its requests
+    /// (shutting down) is then being replaced, not stopped with the rest.
+    pub(crate) fn supervisor_carries_on(&self) -> bool {
+        use crate::WorkerState;
+        self.watch.as_ref().is_some_and(|(view, _)| {
+            !matches!(
+                view.borrow().state,
+                WorkerState::Stopping | WorkerState::Stopped | WorkerState::GaveUp
+            )
+        })
+    }
+
+    /// This call's worker (its replica and generation), when a supervisor runs it.
+    pub(crate) fn generation(&self) -> Option<WorkerId> {
+        self.watch.as_ref().map(|(_, id)| *id)
+    }
+
+    /// The process id of this call's worker, when a supervisor runs it.
+    pub(crate) fn worker_pid(&self) -> Option<u32> {
+        let (view, id) = self.watch.as_ref()?;
+        let view = view.borrow();
+        if view.generation == id.generation {
+            view.pid
+        } else {
+            None
+        }
+    }
 }
 
 impl Client {
-    pub(crate) fn supervised(replicas: Replicas) -> Self {
-        Client::with_source(Source::Supervised { replicas })
+    pub(crate) fn supervised(
+        replicas: Replicas,
+        events: broadcast::Sender<LifecycleEvent>,
+        resumes: Arc<AtomicU64>,
+    ) -> Self {
+        Client {
+            resumes,
+            ..Client::with_source(Source::Supervised { replicas, events })
+        }
     }
 
     fn with_source(source: Source) -> Self {
@@ -125,7 +196,16 @@ impl Client {
             bearer: None,
             timeout: DEFAULT_TIMEOUT,
             generate_timeout: DEFAULT_GENERATE_TIMEOUT,
+            resumes: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many times a generation stream was resumed on another worker after the worker
+    /// serving it died (see [`GenerateRequest::max_resumes`]). Counted across the clones
+    /// of this client; for a client from [`crate::Supervisor::client`], across every
+    /// client of that supervisor.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
     }
 
     /// A client of whatever serves the `mlx_sidecar.v1.Inference` service at `endpoint`,
@@ -207,18 +287,47 @@ impl Client {
 
     /// Generates text; the stream yields [`GenerateEvent`]s and ends after
     /// [`GenerateEvent::Finished`]. Returns once the first output has arrived (until then
-    /// the call is retried on `UNAVAILABLE` within its deadline).
+    /// the call is retried on `UNAVAILABLE` within its deadline). When the worker dies
+    /// after that, the stream is resumed on the next ready worker, up to
+    /// [`GenerateRequest::max_resumes`] times within the deadline (see [`GenerateStream`]).
     pub async fn generate(&self, request: GenerateRequest) -> Result<GenerateStream, Error> {
         let deadline = request.deadline_or(self.generate_timeout);
         let deadline_at = Instant::now() + deadline;
         let proto = request.to_proto();
-        let proto = &proto;
+        let started = self
+            .start(&proto, deadline, deadline_at, None, None)
+            .await?;
+        Ok(GenerateStream::new(
+            self.clone(),
+            proto,
+            &request,
+            started,
+            deadline,
+            deadline_at,
+        ))
+    }
+
+    /// Sends `proto` until its first message arrives, retrying while that is retryable
+    /// and `deadline_at` allows: a new generation, or a resumed one. With `max_deaths`,
+    /// retrying stops once more workers than that died under the attempts (a continuation
+    /// that kills every worker it reaches must not loop until the deadline). A worker of
+    /// generation `avoid` (the one a resumed stream was cut by) is not called.
+    pub(crate) async fn start(
+        &self,
+        proto: &pb::GenerateRequest,
+        deadline: Duration,
+        deadline_at: Instant,
+        max_deaths: Option<u32>,
+        avoid: Option<WorkerId>,
+    ) -> Result<Started, Error> {
         let this = self;
-        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let attempts = AtomicU32::new(0);
         let attempts = &attempts;
+        let deaths = AtomicU32::new(0);
+        let deaths = &deaths;
         let attempt = move || async move {
-            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut conn = this.connection(deadline_at).await?;
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let mut conn = this.connection(deadline_at, avoid).await?;
             let req = this.request(
                 proto.clone(),
                 deadline_at.saturating_duration_since(Instant::now()),
@@ -235,19 +344,42 @@ impl Client {
                     Ok(Ok(started)) => Ok(started),
                     Ok(Err(status)) => Err(status_error(status, deadline)),
                 },
-                status = conn.died() => Err(died_before_output(status)),
+                status = conn.died() => {
+                    deaths.fetch_add(1, Ordering::Relaxed);
+                    Err(died_before_output(status))
+                }
             };
             result.map(|(streaming, first)| (conn, streaming, first))
         };
-        let (conn, streaming, first) = retry(attempt, deadline_at).await?;
-        Ok(GenerateStream::new(
+        let may_retry = || max_deaths.is_none_or(|max| deaths.load(Ordering::Relaxed) <= max);
+        let (conn, streaming, first) = retry_while(attempt, deadline_at, may_retry).await?;
+        Ok(Started {
             conn,
             streaming,
             first,
-            deadline,
-            deadline_at,
-            attempts.load(std::sync::atomic::Ordering::Relaxed),
-        ))
+            attempts: attempts.load(Ordering::Relaxed),
+            deaths: deaths.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Counts a resumed stream, logs it and, for a supervised client, broadcasts it to the
+    /// supervisor's subscribers.
+    pub(crate) fn note_resumed(&self, event: LifecycleEvent) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        if let LifecycleEvent::Resumed {
+            pid,
+            request_id,
+            resume_count,
+            delivered_tokens,
+            stall,
+        } = &event
+        {
+            tracing::info!(?pid, %request_id, resume_count, delivered_tokens, ?stall, "stream resumed on the next worker");
+        }
+        if let Source::Supervised { events, .. } = &self.source {
+            // No subscriber is fine.
+            let _ = events.send(event);
+        }
     }
 
     /// Turns text (or a conversation, with the chat template applied) into token ids.
@@ -319,12 +451,12 @@ impl Client {
         use tonic_health::pb::health_check_response::ServingStatus;
         let channel = match &self.source {
             Source::Direct { channel } => channel.clone(),
-            Source::Supervised { replicas } => {
+            Source::Supervised { replicas, .. } => {
                 let mut watchers = replicas.watchers();
                 if let Some(error) = Replicas::terminal_error(&watchers) {
                     return Err(error);
                 }
-                match replicas.pick(&mut watchers) {
+                match replicas.pick(&mut watchers, None) {
                     Some(picked) => picked.channel,
                     None => return Ok(HealthStatus::NotServing),
                 }
@@ -357,7 +489,13 @@ impl Client {
 
     /// Waits (until `deadline_at`) for a worker to call and returns the connection to it:
     /// with replicas, the ready one with the least work in flight (see `worker::pool`).
-    async fn connection(&self, deadline_at: Instant) -> Result<Conn, Error> {
+    /// With `avoid`, that worker (one that just died under a stream) is not used: the call
+    /// goes to another ready replica, or waits for the next worker.
+    async fn connection(
+        &self,
+        deadline_at: Instant,
+        avoid: Option<WorkerId>,
+    ) -> Result<Conn, Error> {
         let replicas = match &self.source {
             Source::Direct { channel } => {
                 return Ok(Conn {
@@ -366,15 +504,15 @@ impl Client {
                     _load: None,
                 });
             }
-            Source::Supervised { replicas } => replicas,
+            Source::Supervised { replicas, .. } => replicas,
         };
         let mut watchers = replicas.watchers();
         let started = Instant::now();
         loop {
-            if let Some(picked) = replicas.pick(&mut watchers) {
+            if let Some(picked) = replicas.pick(&mut watchers, avoid) {
                 return Ok(Conn {
                     channel: picked.channel,
-                    watch: Some((picked.view, picked.generation)),
+                    watch: Some((picked.view, picked.id)),
                     _load: Some(picked.load),
                 });
             }
@@ -405,7 +543,7 @@ impl Client {
         let call = &call;
         let this = self;
         let attempt = move || async move {
-            let mut conn = this.connection(deadline_at).await?;
+            let mut conn = this.connection(deadline_at, None).await?;
             let remaining = deadline_at.saturating_duration_since(Instant::now());
             tokio::select! {
                 r = tokio::time::timeout_at(deadline_at, call(conn.channel.clone(), remaining)) => match r {
@@ -426,6 +564,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
+    retry_while(attempt, deadline_at, || true).await
+}
+
+/// [`retry`], and only while `may_retry` also says so.
+async fn retry_while<T, F, Fut>(
+    attempt: F,
+    deadline_at: Instant,
+    may_retry: impl Fn() -> bool,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
         .with_max_delay(Duration::from_millis(500))
@@ -435,7 +586,7 @@ where
     attempt
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(|e: &Error| e.is_retryable() && Instant::now() < deadline_at)
+        .when(|e: &Error| e.is_retryable() && Instant::now() < deadline_at && may_retry())
         .notify(|e: &Error, delay: Duration| {
             tracing::debug!(error = %e, ?delay, "retrying the call");
         })

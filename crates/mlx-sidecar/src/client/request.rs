@@ -88,6 +88,46 @@ pub struct GenerateRequest {
     add_generation_prompt: Option<bool>,
     deadline: Option<Duration>,
     request_id: String,
+    max_resumes: Option<u32>,
+    continuation: Option<Continuation>,
+}
+
+/// How many times a stream is resumed on the next worker when
+/// [`GenerateRequest::max_resumes`] is not set.
+pub const DEFAULT_MAX_RESUMES: u32 = 3;
+
+/// The state of a stream cut by a worker's death, as sent to the next worker: what the
+/// caller already received. The client library makes these itself when it resumes a
+/// stream; a relay that receives one from its own caller passes it on with
+/// [`GenerateRequest::continuation`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Continuation {
+    /// Every token id the caller received so far, in order.
+    pub delivered_token_ids: Vec<u32>,
+    /// The UTF-8 byte length of the text the caller received so far.
+    pub delivered_text_bytes: u32,
+    /// How many times the stream has been resumed, this continuation included (>= 1).
+    pub resume_count: u32,
+}
+
+impl From<&Continuation> for pb::Continuation {
+    fn from(c: &Continuation) -> Self {
+        pb::Continuation {
+            delivered_token_ids: c.delivered_token_ids.clone(),
+            delivered_text_bytes: c.delivered_text_bytes,
+            resume_count: c.resume_count,
+        }
+    }
+}
+
+impl From<pb::Continuation> for Continuation {
+    fn from(c: pb::Continuation) -> Self {
+        Continuation {
+            delivered_token_ids: c.delivered_token_ids,
+            delivered_text_bytes: c.delivered_text_bytes,
+            resume_count: c.resume_count,
+        }
+    }
 }
 
 impl GenerateRequest {
@@ -113,6 +153,8 @@ impl GenerateRequest {
             add_generation_prompt: None,
             deadline: None,
             request_id: String::new(),
+            max_resumes: None,
+            continuation: None,
         }
     }
 
@@ -256,6 +298,44 @@ impl GenerateRequest {
         self
     }
 
+    /// How many times the stream may be resumed on the next ready worker (restarted or
+    /// standby) when the worker serving it dies after output began (default
+    /// [`DEFAULT_MAX_RESUMES`], 3). The next worker gets the original request plus the
+    /// token ids already delivered and continues with the next token, so the caller's
+    /// stream goes on with no event repeated or missing; greedy and seeded streams give
+    /// the tokens of an uninterrupted run. Resuming happens within the request's deadline;
+    /// past the limit or the deadline the stream ends with [`crate::Error::WorkerDied`].
+    /// 0 turns resuming off (see [`GenerateRequest::no_resume`]).
+    pub fn max_resumes(mut self, n: u32) -> Self {
+        self.max_resumes = Some(n);
+        self
+    }
+
+    /// Never resume this stream on another worker: a worker's death after output began
+    /// ends it with [`crate::Error::WorkerDied`] (the same as `max_resumes(0)`).
+    pub fn no_resume(self) -> Self {
+        self.max_resumes(0)
+    }
+
+    /// Continues a stream cut earlier: the next worker treats `continuation`'s tokens as
+    /// already generated and sends only what follows them. For relays (such as the
+    /// `mlx-sidecar serve` daemon) that pass on a continuation their own caller sent;
+    /// resumes this client makes count on from `continuation.resume_count`.
+    pub fn continuation(mut self, continuation: Continuation) -> Self {
+        self.continuation = Some(continuation);
+        self
+    }
+
+    /// The resume limit in effect: [`GenerateRequest::max_resumes`] or the default.
+    pub(crate) fn resume_limit(&self) -> u32 {
+        self.max_resumes.unwrap_or(DEFAULT_MAX_RESUMES)
+    }
+
+    /// The continuation this request starts from, if any.
+    pub(crate) fn initial_continuation(&self) -> Option<&Continuation> {
+        self.continuation.as_ref()
+    }
+
     pub(crate) fn deadline_or(&self, default: Duration) -> Duration {
         self.deadline.unwrap_or(default)
     }
@@ -292,8 +372,8 @@ impl GenerateRequest {
                 top_n: saturating_i32(top_n),
             }),
             request_id: self.request_id.clone(),
-            continuation: None,
-            max_resumes: None,
+            continuation: self.continuation.as_ref().map(Into::into),
+            max_resumes: self.max_resumes,
             response_format: None,
         }
     }

@@ -1,10 +1,17 @@
-//! [`GenerateStream`]: the events of one generation, and how a dying worker ends it.
+//! [`GenerateStream`]: the events of one generation, and how it survives a dying worker.
 //!
 //! Each step waits on three things at once: the next message, the supervisor's notice
 //! that this call's worker generation died, and the call's deadline. When the notice comes
-//! first, messages the connection already holds are still delivered (for a short grace)
-//! before the stream ends with [`Error::WorkerDied`] carrying the text received so far.
-//! A broken connection after output ends it the same way.
+//! first, messages the connection already holds are still delivered (for a short grace).
+//! Then (or on a broken connection, or `UNAVAILABLE` after output) the worker counts as
+//! dead, and the stream is resumed: the original request goes to the next ready worker
+//! with a continuation holding every token id delivered so far and the delivered text's
+//! byte length, and that worker's first message continues the caller's stream. The
+//! tokens a caller got are exactly those recorded here, so none is repeated or skipped.
+//! Past the request's resume limit or its deadline the stream ends with
+//! [`Error::WorkerDied`] carrying the text received so far; an answer the next worker
+//! gives instead of output (a continuation that no longer fits the context) ends it with
+//! that answer.
 
 use std::{
     pin::Pin,
@@ -17,18 +24,25 @@ use tokio::time::Instant;
 use tonic::Streaming;
 
 use super::{
-    Conn,
+    Client, Conn, Started,
+    request::GenerateRequest,
     types::{Completion, GenerateEvent},
 };
-use mlx_sidecar_proto::v1::{GenerateResponse, generate_response::Event};
+use mlx_sidecar_proto::v1::{self as pb, GenerateResponse, generate_response::Event};
 
-use crate::{Error, worker::transport};
+use crate::{Error, LifecycleEvent, worker::transport};
 
 /// How long messages already in flight may still arrive after the worker was reported dead.
 const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(200);
 
 /// The events of one generation: zero or more [`GenerateEvent::Token`]s, then one
 /// [`GenerateEvent::Finished`]; or an error, after which the stream ends.
+///
+/// When the worker serving it dies after output began, the stream is resumed on the next
+/// ready worker (see [`GenerateRequest::max_resumes`]) and goes on as if nothing happened:
+/// no token is repeated or missing, and with greedy decoding or a seed the tokens are
+/// those of an uninterrupted run. [`Finished::usage`](super::Finished::usage) says how
+/// many times it was resumed.
 ///
 /// Dropping the stream cancels the request in the worker.
 pub struct GenerateStream {
@@ -43,27 +57,51 @@ impl std::fmt::Debug for GenerateStream {
 }
 
 struct State {
+    /// Sends the continuation when the worker dies.
+    client: Client,
+    /// The request as first sent (a caller's own continuation included).
+    request: pb::GenerateRequest,
     conn: Conn,
     streaming: Streaming<GenerateResponse>,
-    /// The first message, received before the stream was handed out.
+    /// The first message of the current worker's stream, not yet handed out.
     first: Option<GenerateResponse>,
     deadline: Duration,
     deadline_at: Instant,
+    /// Text this stream handed out.
     partial_text: String,
+    /// Tokens this stream handed out.
     tokens_received: usize,
+    /// Every token id the caller has, in order: a caller's own continuation's, then those
+    /// this stream handed out. Sent as the next continuation.
+    delivered_ids: Vec<u32>,
+    /// Text bytes a caller's own continuation had delivered before this stream began.
+    prior_text_bytes: u32,
+    /// Resumes so far (counting on from a caller's own continuation).
+    resumes: u32,
+    max_resumes: u32,
     done: bool,
 }
 
 impl GenerateStream {
     pub(crate) fn new(
-        conn: Conn,
-        streaming: Streaming<GenerateResponse>,
-        first: Option<GenerateResponse>,
+        client: Client,
+        proto: pb::GenerateRequest,
+        request: &GenerateRequest,
+        started: Started,
         deadline: Duration,
         deadline_at: Instant,
-        attempts: u32,
     ) -> Self {
+        let prior = request.initial_continuation();
+        let Started {
+            conn,
+            streaming,
+            first,
+            attempts,
+            ..
+        } = started;
         let state = State {
+            client,
+            request: proto,
             conn,
             streaming,
             first,
@@ -71,6 +109,12 @@ impl GenerateStream {
             deadline_at,
             partial_text: String::new(),
             tokens_received: 0,
+            delivered_ids: prior
+                .map(|c| c.delivered_token_ids.clone())
+                .unwrap_or_default(),
+            prior_text_bytes: prior.map_or(0, |c| c.delivered_text_bytes),
+            resumes: prior.map_or(0, |c| c.resume_count),
+            max_resumes: request.resume_limit(),
             done: false,
         };
         let inner = futures_util::stream::unfold(state, |mut state| async move {
@@ -135,16 +179,34 @@ impl State {
         if self.done {
             return None;
         }
-        let message = match self.first.take() {
+        let mut message = match self.first.take() {
             Some(first) => Ok(Some(first)),
-            None => self.receive().await,
+            None => match self.receive().await {
+                Err(died @ Error::WorkerDied { .. }) => self.resume(died).await,
+                other => other,
+            },
         };
+        // A worker the supervisor replaces (say, after failed health checks) cancels its
+        // requests as it drains: that stream goes on on the next worker too.
+        while let Ok(Some(GenerateResponse {
+            event: Some(Event::Finished(finished)),
+        })) = &message
+            && finished.finish_reason == pb::FinishReason::Cancelled as i32
+            && self.conn.supervisor_carries_on()
+        {
+            let died = self.worker_died(Some("the worker cancelled the request".to_owned()));
+            match self.resume(died).await {
+                Err(Error::WorkerDied { .. }) => break,
+                resumed => message = resumed,
+            }
+        }
         let item = match message {
             Ok(Some(GenerateResponse {
                 event: Some(Event::Chunk(chunk)),
             })) => {
                 self.partial_text.push_str(&chunk.text);
                 self.tokens_received += chunk.token_ids.len();
+                self.delivered_ids.extend_from_slice(&chunk.token_ids);
                 Ok(GenerateEvent::Token {
                     text: chunk.text,
                     token_ids: chunk.token_ids,
@@ -155,7 +217,10 @@ impl State {
                 event: Some(Event::Finished(finished)),
             })) => {
                 self.done = true;
-                Ok(GenerateEvent::Finished(finished.into()))
+                let mut finished: super::Finished = finished.into();
+                // The client knows best (a worker older than resuming reports 0).
+                finished.usage.resumes = finished.usage.resumes.max(self.resumes);
+                Ok(GenerateEvent::Finished(finished))
             }
             Ok(Some(GenerateResponse { event: None })) => Err(Error::Protocol(
                 "a GenerateResponse without an event".into(),
@@ -169,6 +234,63 @@ impl State {
             self.done = true;
         }
         Some(item)
+    }
+
+    /// Sends the request with a continuation to the next ready worker after `died`, and
+    /// returns that worker's first message; or `died` itself when the resume limit or the
+    /// deadline does not allow it, or no worker took over in time.
+    async fn resume(&mut self, died: Error) -> Result<Option<GenerateResponse>, Error> {
+        if self.resumes >= self.max_resumes || Instant::now() >= self.deadline_at {
+            return Err(died);
+        }
+        let noticed = Instant::now();
+        let resume_count = self.resumes.saturating_add(1);
+        let text_bytes = u32::try_from(self.partial_text.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.prior_text_bytes);
+        let mut request = self.request.clone();
+        request.continuation = Some(pb::Continuation {
+            delivered_token_ids: self.delivered_ids.clone(),
+            delivered_text_bytes: text_bytes,
+            resume_count,
+        });
+        tracing::debug!(error = %died, resume_count, delivered = self.delivered_ids.len(), "resuming the stream on the next worker");
+        // A worker that dies before the continuation's first output uses up a resume too.
+        let spare = self.max_resumes.saturating_sub(resume_count);
+        let started = match self
+            .client
+            .start(
+                &request,
+                self.deadline,
+                self.deadline_at,
+                Some(spare),
+                self.conn.generation(),
+            )
+            .await
+        {
+            Ok(started) => started,
+            // The next worker's own answer (say, the continuation no longer fits the
+            // context) says more than the death.
+            Err(e @ (Error::Rpc { .. } | Error::Protocol(_))) if !e.is_retryable() => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the stream could not be resumed");
+                return Err(died);
+            }
+        };
+        let resume_count = resume_count.saturating_add(started.deaths);
+        self.resumes = resume_count;
+        self.conn = started.conn;
+        self.streaming = started.streaming;
+        self.client.note_resumed(LifecycleEvent::Resumed {
+            pid: self.conn.worker_pid(),
+            request_id: self.request.request_id.clone(),
+            resume_count,
+            delivered_tokens: self.delivered_ids.len(),
+            stall: noticed.elapsed(),
+        });
+        Ok(started.first)
     }
 
     async fn receive(&mut self) -> Result<Option<GenerateResponse>, Error> {
@@ -215,6 +337,7 @@ impl State {
             status,
             partial_text: self.partial_text.clone(),
             tokens_received: self.tokens_received,
+            resumes: self.resumes,
         }
     }
 }

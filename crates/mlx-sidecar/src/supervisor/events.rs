@@ -105,6 +105,22 @@ pub enum LifecycleEvent {
         /// Whether the standby already reported `SERVING` when it took over.
         was_ready: bool,
     },
+    /// A generation stream whose worker died after output began continued on the next
+    /// ready worker (see [`crate::GenerateRequest::max_resumes`]). Sent by the client that
+    /// resumed it (one from [`crate::Supervisor::client`]), once the continuation's first
+    /// message arrived.
+    Resumed {
+        /// The process id of the worker that took the stream over, when known.
+        pid: Option<u32>,
+        /// The request's id, as the caller set it (may be empty).
+        request_id: String,
+        /// How many times this stream has been resumed, this time included.
+        resume_count: u32,
+        /// Tokens the caller had received before the seam.
+        delivered_tokens: usize,
+        /// From noticing the death to the continuation's first message.
+        stall: Duration,
+    },
 }
 
 /// Logs `event` through `tracing` and broadcasts it: how the owner and the standby keeper
@@ -150,6 +166,8 @@ pub(crate) fn announce(events: &broadcast::Sender<LifecycleEvent>, event: Lifecy
             status,
             restart_in,
         } => tracing::warn!(pid, %status, ?restart_in, "standby worker crashed"),
+        // Clients log and send these themselves; listed for completeness.
+        LifecycleEvent::Resumed { .. } => {}
     }
     let _ = events.send(event);
 }

@@ -32,7 +32,14 @@ mod restart;
 mod socket;
 mod standby;
 
-use std::{path::PathBuf, sync::atomic::Ordering, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{broadcast, watch};
 
@@ -57,6 +64,8 @@ pub struct Supervisor {
     /// The replicas' views and in-flight counters, shared with every client.
     pool: Replicas,
     events: broadcast::Sender<LifecycleEvent>,
+    /// Streams resumed by this supervisor's clients (shared with them).
+    resumes: Arc<AtomicU64>,
 }
 
 /// One replica as [`Supervisor::replicas`] reports it.
@@ -154,6 +163,7 @@ impl Supervisor {
             replicas,
             pool,
             events,
+            resumes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -176,7 +186,13 @@ impl Supervisor {
     /// A client that always talks to a current worker (cheap; clone freely): each call goes
     /// to the ready replica with the fewest calls in flight.
     pub fn client(&self) -> Client {
-        Client::supervised(self.pool.clone())
+        Client::supervised(self.pool.clone(), self.events.clone(), self.resumes.clone())
+    }
+
+    /// How many generation streams of this supervisor's clients were resumed on another
+    /// worker after the one serving them died (see [`crate::GenerateRequest::max_resumes`]).
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
     }
 
     /// Lifecycle events of every replica from now on. A receiver that falls more than 256

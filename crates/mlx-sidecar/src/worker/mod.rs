@@ -11,6 +11,6 @@ mod pool;
 mod state;
 pub(crate) mod transport;
 
-pub(crate) use pool::{LoadGuard, Member, Replicas, pool_state};
+pub(crate) use pool::{LoadGuard, Member, Replicas, WorkerId, pool_state};
 pub use state::{ExitStatusInfo, WorkerState};
 pub(crate) use state::{GaveUpInfo, WorkerView};

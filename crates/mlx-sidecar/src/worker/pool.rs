@@ -33,12 +33,19 @@ pub(crate) struct Replicas {
     next: Arc<AtomicUsize>,
 }
 
+/// One worker process of the pool: its replica and the replica's worker generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerId {
+    pub(crate) replica: usize,
+    pub(crate) generation: u64,
+}
+
 /// A replica chosen for one call.
 #[derive(Debug)]
 pub(crate) struct Picked {
     pub(crate) channel: Channel,
     pub(crate) view: watch::Receiver<WorkerView>,
-    pub(crate) generation: u64,
+    pub(crate) id: WorkerId,
     pub(crate) load: LoadGuard,
 }
 
@@ -72,8 +79,13 @@ impl Replicas {
     }
 
     /// The ready replica with the fewest calls in flight (see the module doc), read from
-    /// `watchers` (marking their values seen), or `None` when none is ready.
-    pub(crate) fn pick(&self, watchers: &mut [watch::Receiver<WorkerView>]) -> Option<Picked> {
+    /// `watchers` (marking their values seen), or `None` when none is ready. The worker
+    /// `avoid` (one that just died under a stream) is never picked.
+    pub(crate) fn pick(
+        &self,
+        watchers: &mut [watch::Receiver<WorkerView>],
+        avoid: Option<WorkerId>,
+    ) -> Option<Picked> {
         let n = watchers.len().min(self.members.len());
         if n == 0 {
             return None;
@@ -90,6 +102,9 @@ impl Replicas {
             let Some(channel) = view.usable_channel() else {
                 continue;
             };
+            if avoid.is_some_and(|a| a.replica == index && a.generation == view.generation) {
+                continue;
+            }
             let load = self.members[index].in_flight.load(Ordering::Relaxed);
             if best.as_ref().is_none_or(|(_, fewest, _, _)| load < *fewest) {
                 best = Some((index, load, channel.clone(), view.generation));
@@ -101,7 +116,10 @@ impl Replicas {
         Some(Picked {
             channel,
             view: watchers[index].clone(),
-            generation,
+            id: WorkerId {
+                replica: index,
+                generation,
+            },
             load: LoadGuard(member.in_flight.clone()),
         })
     }

@@ -114,7 +114,7 @@ async fn fault_07_stalled_engine_is_not_serving_and_replaced() {
     let mut events = supervisor.subscribe();
     let client = supervisor.client();
     let mut stream = client
-        .generate(GenerateRequest::text("stall").max_tokens(500))
+        .generate(GenerateRequest::text("stall").max_tokens(500).no_resume())
         .await
         .expect("generate");
     let reader = tokio::spawn(async move { drain(&mut stream).await });

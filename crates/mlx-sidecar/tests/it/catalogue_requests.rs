@@ -435,7 +435,7 @@ async fn fault_16_short_deadline_leaves_no_work() {
 
 /// The heart of fault 17: a request the worker had not started when it died (queued behind
 /// a full batch) is retried on the new worker without the caller doing anything, while the
-/// one that was streaming gets `WorkerDied` with its text.
+/// one that was streaming (with resuming off) gets `WorkerDied` with its text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_17_queued_request_is_retried_on_the_new_worker() {
     let sandbox = tempfile::tempdir().expect("tempdir");
@@ -447,7 +447,7 @@ async fn fault_17_queued_request_is_retried_on_the_new_worker() {
     let client = supervisor.client();
     let pid = supervisor.worker_pid().expect("pid");
     let mut streaming = client
-        .generate(GenerateRequest::text("first").max_tokens(1900))
+        .generate(GenerateRequest::text("first").max_tokens(1900).no_resume())
         .await
         .expect("generate");
     let mut streamed = String::new();

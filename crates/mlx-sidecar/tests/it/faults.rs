@@ -72,7 +72,11 @@ async fn sigkill_mid_stream_ends_the_stream_with_partial_output() {
     let pid = supervisor.worker_pid().expect("pid");
 
     let mut stream = client
-        .generate(GenerateRequest::text("A long story:").max_tokens(1900))
+        .generate(
+            GenerateRequest::text("A long story:")
+                .max_tokens(1900)
+                .no_resume(),
+        )
         .await
         .expect("generate");
     // Kill once some text has arrived, so there is partial output to keep.
@@ -85,8 +89,10 @@ async fn sigkill_mid_stream_ends_the_stream_with_partial_output() {
         Error::WorkerDied {
             partial_text,
             tokens_received,
+            resumes,
             ..
         } => {
+            assert_eq!(*resumes, 0, "resuming is off");
             assert_eq!(partial_text, &received, "partial text is what was streamed");
             assert!(*tokens_received >= 1);
             assert!(*tokens_received < 1900);
@@ -391,7 +397,11 @@ async fn dead_engine_is_not_serving_and_gets_restarted() {
     let mut events = supervisor.subscribe();
 
     let result = client
-        .generate(GenerateRequest::text("Crash the engine").max_tokens(500))
+        .generate(
+            GenerateRequest::text("Crash the engine")
+                .max_tokens(500)
+                .no_resume(),
+        )
         .await
         .expect("generate")
         .collect()

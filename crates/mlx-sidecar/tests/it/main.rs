@@ -15,6 +15,7 @@ mod faults;
 mod lifetime;
 mod readme;
 mod replicas;
+mod resume;
 mod serving;
 mod standby;
 

@@ -210,7 +210,7 @@ async fn standby_takes_over_at_once_and_is_replaced() {
     assert_nothing_left(&[active, standby, second, third], &dir).await;
 }
 
-/// A stream on the active worker when it is killed still ends with `WorkerDied` and the
+/// A stream on the active worker when it is killed, with resuming off, ends with `WorkerDied` and the
 /// text already streamed; the next call is served by the promoted standby. Dropping the
 /// supervisor kills both workers and removes the directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +225,8 @@ async fn stream_cut_by_a_kill_keeps_its_text_and_the_standby_serves_the_next_cal
         .generate(
             GenerateRequest::text("A long story:")
                 .max_tokens(1900)
-                .ignore_eos(true),
+                .ignore_eos(true)
+                .no_resume(),
         )
         .await
         .expect("generate");

@@ -1,0 +1,85 @@
+"""A continuation's model side: how the delivered tokens get into the KV cache and the sampler.
+
+Two ways (``RESUME_METHOD``), both giving the sampler the key an uninterrupted run would have
+at the next position (a :class:`~mlx_worker.sampling.SeededSampler` is split once per token):
+
+- ``"replay"``: the request starts as the original did (its prompt prefilled the same way) and
+  the delivered tokens are decoded again, one per step, in whatever batch is running: a
+  :class:`ForcedSampler` returns them instead of sampling, and the decoder sends nothing for
+  them (``RequestState.replaying``). Every position is computed as it was the first time.
+- ``"prefill"``: the delivered tokens join the prompt and are prefilled with it in one pass;
+  max_tokens shrinks by their number.
+
+Figures behind the choice: BENCHMARKS.md, "Resuming a stream: replay vs prefill".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..params import GenerateParams
+
+# A sampler (mlx_worker.sampling; imported by the engine thread only, after mlx-lm's fast import).
+Sampler = Callable[[Any], Any]
+
+RESUME_METHOD = "replay"
+
+
+class ForcedSampler:
+    """Returns the delivered tokens, one per call, then samples with ``inner``; the key of a
+    seeded ``inner`` is split for each forced token as sampling would have split it."""
+
+    def __init__(self, forced: Sequence[int], inner: Sampler) -> None:
+        self._forced = deque(forced)
+        self._inner = inner
+
+    def __call__(self, logprobs: Any) -> Any:
+        import mlx.core as mx
+
+        if not self._forced:
+            return self._inner(logprobs)
+        _skip(self._inner, 1)
+        return mx.array([self._forced.popleft()], dtype=mx.uint32)
+
+
+def prefilled_length(params: GenerateParams) -> int:
+    """How many tokens a request's prefill takes."""
+    if RESUME_METHOD == "replay":
+        return len(params.prompt_ids)
+    return len(params.prompt_ids) + len(params.delivered_ids)
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """What the engine starts a request from."""
+
+    prompt_ids: list[int]  # prefilled as a prompt
+    max_tokens: int  # tokens still to generate, replayed ones included
+    sampler: Sampler
+    replayed: int  # the first tokens this many steps give are delivered ones: not sent
+
+
+def start_point(params: GenerateParams, sampler: Sampler) -> StartPoint:
+    """Where a request (a continuation or not) starts, by ``RESUME_METHOD``."""
+    delivered = params.delivered_ids
+    if not delivered:
+        return StartPoint(params.prompt_ids, params.max_tokens, sampler, 0)
+    if RESUME_METHOD == "replay":
+        return StartPoint(
+            params.prompt_ids, params.max_tokens, ForcedSampler(delivered, sampler), len(delivered)
+        )
+    _skip(sampler, len(delivered))
+    return StartPoint(
+        [*params.prompt_ids, *delivered], params.max_tokens - len(delivered), sampler, 0
+    )
+
+
+def _skip(sampler: Sampler, n: int) -> None:
+    """Advances a seeded sampler's key past ``n`` tokens (greedy: nothing to advance)."""
+    from ..sampling import SeededSampler
+
+    if isinstance(sampler, SeededSampler):
+        sampler.skip(n)
