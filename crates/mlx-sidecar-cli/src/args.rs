@@ -303,6 +303,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MLX_SIDECAR_API_KEY_FILE", value_name = "FILE")]
     pub(crate) api_key_file: Option<PathBuf>,
 
+    /// Let health probes through TCP without the key: GET /health, GET /ready, gRPC Health/Check.
+    ///
+    /// For Kubernetes, whose gRPC probe cannot send a key (see deploy/kubernetes).
+    #[arg(long, env = "MLX_SIDECAR_OPEN_PROBES")]
+    pub(crate) open_probes: bool,
+
     /// Seconds requests in flight may run on after SIGTERM or SIGINT.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub(crate) grace: f64,
@@ -318,6 +324,31 @@ pub(crate) struct ServeArgs {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+
+    /// Replicas: N workers, each with its own socket and restarts, loading the same model.
+    ///
+    /// Each request goes to the ready replica with the fewest requests in flight; one that
+    /// has not started when its replica dies goes to another. Costs N copies of the model's
+    /// memory. On a CPU the replicas share the cores.
+    #[arg(
+        long,
+        env = "MLX_SIDECAR_WORKERS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub(crate) workers: u16,
+
+    /// Pin replica i to GPU LIST[i mod len] (its CUDA_VISIBLE_DEVICES), such as 0,1,2,3.
+    ///
+    /// Without it the replicas share the default device.
+    #[arg(
+        long,
+        env = "MLX_SIDECAR_WORKER_DEVICES",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub(crate) worker_devices: Vec<String>,
 }
 
 /// `status`.

@@ -27,11 +27,15 @@ pub(crate) async fn run(
     // Install the handlers first: a signal during the environment check must still drain.
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let supervisor = session::supervisor_config(global, progress).await?;
+    let supervisor = session::supervisor_config(global, progress)
+        .await?
+        .with_replicas(usize::from(args.workers))
+        .with_replica_devices(args.worker_devices.iter().map(|d| d.trim().to_owned()));
     let mut config = ServeConfig::new(supervisor)
         .with_grace(grace)
         .with_max_body_bytes(args.max_body_bytes)
         .with_stall_timeout(stall_timeout)
+        .with_open_probes(args.open_probes)
         .with_on_listening(|listeners| {
             eprintln!("mlx-sidecar: listening on {}", listeners.join(", "));
         });

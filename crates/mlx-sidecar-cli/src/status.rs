@@ -90,11 +90,86 @@ fn lines(s: &DaemonStatus) -> String {
             ),
         ),
     ];
-    rows.iter()
+    let mut text: String = rows
+        .iter()
         .map(|(name, value)| format!("{name:<10} {value}\n"))
-        .collect()
+        .collect();
+    // One line per replica, when the daemon runs several (`serve --workers N`).
+    if s.replicas.len() > 1 {
+        for r in &s.replicas {
+            let device = if r.device.is_empty() {
+                String::new()
+            } else {
+                format!(", device {}", r.device)
+            };
+            let name = format!("replica {}", r.index);
+            text.push_str(&format!(
+                "{name:<10} {}, pid {}, {} in flight, {} restarts{device}\n",
+                r.state,
+                pid(r.worker_pid),
+                r.in_flight,
+                r.restarts
+            ));
+        }
+    }
+    text
 }
 
 fn secs(d: Duration) -> String {
     format!("{:.0}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use mlx_sidecar::DaemonReplica;
+
+    use super::*;
+
+    fn status(replicas: usize) -> DaemonStatus {
+        DaemonStatus {
+            daemon_version: "0.1.0".into(),
+            daemon_pid: 1,
+            daemon_uptime: Duration::from_secs(5),
+            worker_state: "ready".into(),
+            model_id: "tiny".into(),
+            model_path: "/m".into(),
+            device: "cpu".into(),
+            backend: "cpu".into(),
+            device_name: "cpu".into(),
+            worker_pid: Some(10),
+            worker_uptime: Duration::from_secs(4),
+            worker_restarts: 1,
+            requests_running: 0,
+            requests_waiting: 0,
+            standby: "off".into(),
+            standby_pid: None,
+            listeners: Vec::new(),
+            draining: false,
+            replicas: (0..replicas)
+                .map(|i| DaemonReplica {
+                    index: i as u32,
+                    state: if i == 0 { "ready" } else { "restarting" }.into(),
+                    worker_pid: (i == 0).then_some(10),
+                    standby_pid: None,
+                    restarts: i as u32,
+                    in_flight: 2,
+                    device: if i == 0 { String::new() } else { "1".into() },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_line_per_replica_only_when_there_are_several() {
+        assert!(!lines(&status(1)).contains("replica"));
+        let text = lines(&status(2));
+        assert!(
+            text.contains("replica 0  ready, pid 10, 2 in flight, 0 restarts\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("replica 1  restarting, pid -, 2 in flight, 1 restarts, device 1\n"),
+            "{text}"
+        );
+    }
 }

@@ -9,6 +9,10 @@
 //! or for gRPC (`content-type: application/grpc*`) a trailers-only `UNAUTHENTICATED`
 //! (status 16); either is counted in `request_errors_total{code="unauthenticated"}`.
 //!
+//! With `open_probes` ([`crate::ServeConfig::open_probes`]) the health probes pass without
+//! the key: `GET /health`, `GET /ready` and the gRPC `grpc.health.v1.Health/Check`; they
+//! tell only whether the daemon serves.
+//!
 //! The Unix socket needs no key: its folder is 0700 and the socket 0600, so only the
 //! daemon's own user can connect (see `crate::listen`).
 
@@ -95,14 +99,17 @@ impl ApiKey {
 pub(crate) struct RequireApiKeyLayer {
     key: Arc<ApiKey>,
     metrics: Metrics,
+    open_probes: bool,
 }
 
 impl RequireApiKeyLayer {
-    /// Checks requests against `key`, counting refusals in `metrics`.
-    pub(crate) fn new(key: ApiKey, metrics: Metrics) -> Self {
+    /// Checks requests against `key`, counting refusals in `metrics`; with `open_probes`
+    /// the health probes pass without it.
+    pub(crate) fn new(key: ApiKey, metrics: Metrics, open_probes: bool) -> Self {
         RequireApiKeyLayer {
             key: Arc::new(key),
             metrics,
+            open_probes,
         }
     }
 }
@@ -115,6 +122,7 @@ impl<S> Layer<S> for RequireApiKeyLayer {
             inner,
             key: self.key.clone(),
             metrics: self.metrics.clone(),
+            open_probes: self.open_probes,
         }
     }
 }
@@ -125,6 +133,7 @@ pub(crate) struct RequireApiKey<S> {
     inner: S,
     key: Arc<ApiKey>,
     metrics: Metrics,
+    open_probes: bool,
 }
 
 impl<S> Service<Request<Body>> for RequireApiKey<S>
@@ -144,7 +153,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if self.key.authorizes(&request) {
+        if (self.open_probes && is_probe(&request)) || self.key.authorizes(&request) {
             Either::Left(Box::pin(self.inner.call(request)))
         } else {
             let grpc = is_grpc(&request);
@@ -152,6 +161,17 @@ where
             self.metrics.record_error(api, tonic::Code::Unauthenticated);
             Either::Right(ready(Ok(unauthorized(grpc))))
         }
+    }
+}
+
+/// Whether `request` is a health probe: `GET /health`, `GET /ready`, or the gRPC health
+/// check (not `Watch`, which would hold a stream open without the key).
+fn is_probe<B>(request: &Request<B>) -> bool {
+    let path = request.uri().path();
+    if is_grpc(request) {
+        path == "/grpc.health.v1.Health/Check"
+    } else {
+        request.method() == axum::http::Method::GET && matches!(path, "/health" | "/ready")
     }
 }
 
@@ -187,6 +207,32 @@ mod tests {
         assert!(!key.authorizes(&request(None)));
         assert!(ApiKey::new(" \n").is_none());
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+    }
+
+    #[test]
+    fn only_health_probes_are_probes() {
+        let get = |path: &str| Request::builder().uri(path).body(()).expect("request");
+        let grpc = |path: &str| {
+            Request::builder()
+                .method("POST")
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .body(())
+                .expect("request")
+        };
+        assert!(is_probe(&get("/ready")));
+        assert!(is_probe(&get("/health")));
+        assert!(is_probe(&grpc("/grpc.health.v1.Health/Check")));
+        assert!(!is_probe(&grpc("/grpc.health.v1.Health/Watch")));
+        assert!(!is_probe(&grpc("/mlx_sidecar.v1.Daemon/Status")));
+        assert!(!is_probe(&get("/metrics")));
+        assert!(!is_probe(&get("/v1/models")));
+        let post_ready = Request::builder()
+            .method("POST")
+            .uri("/ready")
+            .body(())
+            .expect("request");
+        assert!(!is_probe(&post_ready));
     }
 
     #[test]

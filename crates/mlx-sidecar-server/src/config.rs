@@ -56,6 +56,11 @@ pub struct ServeConfig {
     /// The key every request on a TCP listener must carry as `authorization: Bearer KEY`.
     /// The Unix socket is protected by its mode (0600) instead.
     pub api_key: Option<ApiKey>,
+    /// Let health probes through a keyed TCP listener without the key (default off): `GET
+    /// /health`, `GET /ready` and `grpc.health.v1.Health/Check`, which say only whether the
+    /// daemon serves. For orchestrators whose probes cannot carry a secret (Kubernetes'
+    /// gRPC probe sends no metadata); see `deploy/kubernetes`.
+    pub open_probes: bool,
     /// Take sockets handed over by systemd (`LISTEN_FDS`) instead of binding, when there
     /// are any (default on).
     pub socket_activation: bool,
@@ -90,6 +95,7 @@ impl ServeConfig {
             socket_path: None,
             listen: None,
             api_key: None,
+            open_probes: false,
             socket_activation: true,
             grace: DEFAULT_GRACE,
             limits: Limits::default(),
@@ -116,6 +122,12 @@ impl ServeConfig {
     /// Sets [`ServeConfig::listen`].
     pub fn with_listen(mut self, addr: SocketAddr) -> Self {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Sets [`ServeConfig::open_probes`].
+    pub fn with_open_probes(mut self, open: bool) -> Self {
+        self.open_probes = open;
         self
     }
 

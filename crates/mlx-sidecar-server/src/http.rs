@@ -74,6 +74,7 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
+    state.metrics().set_replicas(&state.replicas());
     let (content_type, text) = if open_metrics {
         (Metrics::CONTENT_TYPE, state.metrics().encode())
     } else {

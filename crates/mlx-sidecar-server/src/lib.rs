@@ -137,6 +137,7 @@ pub async fn run(
         metrics.clone(),
         config.limits.clone(),
         worker,
+        supervisor.monitor(),
         drain.clone(),
     );
     let (health, health_service) = HealthPublisher::new().await;
@@ -158,7 +159,7 @@ pub async fn run(
             .requires_api_key
             .then(|| config.api_key.clone())
             .flatten();
-        let router = mux::service(http.clone(), grpc.clone(), &state, key);
+        let router = mux::service(http.clone(), grpc.clone(), &state, key, config.open_probes);
         let mut stop = stop_rx.clone();
         serving.spawn(mux::serve(listener, router, async move {
             let _ = stop.wait_for(|stop| *stop).await;

@@ -22,6 +22,12 @@
 //! | `mlx_sidecar_requests_total` | counter | api, finish_reason | finished requests |
 //! | `mlx_sidecar_request_errors_total` | counter | api, code | failed requests, by gRPC code name |
 //! | `mlx_sidecar_worker_restarts_total` | counter | cause | restarts of the active worker |
+//! | `mlx_sidecar_replica_up` | gauge | replica | 1 while that replica's worker is ready |
+//! | `mlx_sidecar_replica_requests_in_flight` | gauge | replica | requests on that replica |
+//! | `mlx_sidecar_replica_restarts_total` | counter | replica | workers started in its place after the first |
+//!
+//! The `replica` series (index from 0; one replica without `serve --workers`) are read
+//! from the supervisor when the metrics are served, and at each lifecycle event.
 //! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
 
 mod observer;
@@ -117,6 +123,11 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RestartLabels {
     cause: RestartCause,
 }
@@ -175,6 +186,9 @@ struct Inner {
     requests: Family<FinishLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     restarts: Family<RestartLabels, Counter>,
+    replica_up: Family<ReplicaLabels, Gauge>,
+    replica_in_flight: Family<ReplicaLabels, Gauge>,
+    replica_restarts: Family<ReplicaLabels, Counter>,
     resumes: Counter,
 }
 
@@ -203,6 +217,9 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             restarts: Family::default(),
+            replica_up: Family::default(),
+            replica_in_flight: Family::default(),
+            replica_restarts: Family::default(),
             resumes: Counter::default(),
             registry: Registry::default(),
         };
@@ -275,6 +292,21 @@ impl Metrics {
             "worker_restarts",
             "Restarts of the active worker, by cause",
             inner.restarts.clone(),
+        );
+        r.register(
+            "replica_up",
+            "1 while the replica's worker is ready to serve",
+            inner.replica_up.clone(),
+        );
+        r.register(
+            "replica_requests_in_flight",
+            "Requests on the replica: sent, not finished",
+            inner.replica_in_flight.clone(),
+        );
+        r.register(
+            "replica_restarts",
+            "Workers started in the replica's place after its first",
+            inner.replica_restarts.clone(),
         );
         r.register(
             "stream_resumes",
@@ -408,6 +440,33 @@ impl Metrics {
     /// Sets `mlx_sidecar_standby_ready`.
     pub(crate) fn set_standby_ready(&self, ready: bool) {
         self.inner.standby_ready.set(i64::from(ready));
+    }
+
+    /// Sets the `replica` series from the supervisor's `replicas`.
+    pub(crate) fn set_replicas(&self, replicas: &[mlx_sidecar::ReplicaStatus]) {
+        for replica in replicas {
+            let labels = ReplicaLabels {
+                replica: replica.index.to_string(),
+            };
+            let ready = matches!(
+                replica.state,
+                mlx_sidecar::WorkerState::Ready | mlx_sidecar::WorkerState::Unhealthy
+            ) && replica.pid.is_some();
+            self.inner
+                .replica_up
+                .get_or_create(&labels)
+                .set(i64::from(ready));
+            self.inner
+                .replica_in_flight
+                .get_or_create(&labels)
+                .set(i64::try_from(replica.in_flight).unwrap_or(i64::MAX));
+            // The supervisor counts; the counter catches up with it.
+            let restarts = self.inner.replica_restarts.get_or_create(&labels);
+            let behind = replica.restarts.saturating_sub(restarts.get());
+            if behind > 0 {
+                restarts.inc_by(behind);
+            }
+        }
     }
 
     /// Counts one stream resumed on the next worker.

@@ -33,8 +33,14 @@ pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
 }
 
 /// The router of one listener: gRPC and HTTP steered by content type, the drain layer,
-/// and the key check when `key` is given.
-pub(crate) fn service(http: Router, grpc: Router, state: &AppState, key: Option<ApiKey>) -> Router {
+/// and the key check when `key` is given (health probes exempt with `open_probes`).
+pub(crate) fn service(
+    http: Router,
+    grpc: Router,
+    state: &AppState,
+    key: Option<ApiKey>,
+    open_probes: bool,
+) -> Router {
     // `tower::steer::Steer` would do, but it is not `Sync` (it holds a `PhantomData` of
     // the request), which axum requires.
     let steer = tower::service_fn(move |request: Request<Body>| {
@@ -49,7 +55,11 @@ pub(crate) fn service(http: Router, grpc: Router, state: &AppState, key: Option<
         .fallback_service(steer)
         .layer(DrainLayer::new(state.clone()));
     match key {
-        Some(key) => router.layer(RequireApiKeyLayer::new(key, state.metrics().clone())),
+        Some(key) => router.layer(RequireApiKeyLayer::new(
+            key,
+            state.metrics().clone(),
+            open_probes,
+        )),
         None => router,
     }
 }

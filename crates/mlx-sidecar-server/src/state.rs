@@ -1,10 +1,10 @@
 //! [`AppState`]: what both fronts share — the supervised [`Client`], the daemon's
 //! [`Metrics`], the HTTP [`Limits`], the daemon's view of its worker (published by
-//! [`crate::worker`]) and the [`Drain`]. Cheap to clone.
+//! [`crate::worker`]), each replica's live status and the [`Drain`]. Cheap to clone.
 
 use std::{sync::Arc, time::Instant};
 
-use mlx_sidecar::Client;
+use mlx_sidecar::{Client, ReplicaMonitor, ReplicaStatus};
 use tokio::sync::watch;
 
 use crate::{
@@ -24,6 +24,7 @@ struct Shared {
     metrics: Metrics,
     limits: Limits,
     worker: watch::Receiver<WorkerView>,
+    replicas: ReplicaMonitor,
     drain: Arc<Drain>,
     started: Instant,
     started_unix: u64,
@@ -37,6 +38,7 @@ impl AppState {
         metrics: Metrics,
         limits: Limits,
         worker: watch::Receiver<WorkerView>,
+        replicas: ReplicaMonitor,
         drain: Arc<Drain>,
     ) -> Self {
         AppState {
@@ -45,6 +47,7 @@ impl AppState {
                 metrics,
                 limits,
                 worker,
+                replicas,
                 drain,
                 started: Instant::now(),
                 started_unix: crate::openai::unix_now(),
@@ -75,6 +78,11 @@ impl AppState {
     /// The daemon's view of its worker now.
     pub(crate) fn worker(&self) -> WorkerView {
         self.inner.worker.borrow().clone()
+    }
+
+    /// Each replica's status now (state, pids, load), read live from the supervisor.
+    pub(crate) fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.inner.replicas.replicas()
     }
 
     /// When the daemon started.

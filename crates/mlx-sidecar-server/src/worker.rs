@@ -189,6 +189,7 @@ impl Follower {
             self.fetch_model_info().await;
         }
         self.metrics.set_worker_up(ready);
+        self.metrics.set_replicas(&supervisor.replicas());
         self.metrics.set_standby_ready(standby_ready);
         self.health.set(ready && !self.drain.is_draining()).await;
         if ready && !self.notified_ready {

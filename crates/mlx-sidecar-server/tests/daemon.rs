@@ -628,3 +628,94 @@ async fn reflection_v1alpha_services(channel: tonic::transport::Channel) -> Vec<
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
+
+/// `serve --workers 2`: `Status` and the metrics show each replica, calls spread over both,
+/// and a killed replica restarts on its own while the other serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_show_each_replica() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = support::with_tcp(config(dir.path()));
+    config.supervisor = config.supervisor.with_replicas(2);
+    let daemon = Daemon::start(config).await;
+    let both_ready = |status: &pb::StatusResponse| {
+        status.replicas.len() == 2
+            && status
+                .replicas
+                .iter()
+                .all(|r| r.state == i32::from(WorkerState::Ready) && r.worker_pid.is_some())
+    };
+    let deadline = tokio::time::Instant::now() + READY;
+    let mut status = daemon.status().await;
+    while !both_ready(&status) {
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = daemon.status().await;
+    }
+    let indexes: Vec<u32> = status.replicas.iter().map(|r| r.index).collect();
+    assert_eq!(indexes, [0, 1]);
+    let victim = status.replicas[0].worker_pid.expect("pid");
+    assert_ne!(Some(victim), status.replicas[1].worker_pid);
+
+    // Two long streams through the daemon: one on each replica.
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = client.generate(text_request(2000)).await.expect("generate");
+        stream.next_event().await.expect("event").expect("token");
+        streams.push(stream);
+    }
+    let loads: Vec<u32> = daemon
+        .status()
+        .await
+        .replicas
+        .iter()
+        .map(|r| r.in_flight)
+        .collect();
+    assert_eq!(loads, [1, 1]);
+    let base = daemon.base().await;
+    let metrics = support::metrics_text(&base).await;
+    for replica in ["0", "1"] {
+        let series = |name: &str| format!("mlx_sidecar_{name}{{replica=\"{replica}\"}}");
+        assert_eq!(support::sample(&metrics, &series("replica_up")), 1.0);
+        assert_eq!(
+            support::sample(&metrics, &series("replica_requests_in_flight")),
+            1.0,
+            "{metrics}"
+        );
+    }
+    drop(streams);
+
+    // Replica 0's worker dies: it restarts, replica 1 keeps its worker, calls keep working.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(victim).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let answer = client
+        .generate(text_request(4))
+        .await
+        .expect("generate after the kill")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(answer.token_ids.len(), 4);
+    let deadline = tokio::time::Instant::now() + READY;
+    let mut status = daemon.status().await;
+    while !(both_ready(&status) && status.replicas[0].restarts == 1) {
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = daemon.status().await;
+    }
+    assert_ne!(status.replicas[0].worker_pid, Some(victim));
+    assert_eq!(status.replicas[1].restarts, 0);
+    let metrics = support::metrics_text(&base).await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "mlx_sidecar_replica_restarts_total{replica=\"0\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    daemon.stop().await.expect("clean stop");
+}

@@ -167,6 +167,16 @@ pub struct SupervisorConfig {
     /// default model on the CPU) and the standby's start-up CPU after each takeover. Cannot
     /// be combined with `socket_path`.
     pub standby: bool,
+    /// How many replicas to run (default 1): each is a worker of its own, with its own
+    /// socket, restart policy, health probes (and standby, with `standby`), all loading
+    /// the same model. Each call goes to the ready replica with the fewest calls in flight;
+    /// a call that has not started when its replica dies goes to another one. Costs one
+    /// copy of the model's memory per replica. Cannot be combined with `socket_path`.
+    pub replicas: usize,
+    /// Pins replica `i` to device `replica_devices[i % len]` through `CUDA_VISIBLE_DEVICES`
+    /// (MLX's CUDA backend sees only that GPU, as its device 0); empty (the default) leaves
+    /// the device alone, so on a CPU, or on one GPU, the replicas share it.
+    pub replica_devices: Vec<String>,
 }
 
 impl SupervisorConfig {
@@ -184,6 +194,8 @@ impl SupervisorConfig {
             socket_path: None,
             log_tail_lines: 50,
             standby: false,
+            replicas: 1,
+            replica_devices: Vec::new(),
         }
     }
 
@@ -235,5 +247,47 @@ impl SupervisorConfig {
     pub fn with_standby(mut self, standby: bool) -> Self {
         self.standby = standby;
         self
+    }
+
+    /// Sets [`SupervisorConfig::replicas`] (at least 1).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Sets [`SupervisorConfig::replica_devices`], such as `["0", "1"]` for two GPUs.
+    pub fn with_replica_devices<I, S>(mut self, devices: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.replica_devices = devices.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The device replica `index` is pinned to, if any.
+    pub(crate) fn replica_device(&self, index: usize) -> Option<String> {
+        if self.replica_devices.is_empty() {
+            return None;
+        }
+        self.replica_devices
+            .get(index % self.replica_devices.len())
+            .cloned()
+    }
+
+    /// The configuration of replica `index`: this one, with its device pinned.
+    pub(crate) fn for_replica(&self, index: usize) -> SupervisorConfig {
+        let mut config = self.clone();
+        if let Some(device) = self.replica_device(index) {
+            config
+                .worker
+                .env
+                .retain(|(key, _)| key != "CUDA_VISIBLE_DEVICES");
+            config
+                .worker
+                .env
+                .push(("CUDA_VISIBLE_DEVICES".into(), device));
+        }
+        config
     }
 }

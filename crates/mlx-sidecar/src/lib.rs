@@ -89,11 +89,11 @@ mod worker;
 
 pub use client::{
     ChatMessage, Client, Completion, Continuation, DEFAULT_MAX_RESUMES, DaemonListener,
-    DaemonStatus, Endpoint, FinishReason, Finished, GenerateEvent, GenerateRequest, GenerateStream,
-    HealthStatus, ModelInfo, Prompt, Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob,
-    Usage,
+    DaemonReplica, DaemonStatus, Endpoint, FinishReason, Finished, GenerateEvent, GenerateRequest,
+    GenerateStream, HealthStatus, ModelInfo, Prompt, Timings, TokenLogprob, TokenizeRequest,
+    Tokenized, TopLogprob, Usage,
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
-pub use supervisor::{LifecycleEvent, StartupTimes, Supervisor};
+pub use supervisor::{LifecycleEvent, ReplicaMonitor, ReplicaStatus, StartupTimes, Supervisor};
 pub use worker::{ExitStatusInfo, WorkerState};

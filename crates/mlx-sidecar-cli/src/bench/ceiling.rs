@@ -199,7 +199,8 @@ pub(crate) async fn run(
         ("one token per message", "merge=0"),
     ] {
         let extra = ["--synthetic-tokens".to_owned(), spec.to_owned()];
-        let sup = sidecar::start(py, model, socket_dir, &extra, max_batch, startup_timeout).await?;
+        let sup =
+            sidecar::start(py, model, socket_dir, &extra, max_batch, 1, startup_timeout).await?;
         let client = sup.client();
         let send = sidecar::sender(client.clone(), &workload.eos_token_ids);
         let pid = sup.worker_pid();

@@ -14,6 +14,7 @@ use super::report::Report;
 fn color(kind: PathKind) -> RGBColor {
     match kind {
         PathKind::Sidecar => RGBColor(0x1f, 0x77, 0xb4),
+        PathKind::Replicas => RGBColor(0x94, 0x67, 0xbd),
         PathKind::Inprocess => RGBColor(0x2c, 0xa0, 0x2c),
         PathKind::Http => RGBColor(0xd6, 0x27, 0x28),
     }

@@ -67,6 +67,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub(crate) prompt_tokens: usize,
 
+    /// Worker replicas of the `replicas` path (the `sidecar` path runs one worker).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub(crate) replicas: usize,
+
     /// Tokens each request generates (exactly: end-of-sequence tokens are banned).
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub(crate) max_tokens: u32,
@@ -201,6 +205,8 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
 pub(crate) enum PathKind {
     /// Rust client → gRPC on the Unix socket → worker → MLX.
     Sidecar,
+    /// The same with `--replicas` workers, each request to the least loaded one.
+    Replicas,
     /// One Python process calling mlx-lm directly.
     Inprocess,
     /// mlx-lm's own HTTP server.
@@ -212,6 +218,7 @@ impl PathKind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             PathKind::Sidecar => "sidecar",
+            PathKind::Replicas => "replicas",
             PathKind::Inprocess => "inprocess",
             PathKind::Http => "http",
         }
@@ -497,13 +504,19 @@ async fn run_bench(
         for (&kind, passes) in args.paths.iter().zip(&mut runs) {
             eprintln!("path {}:", kind.name());
             let run = match kind {
-                PathKind::Sidecar => {
+                PathKind::Sidecar | PathKind::Replicas => {
+                    let replicas = if kind == PathKind::Replicas {
+                        args.replicas.max(1)
+                    } else {
+                        1
+                    };
                     let sup = sidecar::start(
                         &py,
                         &model,
                         global.socket_dir.as_deref(),
                         &args.worker_args,
                         workload.max_batch,
+                        replicas,
                         startup_timeout,
                     )
                     .await?;

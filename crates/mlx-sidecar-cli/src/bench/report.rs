@@ -184,7 +184,7 @@ impl Report {
         let Some(sidecar) = self.path(PathKind::Sidecar).cloned() else {
             return;
         };
-        for baseline in [PathKind::Inprocess, PathKind::Http] {
+        for baseline in [PathKind::Inprocess, PathKind::Http, PathKind::Replicas] {
             let Some(base) = self.path(baseline).cloned() else {
                 continue;
             };

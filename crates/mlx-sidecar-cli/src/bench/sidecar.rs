@@ -17,14 +17,15 @@ use super::python::PythonEnv;
 use super::workload::{BAN_BIAS, Prompt, Workload};
 use super::{ModelArgs, PathRun};
 
-/// Starts a supervised worker with the bench's model and batch size, and waits until it is
-/// ready.
+/// Starts a supervised worker (`replicas` of them, each a worker of its own) with the
+/// bench's model and batch size, and waits until every one is ready.
 pub(crate) async fn start(
     py: &PythonEnv,
     model: &ModelArgs,
     socket_dir: Option<&std::path::Path>,
     extra_args: &[String],
     max_batch: usize,
+    replicas: usize,
     timeout: Duration,
 ) -> anyhow::Result<Supervisor> {
     let mut worker = WorkerCommand::new(&py.python, &py.worker_dir)
@@ -34,7 +35,9 @@ pub(crate) async fn start(
     for (k, v) in &py.env {
         worker = worker.with_env(k, v);
     }
-    let mut config = SupervisorConfig::new(worker).with_startup_timeout(timeout);
+    let mut config = SupervisorConfig::new(worker)
+        .with_startup_timeout(timeout)
+        .with_replicas(replicas);
     if let Some(dir) = socket_dir {
         config = config.with_socket_dir(dir);
     }
@@ -42,7 +45,7 @@ pub(crate) async fn start(
         .await
         .context("starting the supervisor")?;
     supervisor
-        .wait_ready(timeout)
+        .wait_all_ready(timeout)
         .await
         .context("waiting for the worker to be ready")?;
     Ok(supervisor)

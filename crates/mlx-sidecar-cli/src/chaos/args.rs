@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::plan::{FaultPlan, parse_duration, parse_faults};
 
@@ -122,6 +122,23 @@ pub(crate) struct ChaosArgs {
     /// Random seed for prompts and pauses.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) seed: u64,
+
+    /// Run N replicas (as `serve --workers N`); the load spreads over them.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) workers: u16,
+
+    /// With --workers: each fault hits one replica (in turn) or all of them together.
+    #[arg(long, value_enum, default_value_t = FaultTarget::One)]
+    pub(crate) fault_target: FaultTarget,
+}
+
+/// Which replicas a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FaultTarget {
+    /// One replica per fault, taking turns.
+    One,
+    /// Every replica at the same time.
+    All,
 }
 
 /// The parsed `--faults` value (a newtype, so clap takes the whole list as one value).

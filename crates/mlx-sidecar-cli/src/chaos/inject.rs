@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
 use super::{
+    args::FaultTarget,
     leaks::process_gone,
     observe::Timeline,
     plan::{FaultKind, FaultPlan},
@@ -32,8 +33,12 @@ const POLL: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FaultRecord {
     pub(crate) kind: FaultKind,
-    /// The worker that got it.
+    /// The worker that got it (with `--fault-target all`, the first replica's).
     pub(crate) pid: u32,
+    /// The replica it hit (the first, with `--fault-target all`).
+    pub(crate) replica: usize,
+    /// With `--fault-target all`: the other replicas' workers that got it at the same time.
+    pub(crate) also: Vec<u32>,
     /// Injection time (seconds since the load began).
     pub(crate) at: f64,
     /// `stop`: when SIGCONT was sent (if the worker was still there).
@@ -81,6 +86,10 @@ pub(crate) struct Injector {
     /// How long to wait for recovery before calling a fault unrecovered.
     pub(crate) recovery_timeout: Duration,
     pub(crate) seed: u64,
+    /// One replica per fault, or all together.
+    pub(crate) target: FaultTarget,
+    /// Faults injected so far, to take the replicas in turn.
+    pub(crate) injected: AtomicUsize,
 }
 
 impl Injector {
@@ -144,13 +153,24 @@ impl Injector {
         !stop.load(Ordering::Relaxed)
     }
 
-    /// Waits for a ready worker; false if told to stop or the supervisor gave up.
+    /// Waits until every replica's worker is ready; false if told to stop or a replica
+    /// gave up.
     async fn wait_serving(&self, stop: &AtomicBool) -> bool {
         loop {
-            match self.supervisor.state() {
-                WorkerState::Ready if self.supervisor.worker_pid().is_some() => return true,
-                WorkerState::GaveUp | WorkerState::Stopped | WorkerState::Stopping => return false,
-                _ => {}
+            let replicas = self.supervisor.replicas();
+            if replicas
+                .iter()
+                .all(|r| r.state == WorkerState::Ready && r.pid.is_some())
+            {
+                return true;
+            }
+            if replicas.iter().any(|r| {
+                matches!(
+                    r.state,
+                    WorkerState::GaveUp | WorkerState::Stopped | WorkerState::Stopping
+                )
+            }) {
+                return false;
             }
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -160,10 +180,20 @@ impl Injector {
     }
 
     async fn inject(&self, plan: &FaultPlan) -> Option<FaultRecord> {
-        let pid = self.supervisor.worker_pid()?;
+        let replicas = self.supervisor.replicas();
+        let turn = self.injected.fetch_add(1, Ordering::Relaxed) % replicas.len().max(1);
+        let victims: Vec<_> = match self.target {
+            FaultTarget::One => replicas.into_iter().skip(turn).take(1).collect(),
+            FaultTarget::All => replicas,
+        };
+        let first = victims.first()?;
+        let (pid, replica, socket) = (first.pid?, first.index, first.socket.clone());
+        let also: Vec<u32> = victims.iter().skip(1).filter_map(|r| r.pid).collect();
         let mut record = FaultRecord {
             kind: plan.kind,
             pid,
+            replica,
+            also: also.clone(),
             at: self.timeline.now(),
             resumed: None,
             detected: None,
@@ -175,29 +205,46 @@ impl Injector {
             startup: None,
             serving: None,
         };
+        let signal_all = |sig| {
+            for other in &also {
+                let _ = signal(*other, sig);
+            }
+            signal(pid, sig)
+        };
         match plan.kind {
-            FaultKind::Kill => signal(pid, Signal::SIGKILL)?,
+            FaultKind::Kill => signal_all(Signal::SIGKILL)?,
             FaultKind::SlowStart => {
                 let delay = plan.delay.as_secs_f64();
                 if let Err(e) = std::fs::write(&self.faults_file, format!("startup_delay={delay}"))
                 {
                     tracing::error!("cannot write {}: {e}", self.faults_file.display());
                 }
-                signal(pid, Signal::SIGKILL)?;
+                signal_all(Signal::SIGKILL)?;
             }
             FaultKind::Stop => {
-                signal(pid, Signal::SIGSTOP)?;
+                signal_all(Signal::SIGSTOP)?;
                 tokio::time::sleep(plan.hold).await;
-                // Resume it unless the supervisor already replaced it.
+                // Resume each unless the supervisor already replaced it.
+                let running: Vec<u32> = self
+                    .supervisor
+                    .replicas()
+                    .iter()
+                    .filter_map(|r| r.pid)
+                    .collect();
+                for other in &also {
+                    if !process_gone(*other) && running.contains(other) {
+                        let _ = signal(*other, Signal::SIGCONT);
+                    }
+                }
                 if !process_gone(pid)
-                    && self.supervisor.worker_pid() == Some(pid)
+                    && running.contains(&pid)
                     && signal(pid, Signal::SIGCONT).is_some()
                 {
                     record.resumed = Some(self.timeline.now());
                 }
             }
             FaultKind::DeleteSocket => {
-                if let Err(e) = remove_socket(&self.supervisor.socket_path()) {
+                if let Err(e) = remove_socket(&socket) {
                     tracing::error!("cannot remove the socket file: {e}");
                     return None;
                 }

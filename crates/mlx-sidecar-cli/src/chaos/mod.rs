@@ -102,7 +102,8 @@ pub(crate) async fn run(
             within: args.restart_window,
             immediate_first_restart: !args.no_immediate_restart,
         })
-        .with_standby(global.standby);
+        .with_standby(global.standby)
+        .with_replicas(usize::from(args.workers));
     let socket_parent = global.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
     config = config.with_socket_dir(&socket_parent);
 
@@ -122,7 +123,7 @@ pub(crate) async fn run(
     // Subscribed before anything is ready, so that the first standby's pid is seen too.
     let events = supervisor.subscribe();
     let mut standby_events = supervisor.subscribe();
-    let ready = supervisor.wait_ready(startup_timeout).await;
+    let ready = supervisor.wait_all_ready(startup_timeout).await;
     let ready = match ready {
         // With --standby the run starts once the standby serves too.
         Ok(()) if global.standby => {
@@ -150,6 +151,8 @@ pub(crate) async fn run(
         resume: !args.no_resume,
     });
     let first_pid = supervisor.worker_pid();
+    // Every replica's first worker, for the leak check (their `Starting` came before the load).
+    let first_pids: Vec<u32> = supervisor.replicas().iter().filter_map(|r| r.pid).collect();
     let socket_path = supervisor.socket_path();
     let socket_dir = supervisor.socket_dir();
     if !args.json {
@@ -194,6 +197,8 @@ pub(crate) async fn run(
         pace_after_recovery: args.kill_cycles.map(|_| args.kill_every),
         recovery_timeout: startup_timeout + Duration::from_secs(30),
         seed: args.seed,
+        target: args.fault_target,
+        injected: Default::default(),
     };
     let mut injector = tokio::spawn(injector.run(plans.clone(), stop_faults.clone()));
     let mut interrupted = false;
@@ -279,6 +284,7 @@ pub(crate) async fn run(
             _ => None,
         })
         .chain(first_pid)
+        .chain(first_pids)
         .collect();
     let final_state = settle_final_state(
         &workers,

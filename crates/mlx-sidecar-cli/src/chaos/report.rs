@@ -498,6 +498,8 @@ mod tests {
         FaultRecord {
             kind: FaultKind::Kill,
             pid: 1,
+            replica: 0,
+            also: Vec::new(),
             at: 1.0,
             resumed: None,
             detected: Some(1.01),

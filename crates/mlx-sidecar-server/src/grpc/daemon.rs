@@ -1,6 +1,7 @@
 //! `mlx_sidecar.v1.Daemon`: the `Status` rpc, answered from the daemon's own view of its
 //! worker (`crate::worker::WorkerView`), its load (the metrics' running and waiting
-//! gauges, which both fronts feed) and its listeners, without calling the worker.
+//! gauges, which both fronts feed), each replica (read live from the supervisor) and its
+//! listeners, without calling the worker.
 
 use std::sync::Arc;
 
@@ -71,6 +72,20 @@ impl DaemonService {
                 })
                 .collect(),
             draining: self.state.drain().is_draining(),
+            replicas: self
+                .state
+                .replicas()
+                .iter()
+                .map(|r| pb::Replica {
+                    index: u32::try_from(r.index).unwrap_or(u32::MAX),
+                    state: worker_state(&r.state).into(),
+                    worker_pid: r.pid,
+                    standby_pid: r.standby_pid,
+                    restarts: u32::try_from(r.restarts).unwrap_or(u32::MAX),
+                    in_flight: u32::try_from(r.in_flight).unwrap_or(u32::MAX),
+                    device: r.device.clone().unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }

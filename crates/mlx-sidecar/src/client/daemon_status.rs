@@ -49,6 +49,29 @@ pub struct DaemonStatus {
     pub listeners: Vec<DaemonListener>,
     /// True once the daemon drains for shutdown (new requests are refused).
     pub draining: bool,
+    /// Each replica (`serve --workers N`), in order; one for a single worker (none from a
+    /// daemon older than replicas). The fields above describe the pool: its best state,
+    /// the first replica's worker and standby, restarts summed over replicas.
+    pub replicas: Vec<DaemonReplica>,
+}
+
+/// One replica of a daemon's workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonReplica {
+    /// Its index, from 0.
+    pub index: u32,
+    /// Its state, in the words of [`DaemonStatus::worker_state`].
+    pub state: String,
+    /// Its active worker's process id, while one runs.
+    pub worker_pid: Option<u32>,
+    /// Its standby's process id, while one runs.
+    pub standby_pid: Option<u32>,
+    /// Workers started in its place after the first.
+    pub restarts: u32,
+    /// Requests on it now.
+    pub in_flight: u32,
+    /// The device it is pinned to (`CUDA_VISIBLE_DEVICES`), empty when it shares the default.
+    pub device: String,
 }
 
 /// One socket a daemon accepts connections on.
@@ -66,16 +89,7 @@ pub struct DaemonListener {
 
 impl From<pb::StatusResponse> for DaemonStatus {
     fn from(s: pb::StatusResponse) -> Self {
-        let worker_state = match pb::WorkerState::try_from(s.worker_state) {
-            Ok(pb::WorkerState::Starting) => "starting",
-            Ok(pb::WorkerState::Ready) => "ready",
-            Ok(pb::WorkerState::Unhealthy) => "unhealthy",
-            Ok(pb::WorkerState::Restarting) => "restarting",
-            Ok(pb::WorkerState::Stopping) => "stopping",
-            Ok(pb::WorkerState::Stopped) => "stopped",
-            Ok(pb::WorkerState::GaveUp) => "gave_up",
-            _ => "unspecified",
-        };
+        let worker_state = state_name(s.worker_state);
         let device = match pb::DeviceKind::try_from(s.device) {
             Ok(pb::DeviceKind::Cpu) => "cpu",
             Ok(pb::DeviceKind::Gpu) => "gpu",
@@ -122,7 +136,34 @@ impl From<pb::StatusResponse> for DaemonStatus {
                 })
                 .collect(),
             draining: s.draining,
+            replicas: s
+                .replicas
+                .into_iter()
+                .map(|r| DaemonReplica {
+                    index: r.index,
+                    state: state_name(r.state).to_owned(),
+                    worker_pid: r.worker_pid,
+                    standby_pid: r.standby_pid,
+                    restarts: r.restarts,
+                    in_flight: r.in_flight,
+                    device: r.device,
+                })
+                .collect(),
         }
+    }
+}
+
+/// A wire `WorkerState` in words.
+fn state_name(state: i32) -> &'static str {
+    match pb::WorkerState::try_from(state) {
+        Ok(pb::WorkerState::Starting) => "starting",
+        Ok(pb::WorkerState::Ready) => "ready",
+        Ok(pb::WorkerState::Unhealthy) => "unhealthy",
+        Ok(pb::WorkerState::Restarting) => "restarting",
+        Ok(pb::WorkerState::Stopping) => "stopping",
+        Ok(pb::WorkerState::Stopped) => "stopped",
+        Ok(pb::WorkerState::GaveUp) => "gave_up",
+        _ => "unspecified",
     }
 }
 

@@ -48,7 +48,7 @@ use tokio::{
 };
 use tonic::{Streaming, transport::Channel};
 
-pub use daemon_status::{DaemonListener, DaemonStatus};
+pub use daemon_status::{DaemonListener, DaemonReplica, DaemonStatus};
 pub use endpoint::Endpoint;
 pub use request::{
     ChatMessage, Continuation, DEFAULT_MAX_RESUMES, GenerateRequest, Prompt, TokenizeRequest,
@@ -65,7 +65,7 @@ use mlx_sidecar_proto::v1::{
 
 use crate::{
     Error, LifecycleEvent,
-    worker::{WorkerView, health, transport},
+    worker::{LoadGuard, Replicas, WorkerId, WorkerView, health, pool_state, transport},
 };
 use auth::BearerToken;
 
@@ -103,9 +103,10 @@ pub struct Client {
 enum Source {
     /// One endpoint (a daemon or a worker's socket), no supervisor.
     Direct { channel: Channel },
-    /// Whatever worker the supervisor runs now; resumes are announced on its events.
+    /// Whatever workers the supervisor's replicas run now; resumes are announced on its
+    /// events.
     Supervised {
-        view: watch::Receiver<WorkerView>,
+        replicas: Replicas,
         events: broadcast::Sender<LifecycleEvent>,
     },
 }
@@ -125,18 +126,20 @@ pub(crate) struct Started {
 /// The connection one call uses, and how to notice that its worker died.
 pub(crate) struct Conn {
     channel: Channel,
-    /// The supervisor's view and the worker generation this call talks to.
-    watch: Option<(watch::Receiver<WorkerView>, u64)>,
+    /// The supervisor's view of this call's replica and the worker it talks to.
+    watch: Option<(watch::Receiver<WorkerView>, WorkerId)>,
+    /// Counts this call in flight on its replica, for the least-loaded choice.
+    _load: Option<LoadGuard>,
 }
 
 impl Conn {
     /// Resolves when this call's worker has died, with its exit status when known;
     /// never for a direct connection.
     pub(crate) async fn died(&mut self) -> Option<String> {
-        let Some((view, generation)) = &mut self.watch else {
+        let Some((view, id)) = &mut self.watch else {
             return std::future::pending().await;
         };
-        let generation = *generation;
+        let generation = id.generation;
         match view
             .wait_for(|v| v.generation != generation || !v.alive)
             .await
@@ -158,16 +161,16 @@ impl Conn {
         })
     }
 
-    /// The supervisor's generation of this call's worker, when a supervisor runs it.
-    pub(crate) fn generation(&self) -> Option<u64> {
-        self.watch.as_ref().map(|(_, generation)| *generation)
+    /// This call's worker (its replica and generation), when a supervisor runs it.
+    pub(crate) fn generation(&self) -> Option<WorkerId> {
+        self.watch.as_ref().map(|(_, id)| *id)
     }
 
     /// The process id of this call's worker, when a supervisor runs it.
     pub(crate) fn worker_pid(&self) -> Option<u32> {
-        let (view, generation) = self.watch.as_ref()?;
+        let (view, id) = self.watch.as_ref()?;
         let view = view.borrow();
-        if view.generation == *generation {
+        if view.generation == id.generation {
             view.pid
         } else {
             None
@@ -177,13 +180,13 @@ impl Conn {
 
 impl Client {
     pub(crate) fn supervised(
-        view: watch::Receiver<WorkerView>,
+        replicas: Replicas,
         events: broadcast::Sender<LifecycleEvent>,
         resumes: Arc<AtomicU64>,
     ) -> Self {
         Client {
             resumes,
-            ..Client::with_source(Source::Supervised { view, events })
+            ..Client::with_source(Source::Supervised { replicas, events })
         }
     }
 
@@ -315,7 +318,7 @@ impl Client {
         deadline: Duration,
         deadline_at: Instant,
         max_deaths: Option<u32>,
-        avoid: Option<u64>,
+        avoid: Option<WorkerId>,
     ) -> Result<Started, Error> {
         let this = self;
         let attempts = AtomicU32::new(0);
@@ -448,13 +451,13 @@ impl Client {
         use tonic_health::pb::health_check_response::ServingStatus;
         let channel = match &self.source {
             Source::Direct { channel } => channel.clone(),
-            Source::Supervised { view, .. } => {
-                let view = view.borrow();
-                if view.is_terminal() {
-                    return Err(view.terminal_error());
+            Source::Supervised { replicas, .. } => {
+                let mut watchers = replicas.watchers();
+                if let Some(error) = Replicas::terminal_error(&watchers) {
+                    return Err(error);
                 }
-                match view.usable_channel() {
-                    Some(channel) => channel.clone(),
+                match replicas.pick(&mut watchers, None) {
+                    Some(picked) => picked.channel,
                     None => return Ok(HealthStatus::NotServing),
                 }
             }
@@ -484,49 +487,49 @@ impl Client {
         request
     }
 
-    /// Waits (until `deadline_at`) for a worker to call and returns the connection to it.
-    /// With `avoid`, a worker of that generation (one that just died under a stream) is
-    /// not used: the call waits for the next.
-    async fn connection(&self, deadline_at: Instant, avoid: Option<u64>) -> Result<Conn, Error> {
-        let view = match &self.source {
+    /// Waits (until `deadline_at`) for a worker to call and returns the connection to it:
+    /// with replicas, the ready one with the least work in flight (see `worker::pool`).
+    /// With `avoid`, that worker (one that just died under a stream) is not used: the call
+    /// goes to another ready replica, or waits for the next worker.
+    async fn connection(
+        &self,
+        deadline_at: Instant,
+        avoid: Option<WorkerId>,
+    ) -> Result<Conn, Error> {
+        let replicas = match &self.source {
             Source::Direct { channel } => {
                 return Ok(Conn {
                     channel: channel.clone(),
                     watch: None,
+                    _load: None,
                 });
             }
-            Source::Supervised { view, .. } => view,
+            Source::Supervised { replicas, .. } => replicas,
         };
-        let mut view = view.clone();
+        let mut watchers = replicas.watchers();
         let started = Instant::now();
-        let found = {
-            let waited = tokio::time::timeout_at(
-                deadline_at,
-                view.wait_for(|v| {
-                    (v.usable_channel().is_some() && Some(v.generation) != avoid) || v.is_terminal()
-                }),
-            )
-            .await;
-            match waited {
-                Err(_) => None,
-                Ok(Err(_)) => return Err(Error::Stopped),
-                Ok(Ok(v)) => Some(match v.usable_channel() {
-                    Some(channel) => Ok((channel.clone(), v.generation)),
-                    None => Err(v.terminal_error()),
-                }),
+        loop {
+            if let Some(picked) = replicas.pick(&mut watchers, avoid) {
+                return Ok(Conn {
+                    channel: picked.channel,
+                    watch: Some((picked.view, picked.id)),
+                    _load: Some(picked.load),
+                });
             }
-        };
-        let Some(found) = found else {
-            return Err(Error::NotReady {
-                waited: started.elapsed(),
-                state: view.borrow().state.to_string(),
-            });
-        };
-        let (channel, generation) = found?;
-        Ok(Conn {
-            channel,
-            watch: Some((view, generation)),
-        })
+            if let Some(error) = Replicas::terminal_error(&watchers) {
+                return Err(error);
+            }
+            match tokio::time::timeout_at(deadline_at, Replicas::changed(&mut watchers)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Stopped),
+                Err(_) => {
+                    return Err(Error::NotReady {
+                        waited: started.elapsed(),
+                        state: pool_state(&watchers).to_string(),
+                    });
+                }
+            }
+        }
     }
 
     /// Runs a unary call with the client's deadline, retrying while it is retryable.

@@ -14,6 +14,7 @@ mod env;
 mod faults;
 mod lifetime;
 mod readme;
+mod replicas;
 mod resume;
 mod serving;
 mod standby;

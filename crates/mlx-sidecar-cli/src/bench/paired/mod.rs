@@ -398,6 +398,7 @@ async fn run_session(
         socket_dir,
         worker_args,
         workload.max_batch,
+        1,
         timeout,
     )
     .await?;
