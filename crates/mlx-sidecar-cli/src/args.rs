@@ -311,6 +311,10 @@ pub(crate) struct ServeArgs {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+
+    /// An option for the worker, e.g. --worker-arg=--max-batch=64; repeatable.
+    #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub(crate) worker_args: Vec<String>,
 }
 
 /// `status`.

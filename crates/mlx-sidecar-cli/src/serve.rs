@@ -27,7 +27,10 @@ pub(crate) async fn run(
     // Install the handlers first: a signal during the environment check must still drain.
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let supervisor = session::supervisor_config(global, progress).await?;
+    let mut supervisor = session::supervisor_config(global, progress).await?;
+    supervisor.worker = supervisor
+        .worker
+        .with_args(args.worker_args.iter().cloned());
     let mut config = ServeConfig::new(supervisor)
         .with_grace(grace)
         .with_max_body_bytes(args.max_body_bytes)
