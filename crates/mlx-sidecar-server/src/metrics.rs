@@ -21,7 +21,7 @@
 //! | `mlx_sidecar_generation_tokens_total` | counter | api | tokens generated |
 //! | `mlx_sidecar_requests_total` | counter | api, finish_reason | finished requests |
 //! | `mlx_sidecar_request_errors_total` | counter | api, code | failed requests, by gRPC code name |
-//! | `mlx_sidecar_worker_restarts_total` | counter | cause | restarts of the active worker |
+//! | `mlx_sidecar_worker_restarts_total` | counter | cause, worker | restarts of the active worker (`worker="active"`) and of the standby (`worker="standby"`) |
 
 mod observer;
 
@@ -54,6 +54,15 @@ pub(crate) enum RestartCause {
     Signal,
     /// The supervisor killed it after failed health checks or a start-up timeout.
     Unhealthy,
+}
+
+/// Which worker a restart replaced (the `worker` label of `worker_restarts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum WorkerRole {
+    /// The worker serving requests.
+    Active,
+    /// The idle standby, ready to take over.
+    Standby,
 }
 
 /// How a request finished (the `finish_reason` label), from [`mlx_sidecar::FinishReason`].
@@ -91,6 +100,7 @@ macro_rules! lower_case_label_value {
 
 lower_case_label_value!(Api { Http => "http", Grpc => "grpc" });
 lower_case_label_value!(RestartCause { Exit => "exit", Signal => "signal", Unhealthy => "unhealthy" });
+lower_case_label_value!(WorkerRole { Active => "active", Standby => "standby" });
 lower_case_label_value!(FinishLabel {
     Stop => "stop",
     Length => "length",
@@ -118,6 +128,7 @@ struct ErrorLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RestartLabels {
     cause: RestartCause,
+    worker: WorkerRole,
 }
 
 type HistogramFamily = Family<ApiLabels, Histogram, fn() -> Histogram>;
@@ -270,7 +281,7 @@ impl Metrics {
         );
         r.register(
             "worker_restarts",
-            "Restarts of the active worker, by cause",
+            "Restarts of the active worker and of the standby, by cause",
             inner.restarts.clone(),
         );
         for api in [Api::Http, Api::Grpc] {
@@ -310,7 +321,11 @@ impl Metrics {
             RestartCause::Signal,
             RestartCause::Unhealthy,
         ] {
-            let _ = inner.restarts.get_or_create(&RestartLabels { cause });
+            for worker in [WorkerRole::Active, WorkerRole::Standby] {
+                let _ = inner
+                    .restarts
+                    .get_or_create(&RestartLabels { cause, worker });
+            }
         }
         let inner = Inner { registry, ..inner };
         Metrics {
@@ -402,11 +417,11 @@ impl Metrics {
         self.inner.standby_ready.set(i64::from(ready));
     }
 
-    /// Counts one restart of the active worker.
-    pub(crate) fn count_restart(&self, cause: RestartCause) {
+    /// Counts one restart of the active worker or of the standby.
+    pub(crate) fn count_restart(&self, worker: WorkerRole, cause: RestartCause) {
         self.inner
             .restarts
-            .get_or_create(&RestartLabels { cause })
+            .get_or_create(&RestartLabels { cause, worker })
             .inc();
     }
 }
@@ -673,18 +688,29 @@ mod tests {
         let metrics = Metrics::new();
         metrics.set_worker_up(true);
         metrics.set_standby_ready(true);
-        metrics.count_restart(RestartCause::Signal);
+        metrics.count_restart(WorkerRole::Active, RestartCause::Signal);
+        metrics.count_restart(WorkerRole::Standby, RestartCause::Exit);
         let text = metrics.encode().expect("encode");
         assert_eq!(sample(&text, "mlx_sidecar_worker_up "), 1.0);
         assert_eq!(sample(&text, "mlx_sidecar_standby_ready "), 1.0);
         assert_eq!(
-            sample(&text, "mlx_sidecar_worker_restarts_total{cause=\"signal\"}"),
+            sample(
+                &text,
+                "mlx_sidecar_worker_restarts_total{cause=\"signal\",worker=\"active\"}"
+            ),
             1.0
         );
         assert_eq!(
             sample(
                 &text,
-                "mlx_sidecar_worker_restarts_total{cause=\"unhealthy\"}"
+                "mlx_sidecar_worker_restarts_total{cause=\"exit\",worker=\"standby\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "mlx_sidecar_worker_restarts_total{cause=\"unhealthy\",worker=\"active\"}"
             ),
             0.0
         );
