@@ -551,10 +551,10 @@ mod tests {
             })
             .collect();
         let s = LevelPairs::new(&pairs, 64);
-        let [t] = s
-            .targets(PathKind::DaemonHttp, PathKind::Http)
-            .try_into()
-            .unwrap();
+        let targets = s.targets(PathKind::DaemonHttp, PathKind::Http);
+        let [t] = targets.as_slice() else {
+            panic!("one target: {targets:?}");
+        };
         assert_eq!(t.bound, 1.5);
         assert!(!t.met && (t.measured.median - 1.2).abs() < 1e-9);
     }
