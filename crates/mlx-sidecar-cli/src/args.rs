@@ -349,6 +349,10 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     pub(crate) worker_devices: Vec<String>,
+
+    /// An option for the worker, e.g. --worker-arg=--max-batch=64; repeatable.
+    #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub(crate) worker_args: Vec<String>,
 }
 
 /// `status`.

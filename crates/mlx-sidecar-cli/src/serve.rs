@@ -27,10 +27,13 @@ pub(crate) async fn run(
     // Install the handlers first: a signal during the environment check must still drain.
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let supervisor = session::supervisor_config(global, progress)
+    let mut supervisor = session::supervisor_config(global, progress)
         .await?
         .with_replicas(usize::from(args.workers))
         .with_replica_devices(args.worker_devices.iter().map(|d| d.trim().to_owned()));
+    supervisor.worker = supervisor
+        .worker
+        .with_args(args.worker_args.iter().cloned());
     let mut config = ServeConfig::new(supervisor)
         .with_grace(grace)
         .with_max_body_bytes(args.max_body_bytes)

@@ -21,14 +21,14 @@
 //! | `mlx_sidecar_generation_tokens_total` | counter | api | tokens generated |
 //! | `mlx_sidecar_requests_total` | counter | api, finish_reason | finished requests |
 //! | `mlx_sidecar_request_errors_total` | counter | api, code | failed requests, by gRPC code name |
-//! | `mlx_sidecar_worker_restarts_total` | counter | cause | restarts of the active worker |
+//! | `mlx_sidecar_worker_restarts_total` | counter | cause, worker | restarts of the active worker (`worker="active"`) and of the standby (`worker="standby"`) |
 //! | `mlx_sidecar_replica_up` | gauge | replica | 1 while that replica's worker is ready |
 //! | `mlx_sidecar_replica_requests_in_flight` | gauge | replica | requests on that replica |
 //! | `mlx_sidecar_replica_restarts_total` | counter | replica | workers started in its place after the first |
+//! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
 //!
 //! The `replica` series (index from 0; one replica without `serve --workers`) are read
 //! from the supervisor when the metrics are served, and at each lifecycle event.
-//! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
 
 mod observer;
 
@@ -61,6 +61,15 @@ pub(crate) enum RestartCause {
     Signal,
     /// The supervisor killed it after failed health checks or a start-up timeout.
     Unhealthy,
+}
+
+/// Which worker a restart replaced (the `worker` label of `worker_restarts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum WorkerRole {
+    /// The worker serving requests.
+    Active,
+    /// The idle standby, ready to take over.
+    Standby,
 }
 
 /// How a request finished (the `finish_reason` label), from [`mlx_sidecar::FinishReason`].
@@ -98,6 +107,7 @@ macro_rules! lower_case_label_value {
 
 lower_case_label_value!(Api { Http => "http", Grpc => "grpc" });
 lower_case_label_value!(RestartCause { Exit => "exit", Signal => "signal", Unhealthy => "unhealthy" });
+lower_case_label_value!(WorkerRole { Active => "active", Standby => "standby" });
 lower_case_label_value!(FinishLabel {
     Stop => "stop",
     Length => "length",
@@ -130,6 +140,7 @@ struct ReplicaLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RestartLabels {
     cause: RestartCause,
+    worker: WorkerRole,
 }
 
 type HistogramFamily = Family<ApiLabels, Histogram, fn() -> Histogram>;
@@ -290,7 +301,7 @@ impl Metrics {
         );
         r.register(
             "worker_restarts",
-            "Restarts of the active worker, by cause",
+            "Restarts of the active worker and of the standby, by cause",
             inner.restarts.clone(),
         );
         r.register(
@@ -350,7 +361,11 @@ impl Metrics {
             RestartCause::Signal,
             RestartCause::Unhealthy,
         ] {
-            let _ = inner.restarts.get_or_create(&RestartLabels { cause });
+            for worker in [WorkerRole::Active, WorkerRole::Standby] {
+                let _ = inner
+                    .restarts
+                    .get_or_create(&RestartLabels { cause, worker });
+            }
         }
         let inner = Inner { registry, ..inner };
         Metrics {
@@ -474,11 +489,11 @@ impl Metrics {
         self.inner.resumes.inc();
     }
 
-    /// Counts one restart of the active worker.
-    pub(crate) fn count_restart(&self, cause: RestartCause) {
+    /// Counts one restart of the active worker or of the standby.
+    pub(crate) fn count_restart(&self, worker: WorkerRole, cause: RestartCause) {
         self.inner
             .restarts
-            .get_or_create(&RestartLabels { cause })
+            .get_or_create(&RestartLabels { cause, worker })
             .inc();
     }
 }
@@ -745,18 +760,29 @@ mod tests {
         let metrics = Metrics::new();
         metrics.set_worker_up(true);
         metrics.set_standby_ready(true);
-        metrics.count_restart(RestartCause::Signal);
+        metrics.count_restart(WorkerRole::Active, RestartCause::Signal);
+        metrics.count_restart(WorkerRole::Standby, RestartCause::Exit);
         let text = metrics.encode().expect("encode");
         assert_eq!(sample(&text, "mlx_sidecar_worker_up "), 1.0);
         assert_eq!(sample(&text, "mlx_sidecar_standby_ready "), 1.0);
         assert_eq!(
-            sample(&text, "mlx_sidecar_worker_restarts_total{cause=\"signal\"}"),
+            sample(
+                &text,
+                "mlx_sidecar_worker_restarts_total{cause=\"signal\",worker=\"active\"}"
+            ),
             1.0
         );
         assert_eq!(
             sample(
                 &text,
-                "mlx_sidecar_worker_restarts_total{cause=\"unhealthy\"}"
+                "mlx_sidecar_worker_restarts_total{cause=\"exit\",worker=\"standby\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "mlx_sidecar_worker_restarts_total{cause=\"unhealthy\",worker=\"active\"}"
             ),
             0.0
         );

@@ -2,8 +2,8 @@
 //! the worker ([`WorkerView`], on a `watch` channel that `/ready`, the OpenAI routes and the
 //! `Status` rpc read), drives `grpc.health.v1` (`SERVING` only while a worker is ready and
 //! the daemon is not draining), sets the worker metrics (`worker_up`, `standby_ready`,
-//! `worker_restarts_total{cause}`, and `stream_resumes_total` from the clients' `Resumed`
-//! events), and tells systemd `READY=1` when the first worker is
+//! `worker_restarts_total{cause,worker}`, and `stream_resumes_total` from the clients'
+//! `Resumed` events), and tells systemd `READY=1` when the first worker is
 //! ready (`sd-notify`; nothing happens without `NOTIFY_SOCKET`).
 //!
 //! Each event only says *that* something changed; the state, pids and standby come from the
@@ -15,7 +15,9 @@
 //! the standby takes over), with the cause of the crash before it: `unhealthy` when the
 //! crashed worker's last event was a failed health check (the supervisor kills a worker
 //! right after the failure that reaches its threshold), else `signal` or `exit` from its
-//! exit status.
+//! exit status. A standby that dies is counted (`worker="standby"`) when the supervisor
+//! starts another (its `StandbyCrashed` names a delay), by `signal` or `exit`: an unhealthy
+//! standby is stopped without an event that says so, so it counts under its exit status.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +30,7 @@ use tokio::{
 use crate::{
     drain::Drain,
     grpc::health::HealthPublisher,
-    metrics::{Metrics, RestartCause},
+    metrics::{Metrics, RestartCause, WorkerRole},
 };
 
 /// Deadline of the model-info call made after each worker becomes ready.
@@ -146,8 +148,8 @@ impl Follower {
             if matches!(event, LifecycleEvent::Resumed { .. }) {
                 self.metrics.count_resume();
             }
-            if let Some(cause) = self.restarts.on_event(event) {
-                self.metrics.count_restart(cause);
+            if let Some((worker, cause)) = self.restarts.on_event(event) {
+                self.metrics.count_restart(worker, cause);
             }
         }
         let state = supervisor.state();
@@ -223,9 +225,21 @@ pub(crate) struct RestartCauses {
 }
 
 impl RestartCauses {
-    /// Takes in `event`; returns the cause when it announces a restart.
-    fn on_event(&mut self, event: &LifecycleEvent) -> Option<RestartCause> {
+    /// Takes in `event`; returns which worker and why when it announces a restart.
+    fn on_event(&mut self, event: &LifecycleEvent) -> Option<(WorkerRole, RestartCause)> {
         match event {
+            LifecycleEvent::StandbyCrashed {
+                status,
+                restart_in: Some(_),
+                ..
+            } => {
+                let cause = if status.signal.is_some() {
+                    RestartCause::Signal
+                } else {
+                    RestartCause::Exit
+                };
+                return Some((WorkerRole::Standby, cause));
+            }
             LifecycleEvent::Ready { pid, .. } if self.unhealthy_pid == Some(*pid) => {
                 self.unhealthy_pid = None;
             }
@@ -240,7 +254,8 @@ impl RestartCauses {
                 });
             }
             LifecycleEvent::Restarting { .. } | LifecycleEvent::Promoted { .. } => {
-                return Some(self.pending.take().unwrap_or(RestartCause::Exit));
+                let cause = self.pending.take().unwrap_or(RestartCause::Exit);
+                return Some((WorkerRole::Active, cause));
             }
             _ => {}
         }
@@ -298,16 +313,34 @@ mod tests {
             },
             ready(12),
             crashed(12, Some(1), None),
+            LifecycleEvent::StandbyCrashed {
+                pid: 13,
+                status: ExitStatusInfo {
+                    code: None,
+                    signal: Some(9),
+                },
+                restart_in: Some(Duration::from_millis(50)),
+            },
             restarting(),
+            // The last standby crash the policy allows: no standby follows, no restart.
+            LifecycleEvent::StandbyCrashed {
+                pid: 14,
+                status: ExitStatusInfo {
+                    code: Some(1),
+                    signal: None,
+                },
+                restart_in: None,
+            },
         ] {
             counted.extend(causes.on_event(&event));
         }
         assert_eq!(
             counted,
             [
-                RestartCause::Signal,
-                RestartCause::Unhealthy,
-                RestartCause::Exit
+                (WorkerRole::Active, RestartCause::Signal),
+                (WorkerRole::Active, RestartCause::Unhealthy),
+                (WorkerRole::Standby, RestartCause::Signal),
+                (WorkerRole::Active, RestartCause::Exit)
             ]
         );
     }

@@ -719,3 +719,126 @@ async fn status_and_metrics_show_each_replica() {
     );
     daemon.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_timeout_is_the_deadline_in_the_daemon_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(config(dir.path())).await;
+    let connection = daemon.connection().await;
+    // 1500 tokens take about 2 s here; the caller allows 400 ms. The generated client only
+    // sends `grpc-timeout` (it keeps no timer of its own), so the daemon must end the call.
+    let mut request = tonic::Request::new(pb::GenerateRequest {
+        prompt: Some(pb::Prompt {
+            input: Some(pb::prompt::Input::Text("deadline".into())),
+        }),
+        max_tokens: Some(1500),
+        ignore_eos: true,
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(400));
+    let sent = tokio::time::Instant::now();
+    let outcome = async {
+        let mut stream = connection.inference().generate(request).await?.into_inner();
+        let mut tokens = 0;
+        while let Some(message) = stream.message().await? {
+            if let Some(pb::generate_response::Event::Chunk(chunk)) = message.event {
+                tokens += chunk.token_ids.len();
+            }
+        }
+        Ok::<usize, tonic::Status>(tokens)
+    }
+    .await;
+    let took = sent.elapsed();
+    let status = outcome.expect_err("the deadline ends the call");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        took < Duration::from_millis(1400),
+        "ended at the 400 ms deadline, not by finishing: {took:?}"
+    );
+    // The relay dropped its stream, which cancels the generation in the worker.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = daemon.status().await;
+        if status.requests_running == 0 && status.requests_waiting == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timed-out call is still counted: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the worker serves on.
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let done = client
+        .generate(text_request(3))
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(done.finished.usage.completion_tokens, 3);
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_ready_stay_down_after_the_supervisor_gives_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = support::with_tcp(config(dir.path()));
+    // No restart allowed: the first crash is past the intensity limit.
+    config.supervisor.restart = mlx_sidecar::RestartPolicy {
+        max_restarts: 0,
+        ..mlx_sidecar_testkit::quick_restarts()
+    };
+    let daemon = Daemon::start(config).await;
+    let base = daemon.base().await;
+    let ready = || async {
+        support::http()
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready().await, 200);
+    let pid = daemon.status().await.worker_pid.expect("worker pid");
+    mlx_sidecar_testkit::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    mlx_sidecar_testkit::wait_until(READY, "the supervisor to give up", || async {
+        daemon.status().await.worker_state() == WorkerState::GaveUp
+    })
+    .await;
+    // It stays down: watched for 2 s, far past the policy's 50 ms restart delay.
+    let watched = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watched {
+        assert_eq!(daemon.health().await, Some(ServingStatus::NotServing));
+        assert_eq!(ready().await, 503);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = daemon.status().await;
+    assert_eq!(status.worker_pid, None, "{status:?}");
+    // Requests get a clear refusal at once rather than waiting: HTTP 503, and over gRPC
+    // FAILED_PRECONDITION (UNAVAILABLE would have callers retry until their deadline).
+    let response = support::http()
+        .post(format!("{base}/v1/completions"))
+        .json(&serde_json::json!({"prompt": "anyone?", "max_tokens": 2}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 503);
+    let client = Client::connect_uds(&daemon.socket)
+        .await
+        .expect("client")
+        .with_generate_timeout(Duration::from_secs(60));
+    let asked = tokio::time::Instant::now();
+    let Err(error) = client.generate(text_request(2)).await else {
+        panic!("no worker to serve it, yet generate started");
+    };
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "refused at once, not retried: {:?}",
+        asked.elapsed()
+    );
+    let _ = daemon.stop().await;
+}

@@ -456,7 +456,7 @@ async fn metrics_count_served_requests() {
     assert_eq!(
         sample(
             &after,
-            "mlx_sidecar_worker_restarts_total{cause=\"signal\"}"
+            "mlx_sidecar_worker_restarts_total{cause=\"signal\",worker=\"active\"}"
         ),
         0.0
     );
@@ -590,7 +590,7 @@ async fn worker_metrics_and_readiness_follow_a_worker_kill() {
     wait_until(support::READY, "the restart to be counted", || async {
         sample(
             &metrics_text(&base).await,
-            "mlx_sidecar_worker_restarts_total{cause=\"signal\"}",
+            "mlx_sidecar_worker_restarts_total{cause=\"signal\",worker=\"active\"}",
         ) == 1.0
     })
     .await;
@@ -840,6 +840,108 @@ async fn a_worker_killed_mid_stream_leaves_grpc_and_sse_callers_one_stream() {
             ) == 2.0
         },
     )
+    .await;
+    own.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_the_worker_cancels_is_an_openai_error_not_a_finish_reason() {
+    // A worker told to stop cancels what still runs after its 1 s grace.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = tiny_worker_with(&["--grace-seconds", "1"]);
+    let own = Daemon::start(with_tcp(config_for(worker, dir.path()))).await;
+    let base = own.base().await;
+    // 2000 tokens take about 3 s here: longer than the grace.
+    let long = |stream: bool| json!({"prompt": "Long", "max_tokens": 2000, "ignore_eos": true, "stream": stream});
+    let streamed = http()
+        .post(format!("{base}/v1/completions"))
+        .json(&long(true))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(streamed.status(), 200);
+    let whole = {
+        let (url, body) = (format!("{base}/v1/completions"), long(false));
+        tokio::spawn(async move { post(url, &body).await })
+    };
+    wait_until(support::READY, "both generations to run", || async {
+        own.status().await.requests_running == 2
+    })
+    .await;
+    let pid = own.status().await.worker_pid.expect("pid");
+    mlx_sidecar_testkit::signal(pid, nix::sys::signal::Signal::SIGTERM);
+
+    // Not streamed: a retryable 503 in OpenAI's shape, never a 200 cut short.
+    let (code, headers, text) = whole.await.expect("join");
+    let error = openai_error(code, 503, &text);
+    assert_eq!(error["type"], "server_error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled"),
+        "{text}"
+    );
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // Streamed: the text so far, then an error event (the official client raises on it),
+    // and no chunk with a finish_reason outside OpenAI's values.
+    let body = streamed.text().await.expect("body");
+    let events = sse_data(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let error = parse(&events[events.len() - 2]);
+    assert_eq!(error["error"]["type"], "server_error", "{body}");
+    for event in &events[..events.len() - 2] {
+        let chunk = parse(event);
+        assert!(chunk.get("error").is_none(), "{event}");
+        assert!(chunk["choices"][0]["finish_reason"].is_null(), "{event}");
+    }
+    // The metrics still say why they ended.
+    let metrics = metrics_text(&base).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "mlx_sidecar_requests_total{api=\"http\",finish_reason=\"cancelled\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    own.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_restarts_are_counted_by_cause() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = with_tcp(config(dir.path()));
+    config.supervisor = config.supervisor.with_standby(true);
+    let own = Daemon::start(config).await;
+    let base = own.base().await;
+    wait_until(support::READY, "the standby to be ready", || async {
+        sample(&metrics_text(&base).await, "mlx_sidecar_standby_ready") == 1.0
+    })
+    .await;
+    let standby = own.status().await.standby_pid.expect("standby pid");
+    mlx_sidecar_testkit::signal(standby, nix::sys::signal::Signal::SIGKILL);
+    wait_until(
+        support::READY,
+        "the standby's restart to be counted",
+        || async {
+            sample(
+                &metrics_text(&base).await,
+                "mlx_sidecar_worker_restarts_total{cause=\"signal\",worker=\"standby\"}",
+            ) == 1.0
+        },
+    )
+    .await;
+    let metrics = metrics_text(&base).await;
+    for cause in ["exit", "signal", "unhealthy"] {
+        let active =
+            format!("mlx_sidecar_worker_restarts_total{{cause=\"{cause}\",worker=\"active\"}}");
+        assert_eq!(sample(&metrics, &active), 0.0, "{metrics}");
+    }
+    wait_until(support::READY, "a new standby", || async {
+        let status = own.status().await;
+        status.standby_pid.is_some() && status.standby_pid != Some(standby)
+    })
     .await;
     own.stop().await.expect("clean stop");
 }

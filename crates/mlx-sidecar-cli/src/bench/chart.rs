@@ -17,6 +17,8 @@ fn color(kind: PathKind) -> RGBColor {
         PathKind::Replicas => RGBColor(0x94, 0x67, 0xbd),
         PathKind::Inprocess => RGBColor(0x2c, 0xa0, 0x2c),
         PathKind::Http => RGBColor(0xd6, 0x27, 0x28),
+        PathKind::Daemon => RGBColor(0x94, 0x67, 0xbd),
+        PathKind::DaemonHttp => RGBColor(0xff, 0x7f, 0x0e),
     }
 }
 

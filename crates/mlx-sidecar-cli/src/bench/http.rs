@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HOST};
@@ -101,6 +102,11 @@ impl HttpServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Where it listens.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The server's process id.
@@ -268,13 +274,24 @@ async fn one_request(
     })
 }
 
+/// A function sending one workload request to the OpenAI-style server at `addr` (greedy,
+/// end-of-sequence tokens banned), for [`drive`]: mlx-lm's server or the daemon's HTTP API.
+pub(crate) fn sender(
+    addr: SocketAddr,
+    eos: &[u32],
+) -> impl Fn(Arc<Prompt>, u32, Instant) -> BoxFuture<'static, anyhow::Result<RequestRecord>>
++ Clone
++ Send
++ 'static {
+    let eos: Arc<[u32]> = eos.into();
+    move |prompt: Arc<Prompt>, max_tokens: u32, t0: Instant| {
+        let eos = eos.clone();
+        Box::pin(async move { one_request(addr, &prompt, max_tokens, &eos, t0).await })
+    }
+}
+
 /// Runs the workload against a started server.
 pub(crate) async fn run(server: &HttpServer, workload: &Workload) -> anyhow::Result<PathRun> {
-    let addr = server.addr;
-    let eos: Arc<[u32]> = workload.eos_token_ids.clone().into();
-    let send = move |prompt: Arc<Prompt>, max_tokens: u32, t0: Instant| {
-        let eos = eos.clone();
-        async move { one_request(addr, &prompt, max_tokens, &eos, t0).await }
-    };
+    let send = sender(server.addr, &workload.eos_token_ids);
     drive::run_path(workload, Some(server.pid()), send).await
 }

@@ -26,6 +26,7 @@
 
 mod ceiling;
 mod chart;
+mod daemon;
 mod drive;
 mod http;
 mod inprocess;
@@ -89,9 +90,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub(crate) warmup_tokens: u32,
 
-    /// The paths to measure, in running order.
-    #[arg(long, value_delimiter = ',', default_value = "sidecar,inprocess,http")]
-    pub(crate) paths: Vec<PathKind>,
+    /// The paths to measure, in running order [default: sidecar,inprocess,http].
+    ///
+    /// With --paired: two paths, the measured one first and its baseline [default:
+    /// sidecar,inprocess]; any two of sidecar, http, daemon, daemon-http can be paired too.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) paths: Option<Vec<PathKind>>,
 
     /// Run the whole sequence of paths this many times, alternating.
     ///
@@ -111,7 +115,7 @@ pub(crate) struct BenchArgs {
     /// are shared out over `--passes` sessions (rounded up to an even number, at least 2; fewer
     /// when there are fewer pairs than that), both processes started afresh for each, the worker
     /// first in every other session. Levels: `--concurrency` (default 1).
-    #[arg(long, value_name = "N", conflicts_with_all = ["paths", "transport_ceiling", "chart"])]
+    #[arg(long, value_name = "N", conflicts_with_all = ["transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
 
     /// Write every figure (and the per-request measurements) to this JSON file.
@@ -189,6 +193,18 @@ impl BenchArgs {
     }
 }
 
+impl BenchArgs {
+    /// The paths: `--paths`, or by default all three of issue 5 (with `--paired`, the sidecar
+    /// and the in-process baseline).
+    fn paths(&self) -> Vec<PathKind> {
+        match (&self.paths, self.paired) {
+            (Some(paths), _) => paths.clone(),
+            (None, Some(_)) => vec![PathKind::Sidecar, PathKind::Inprocess],
+            (None, None) => vec![PathKind::Sidecar, PathKind::Inprocess, PathKind::Http],
+        }
+    }
+}
+
 /// Parses `KEY=VALUE` for `--env`.
 fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -201,7 +217,7 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
 
 /// One of the measured paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum PathKind {
     /// Rust client → gRPC on the Unix socket → worker → MLX.
     Sidecar,
@@ -211,6 +227,10 @@ pub(crate) enum PathKind {
     Inprocess,
     /// mlx-lm's own HTTP server.
     Http,
+    /// `mlx-sidecar serve` started by the bench; the library's client on its Unix socket.
+    Daemon,
+    /// The same daemon's OpenAI `/v1/completions`, streamed, over loopback TCP.
+    DaemonHttp,
 }
 
 impl PathKind {
@@ -221,6 +241,8 @@ impl PathKind {
             PathKind::Replicas => "replicas",
             PathKind::Inprocess => "inprocess",
             PathKind::Http => "http",
+            PathKind::Daemon => "daemon",
+            PathKind::DaemonHttp => "daemon-http",
         }
     }
 }
@@ -386,6 +408,16 @@ async fn run_bench(
         "--concurrency with --paired: each level once"
     );
     anyhow::ensure!(args.max_tokens >= 2, "--max-tokens must be at least 2");
+    // The daemon builds its worker's command itself: the embedded worker source, and only the
+    // variables the supervisor passes on.
+    anyhow::ensure!(
+        !args
+            .paths()
+            .iter()
+            .any(|p| matches!(p, PathKind::Daemon | PathKind::DaemonHttp))
+            || (args.env.is_empty() && args.worker_dir.is_none()),
+        "the daemon paths take neither --env nor --worker-dir"
+    );
     anyhow::ensure!(args.passes >= 1, "--passes must be at least 1");
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -457,6 +489,45 @@ async fn run_bench(
         versions.extend(map);
     }
 
+    let paths = args.paths();
+    let daemon_setup = daemon::DaemonSetup {
+        py: &py,
+        model: &model,
+        worker_args: &args.worker_args,
+        max_batch: workload.max_batch,
+        scratch: scratch.path(),
+        timeout: startup_timeout,
+    };
+    if args.paired.is_some() && paths != [PathKind::Sidecar, PathKind::Inprocess] {
+        let [measured, baseline] = paths[..] else {
+            anyhow::bail!("--paired compares two paths: --paths MEASURED,BASELINE");
+        };
+        let setup = paired::clients::ClientSetup {
+            daemon: daemon_setup,
+            socket_dir: global.socket_dir.as_deref(),
+            mlx_lm_dir: &mlx_lm_dir,
+        };
+        let run = paired::clients::run(&setup, &workload, measured, baseline, args.passes).await?;
+        let (text, summaries) = paired::clients::render(&run, &workload.spec.levels);
+        println!("{text}");
+        let targets: Vec<_> = summaries
+            .iter()
+            .flat_map(|s| s.targets(measured, baseline))
+            .collect();
+        let report = serde_json::json!({
+            "command": command_line(),
+            "started_unix_s": started_unix_s,
+            "machine": machine(),
+            "versions": versions,
+            "model": model_value,
+            "workload": workload.spec,
+            "summaries": summaries,
+            "targets": targets,
+            "run": run,
+        });
+        write_outputs(args, &report, || format!("```\n{text}```\n"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.paired.is_some() {
         let setup = paired::PairedSetup {
             py: &py,
@@ -496,12 +567,12 @@ async fn run_bench(
     }
 
     // Every pass runs every path, in order; each path's passes are merged afterwards.
-    let mut runs: Vec<Vec<PathRun>> = vec![Vec::new(); args.paths.len()];
+    let mut runs: Vec<Vec<PathRun>> = vec![Vec::new(); paths.len()];
     for pass in 1..=args.passes {
         if args.passes > 1 {
             eprintln!("pass {pass}/{}", args.passes);
         }
-        for (&kind, passes) in args.paths.iter().zip(&mut runs) {
+        for (&kind, passes) in paths.iter().zip(&mut runs) {
             eprintln!("path {}:", kind.name());
             let run = match kind {
                 PathKind::Sidecar | PathKind::Replicas => {
@@ -528,6 +599,8 @@ async fn run_bench(
                     run?
                 }
                 PathKind::Inprocess => inprocess::run(&py, &model, &workload, &mlx_lm_dir).await?,
+                PathKind::Daemon => daemon::run(&daemon_setup, &workload, false).await?,
+                PathKind::DaemonHttp => daemon::run(&daemon_setup, &workload, true).await?,
                 PathKind::Http => {
                     let server = http::HttpServer::start(
                         &py,
@@ -546,8 +619,7 @@ async fn run_bench(
             passes.push(run);
         }
     }
-    let paths = args
-        .paths
+    let paths = paths
         .iter()
         .zip(runs)
         .map(|(&kind, passes)| PathReport::new(kind, passes))

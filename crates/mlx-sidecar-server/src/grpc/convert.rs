@@ -266,9 +266,14 @@ pub(crate) fn backend(backend: &str) -> pb::Backend {
 
 /// The status for a library error: the worker's own code and message for its statuses,
 /// else the error's code (`UNAVAILABLE` for a dead or unready worker, ...) and its text.
+///
+/// A supervisor that gave up is `FAILED_PRECONDITION`, not `UNAVAILABLE`: nothing changes
+/// until the daemon is restarted, and callers (the library's client among them) retry
+/// `UNAVAILABLE` until their deadline.
 pub(crate) fn status(error: Error) -> Status {
     match error {
         Error::Rpc { code, message } => Status::new(code, message),
+        gave_up @ Error::GaveUp { .. } => Status::failed_precondition(gave_up.to_string()),
         other => Status::new(other.code(), other.to_string()),
     }
 }
@@ -414,5 +419,11 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(s.message(), "sampling.top_p: must be in (0, 1]");
         assert_eq!(status(Error::Stopped).code(), tonic::Code::Cancelled);
+        let gave_up = Error::GaveUp {
+            reason: "too many crashes".into(),
+            last_status: None,
+            last_log: Vec::new(),
+        };
+        assert_eq!(status(gave_up).code(), tonic::Code::FailedPrecondition);
     }
 }

@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
-use mlx_sidecar::{Client, Finished, GenerateEvent, GenerateRequest, GenerateStream, TokenLogprob};
+use mlx_sidecar::{
+    Client, FinishReason, Finished, GenerateEvent, GenerateRequest, GenerateStream, TokenLogprob,
+};
 
 use super::error::{ApiError, Endpoint};
 use crate::metrics::RequestObserver;
@@ -97,6 +99,9 @@ impl Generation {
                 if let Some(observer) = self.observer.take() {
                     observer.on_finished(&finished);
                 }
+                if finished.finish_reason == FinishReason::Cancelled {
+                    return Some(Err(cancelled(&finished, self.retry_after)));
+                }
                 Ok(Step::Finished(finished))
             }
             Err(e) => {
@@ -116,6 +121,24 @@ impl Generation {
             Some((step, g))
         }))
     }
+}
+
+/// The answer to a generation the worker cancelled (it was stopping and its grace ran out).
+///
+/// OpenAI's `finish_reason` has no value for that (`stop`, `length`, `tool_calls`,
+/// `content_filter`, `function_call`; typed clients reject others), and the output is cut
+/// short, so it is answered as OpenAI answers a generation that fails on the server: a 503
+/// `server_error` with `Retry-After` (nothing was delivered yet, so retrying is safe), or in
+/// a stream an `error` event after the text so far (the official client raises on it). The
+/// metrics still count the request under `finish_reason="cancelled"`.
+fn cancelled(finished: &Finished, retry_after: Duration) -> ApiError {
+    ApiError::unavailable(
+        format!(
+            "the generation was cancelled after {} tokens: the worker was stopping; retry",
+            finished.usage.completion_tokens
+        ),
+        retry_after,
+    )
 }
 
 /// Gives each token's log-probability its text (see the [module docs](self)).

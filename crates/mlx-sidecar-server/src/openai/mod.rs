@@ -53,13 +53,13 @@ fn reject(observer: RequestObserver, error: ApiError) -> Response {
     error.into_response()
 }
 
-/// OpenAI's `finish_reason`: a generation the worker cancelled (it was shutting down)
-/// is `abort`, as vLLM says; one the worker did not explain is `stop`.
+/// OpenAI's `finish_reason`: `length`, else `stop` (also where the worker did not say). A
+/// generation the worker cancelled never gets here: it is answered as an error (see
+/// `generation::cancelled`).
 fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Length => "length",
-        FinishReason::Cancelled => "abort",
-        FinishReason::Stop | FinishReason::Unspecified => "stop",
+        FinishReason::Stop | FinishReason::Cancelled | FinishReason::Unspecified => "stop",
     }
 }
 

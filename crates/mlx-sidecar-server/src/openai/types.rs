@@ -249,7 +249,7 @@ pub(crate) struct ChatChoice {
     pub(crate) message: ChatMessageOut,
     /// Log-probabilities, when asked for.
     pub(crate) logprobs: Option<ChatLogprobs>,
-    /// `stop`, `length`, or `abort` when the worker cancelled it.
+    /// `stop` or `length` (a cancelled generation is answered as an error).
     pub(crate) finish_reason: &'static str,
 }
 
@@ -350,7 +350,7 @@ pub(crate) struct CompletionChoice {
     pub(crate) index: u32,
     /// Log-probabilities, when asked for.
     pub(crate) logprobs: Option<CompletionLogprobs>,
-    /// `stop`, `length` or `abort`; `null` in chunks before the last.
+    /// `stop` or `length`; `null` in chunks before the last.
     pub(crate) finish_reason: Option<&'static str>,
 }
 

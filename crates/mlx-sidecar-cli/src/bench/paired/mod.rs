@@ -35,6 +35,7 @@ use super::python::PythonEnv;
 use super::workload::{LevelPlan, Prompt, Workload};
 use super::{ModelArgs, drive, inprocess, procstat, sidecar};
 
+pub(crate) mod clients;
 mod single;
 mod stats;
 mod waves;
