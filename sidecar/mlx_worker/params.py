@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .grammar import GrammarState
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,6 @@ class GenerateParams:
     stop_token_ids: frozenset[int] = frozenset()
     logprobs: bool = False
     top_logprobs: int = 0
+    # The response_format's grammar, ready to follow this request's output (the one mutable
+    # member: made for this request alone, used only by the engine thread once submitted).
+    grammar: GrammarState | None = None

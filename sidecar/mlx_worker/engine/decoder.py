@@ -185,7 +185,9 @@ class Decoder:
     def _on_token(
         self, request: RequestState, response: Any, logprob: pb.TokenLogprob | None, at: float
     ) -> None:
-        finish = request.on_token(response.token, response.finish_reason, logprob, at)
+        grammar = request.job.params.grammar
+        complete = grammar is not None and grammar.observe(response.token)
+        finish = request.on_token(response.token, response.finish_reason, logprob, at, complete)
         if finish is not None:
             if response.finish_reason is None:
                 self._remove(request, "finished")  # a stop string: the batch doesn't know
@@ -208,6 +210,7 @@ class Decoder:
 
     def _start_in_batch(self, job: Job) -> None:
         from ..sampling import make_request_processors, make_request_sampler
+        from .grammar_mask import grammar_processors
 
         params = job.params
         try:
@@ -215,7 +218,9 @@ class Decoder:
                 [params.prompt_ids],
                 max_tokens=[params.max_tokens],
                 samplers=[make_request_sampler(params.sampling, self._vocab_size)],
-                logits_processors=[make_request_processors(params.sampling)],
+                logits_processors=[
+                    make_request_processors(params.sampling) + grammar_processors(params.grammar)
+                ],
                 stop_sequences=[_stop_sequences(params.stop_token_ids)],
             )
         except Exception as e:
@@ -225,6 +230,7 @@ class Decoder:
 
     def _start_solo(self, job: Job) -> None:
         from ..sampling import make_request_processors, make_request_sampler
+        from .grammar_mask import grammar_processors
         from .solo import SoloSequence
 
         params = job.params
@@ -234,7 +240,7 @@ class Decoder:
                 params.prompt_ids,
                 params.max_tokens,
                 make_request_sampler(params.sampling, self._vocab_size),
-                make_request_processors(params.sampling),
+                make_request_processors(params.sampling) + grammar_processors(params.grammar),
                 params.stop_token_ids,
             )
         except Exception as e:
