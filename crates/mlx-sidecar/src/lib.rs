@@ -86,8 +86,8 @@ mod worker;
 
 pub use client::{
     ChatMessage, Client, Completion, DaemonListener, DaemonStatus, Endpoint, FinishReason,
-    Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus, ModelInfo, Prompt,
-    Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
+    Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus, JsonSchema, ModelInfo,
+    Prompt, ResponseFormat, Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;

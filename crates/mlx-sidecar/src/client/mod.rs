@@ -35,7 +35,9 @@ use tonic::transport::Channel;
 
 pub use daemon_status::{DaemonListener, DaemonStatus};
 pub use endpoint::Endpoint;
-pub use request::{ChatMessage, GenerateRequest, Prompt, TokenizeRequest};
+pub use request::{
+    ChatMessage, GenerateRequest, JsonSchema, Prompt, ResponseFormat, TokenizeRequest,
+};
 pub use stream::GenerateStream;
 pub use types::{
     Completion, FinishReason, Finished, GenerateEvent, HealthStatus, ModelInfo, Timings,
