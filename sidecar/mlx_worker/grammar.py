@@ -7,7 +7,10 @@ schema is INVALID_ARGUMENT naming ``response_format.json_schema``. The engine ma
 logits with the state's allowed tokens (``engine/grammar_mask.py``), feeds it each generated
 token, and ends the request with finish reason STOP once the JSON is complete. A continued
 stream rebuilds the state by consuming the tokens already delivered
-(:meth:`GrammarState.consume_delivered`).
+(:meth:`GrammarState.consume_delivered`, called by validation for
+``GenerateRequest.continuation``); the engine then only needs those tokens in the sequence's
+history before its first step (as prompt), since the mask takes everything it sees at its
+first call as already consumed.
 
 The llguidance tokenizer is built from the worker's ``tokenizers`` tokenizer (Hugging Face
 directories and GGUF files alike) on the first constrained request and kept with it.
