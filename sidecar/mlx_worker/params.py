@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .grammar import GrammarState
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,7 @@ class GenerateParams:
     def delivered_ids(self) -> tuple[int, ...]:
         """The tokens a continuation treats as already generated (none for a new request)."""
         return self.continuation.delivered_ids if self.continuation is not None else ()
+
+    # The response_format's grammar, ready to follow this request's output (the one mutable
+    # member: made for this request alone, used only by the engine thread once submitted).
+    grammar: GrammarState | None = None

@@ -11,6 +11,7 @@ engine owns the batch and decides when output is handed to the event loop.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,9 +90,16 @@ class RequestState:
         return self.delivered + self.generated
 
     def on_token(
-        self, token: int, batch_finish: str | None, logprob: pb.TokenLogprob | None, t: float
+        self,
+        token: int,
+        batch_finish: str | None,
+        logprob: pb.TokenLogprob | None,
+        t: float,
+        grammar_complete: bool = False,
     ) -> Finish | None:
-        """Adds one generated token (``batch_finish``: the BatchGenerator's finish reason)."""
+        """Adds one generated token (``batch_finish``: the BatchGenerator's finish reason;
+        ``grammar_complete``: the token completed the response_format's JSON, which ends the
+        request with STOP, the token kept as text)."""
         clock = self.job.clock
         if clock.first_token is None:
             clock.first_token = t
@@ -105,8 +113,9 @@ class RequestState:
         else:
             ids.append(token)
             text = self.detok.add(ids)
-            if batch_finish == "length":
-                finish = Finish(pb.FINISH_REASON_LENGTH)
+            if batch_finish == "length" or grammar_complete:
+                reason = pb.FINISH_REASON_STOP if grammar_complete else pb.FINISH_REASON_LENGTH
+                finish = Finish(reason)
                 text += self.detok.flush()
         text, matched = self.stops.feed(text) if text else ("", None)
         if matched is not None:
@@ -220,6 +229,8 @@ def token_logprobs(wanted: list[tuple[Any, int]], tokenizer: Any) -> list[pb.Tok
             ids, values = arrays[i].tolist(), arrays[i + 1].tolist()
             i += 2
             for v, t in sorted(zip(values, ids, strict=True), reverse=True):
+                if v == -math.inf:  # masked out (response_format): not an alternative
+                    continue
                 entry.top.add(token_id=t, logprob=v, text=tokenizer.token_text(t))
         out.append(entry)
     return out

@@ -175,8 +175,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             _reject_malformed(request)
             limits = self._available()
-            if _prompt_chars(request.prompt) > LARGE_PROMPT_CHARS:
-                # Tokenizing megabytes takes a while: not on the event loop.
+            if _prompt_chars(request.prompt) > LARGE_PROMPT_CHARS or request.HasField(
+                "response_format"
+            ):
+                # Tokenizing megabytes, or compiling a grammar, takes a while: not on the
+                # event loop.
                 params = await asyncio.to_thread(validate_generate, request, limits)
             else:
                 params = validate_generate(request, limits)

@@ -11,15 +11,19 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from mlx_sidecar.v1 import inference_pb2 as pb
 
 from .continuation import check_continuation, resume_output
+from .engine.continuation import RESUME_METHOD
 from .errors import RequestFailure, invalid
 from .params import GenerateParams, SamplingSettings
+
+if TYPE_CHECKING:
+    from .grammar import GrammarState
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_BYTES = 256
@@ -225,6 +229,7 @@ def validate_generate(request: pb.GenerateRequest, limits: ModelLimits) -> Gener
             stop_token_ids=stop_ids,
         )
         resume_output(limits.tokenizer, prompt_ids, stops, continuation)  # checks the text
+    grammar = _grammar(request, limits) if request.HasField("response_format") else None
     return GenerateParams(
         request_id=request_id,
         prompt_ids=prompt_ids,
@@ -235,7 +240,27 @@ def validate_generate(request: pb.GenerateRequest, limits: ModelLimits) -> Gener
         logprobs=lp.enabled,
         top_logprobs=lp.top_n,
         continuation=continuation,
+        grammar=grammar,
     )
+
+
+def _grammar(request: pb.GenerateRequest, limits: ModelLimits) -> GrammarState:
+    """The response_format compiled; for a continued stream, with the delivered tokens
+    already consumed."""
+    from .grammar import compile_response_format
+
+    state = compile_response_format(request.response_format, limits.tokenizer)
+    if request.HasField("continuation"):
+        try:
+            state.consume_delivered(
+                list(request.continuation.delivered_token_ids),
+                replayed=RESUME_METHOD == "replay",
+            )
+        except ValueError as e:
+            raise invalid(
+                "continuation.delivered_token_ids", f"do not follow response_format: {e}"
+            ) from None
+    return state
 
 
 def tokenize_request(request: pb.TokenizeRequest, limits: ModelLimits) -> tuple[list[int], str]:

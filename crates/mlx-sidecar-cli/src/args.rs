@@ -225,6 +225,17 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
+    /// The answer must be JSON that validates against the JSON Schema in FILE.
+    ///
+    /// The worker masks, at each step, the tokens that would break it, and stops when the
+    /// JSON is complete. An invalid or unsupported schema is refused before generating.
+    #[arg(long, value_name = "FILE", conflicts_with = "json_object")]
+    pub(crate) json_schema: Option<std::path::PathBuf>,
+
+    /// The answer must be a JSON object (any object).
+    #[arg(long)]
+    pub(crate) json_object: bool,
+
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
 

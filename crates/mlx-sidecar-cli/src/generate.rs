@@ -30,7 +30,14 @@ pub(crate) async fn run(
         messages.push(ChatMessage::user(prompt));
         GenerateRequest::chat(messages)
     };
-    let req = request::apply(req, &args.sampling);
+    let mut req = request::apply(req, &args.sampling);
+    if let Some(path) = &args.json_schema {
+        let schema = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the JSON schema {}", path.display()))?;
+        req = req.json_schema(schema);
+    } else if args.json_object {
+        req = req.json_object();
+    }
     let format = if args.json {
         Format::Json
     } else {

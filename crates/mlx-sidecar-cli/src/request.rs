@@ -54,6 +54,8 @@ pub(crate) fn option_for(message: &str) -> Option<&'static str> {
         "sampling.repetition_penalty" => "--repetition-penalty",
         "sampling.seed" => "--seed",
         "stop" => "--stop",
+        "response_format.json_schema" => "--json-schema",
+        "response_format.json_object" => "--json-object",
         "prompt" | "prompt.text" | "prompt.chat" | "prompt.chat.messages" => "the prompt",
         _ => return None,
     })

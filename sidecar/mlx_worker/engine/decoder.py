@@ -189,7 +189,9 @@ class Decoder:
         if request.replaying:
             _replayed(request, response)
             return
-        finish = request.on_token(response.token, response.finish_reason, logprob, at)
+        grammar = request.job.params.grammar
+        complete = grammar is not None and grammar.observe(response.token)
+        finish = request.on_token(response.token, response.finish_reason, logprob, at, complete)
         if finish is not None:
             if response.finish_reason is None:
                 self._remove(request, "finished")  # a stop string: the batch doesn't know
@@ -212,6 +214,7 @@ class Decoder:
 
     def _start_in_batch(self, job: Job) -> None:
         from ..sampling import make_request_processors, make_request_sampler
+        from .grammar_mask import grammar_processors
 
         params = job.params
         try:
@@ -220,7 +223,9 @@ class Decoder:
                 [point.prompt_ids],
                 max_tokens=[point.max_tokens],
                 samplers=[point.sampler],
-                logits_processors=[make_request_processors(params.sampling)],
+                logits_processors=[
+                    make_request_processors(params.sampling) + grammar_processors(params.grammar)
+                ],
                 stop_sequences=[_stop_sequences(params.stop_token_ids)],
             )
             request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH, uid)
@@ -232,6 +237,7 @@ class Decoder:
 
     def _start_solo(self, job: Job) -> None:
         from ..sampling import make_request_processors, make_request_sampler
+        from .grammar_mask import grammar_processors
         from .solo import SoloSequence
 
         params = job.params
@@ -242,7 +248,7 @@ class Decoder:
                 point.prompt_ids,
                 point.max_tokens,
                 point.sampler,
-                make_request_processors(params.sampling),
+                make_request_processors(params.sampling) + grammar_processors(params.grammar),
                 params.stop_token_ids,
             )
             request = RequestState.start(job, self._loaded.tokenizer, Placement.SOLO)

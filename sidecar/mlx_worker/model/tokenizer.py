@@ -179,6 +179,10 @@ class Tokenizer:
             )
         return self._token_bytes(token_id)
 
+    def backend_json(self) -> str:
+        """The ``tokenizers`` tokenizer as its JSON (what llguidance builds its tokenizer from)."""
+        return self._backend.to_str()
+
     def apply_chat_template(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
     ) -> str:

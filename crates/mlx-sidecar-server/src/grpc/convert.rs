@@ -105,6 +105,18 @@ pub(crate) fn generate_request(request: pb::GenerateRequest) -> Result<GenerateR
             (false, _) => return Err(invalid("logprobs.top_n", "needs logprobs.enabled")),
         }
     }
+    if let Some(format) = request.response_format {
+        out = match format.format {
+            Some(pb::response_format::Format::JsonObject(_)) => out.json_object(),
+            Some(pb::response_format::Format::JsonSchema(schema)) => out.json_schema(schema),
+            None => {
+                return Err(invalid(
+                    "response_format",
+                    "must be one of json_object or json_schema (none is set)",
+                ));
+            }
+        };
+    }
     Ok(out)
 }
 
@@ -324,7 +336,11 @@ mod tests {
                 resume_count: 1,
             }),
             max_resumes: Some(2),
-            response_format: None,
+            response_format: Some(pb::ResponseFormat {
+                format: Some(pb::response_format::Format::JsonSchema(
+                    r#"{"type":"object"}"#.into(),
+                )),
+            }),
         }
     }
 
@@ -351,6 +367,7 @@ mod tests {
             .stop_token_ids([3, 4])
             .ignore_eos(true)
             .logprobs(5)
+            .json_schema(r#"{"type":"object"}"#)
             .request_id("req-1")
             .max_resumes(2)
             .continuation(Continuation {
@@ -399,6 +416,10 @@ mod tests {
         })
         .expect_err("top_n without enabled");
         assert_eq!(c, tonic::Code::InvalidArgument);
+        let (c, m) = code(|r| r.response_format = Some(pb::ResponseFormat { format: None }))
+            .expect_err("response_format without a format");
+        assert_eq!(c, tonic::Code::InvalidArgument);
+        assert!(m.starts_with("response_format:"), "{m}");
         let (c, _) = code(|r| r.prompt = None).expect_err("no prompt");
         assert_eq!(c, tonic::Code::InvalidArgument);
         code(|r| {

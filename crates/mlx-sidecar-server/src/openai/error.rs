@@ -304,6 +304,8 @@ pub(crate) fn openai_param(field_path: &str, endpoint: Endpoint) -> Option<Strin
         }
         "stop" => "stop",
         "stop_token_ids" => "stop_token_ids",
+        "response_format.json_schema" => "response_format.json_schema.schema",
+        "response_format" | "response_format.json_object" => "response_format",
         other => other.strip_prefix("sampling.").unwrap_or(other),
     };
     Some(param.to_owned())
@@ -336,6 +338,16 @@ mod tests {
             ("max_tokens", Endpoint::Completions, Some("max_tokens")),
             ("stop[3]", Endpoint::Chat, Some("stop")),
             ("logprobs.top_n", Endpoint::Chat, Some("top_logprobs")),
+            (
+                "response_format.json_schema",
+                Endpoint::Chat,
+                Some("response_format.json_schema.schema"),
+            ),
+            (
+                "response_format",
+                Endpoint::Completions,
+                Some("response_format"),
+            ),
             ("logprobs.top_n", Endpoint::Completions, Some("logprobs")),
             (
                 "prompt.chat.messages[1].role",

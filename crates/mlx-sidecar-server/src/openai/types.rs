@@ -55,6 +55,28 @@ pub(crate) struct ChatMessageIn {
     pub(crate) content: Option<MessageContent>,
 }
 
+/// `response_format`: `{"type": "text"}` (free text), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct ResponseFormatIn {
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    /// With `json_schema`: the schema and its name.
+    pub(crate) json_schema: Option<JsonSchemaIn>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct JsonSchemaIn {
+    /// The schema's name (OpenAI requires it; it changes nothing here).
+    pub(crate) name: Option<String>,
+    /// The JSON Schema the output must validate against.
+    pub(crate) schema: Option<serde_json::Value>,
+    /// OpenAI's strict mode; the schema is always enforced here, so it changes nothing.
+    pub(crate) strict: Option<bool>,
+}
+
 /// The body of `POST /v1/chat/completions`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct ChatCompletionRequest {
@@ -100,6 +122,8 @@ pub(crate) struct ChatCompletionRequest {
     pub(crate) logprobs: Option<bool>,
     /// With `logprobs`: this many most likely alternatives per token.
     pub(crate) top_logprobs: Option<i64>,
+    /// The output's shape: free text, any JSON object, or JSON following a schema.
+    pub(crate) response_format: Option<ResponseFormatIn>,
 }
 
 /// `prompt` of a completion: text, or token ids; a list of one of either.
@@ -164,6 +188,8 @@ pub(crate) struct CompletionRequest {
     /// Return log-probabilities with this many alternatives per token (0: only the
     /// generated token's).
     pub(crate) logprobs: Option<i64>,
+    /// The output's shape: free text, any JSON object, or JSON following a schema.
+    pub(crate) response_format: Option<ResponseFormatIn>,
 }
 
 /// Token counts of a response.

@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 
 use super::{
     error::ApiError,
-    types::{ChatCompletionRequest, CompletionRequest, MessageContent, PromptIn, Stop},
+    types::{
+        ChatCompletionRequest, CompletionRequest, MessageContent, PromptIn, ResponseFormatIn, Stop,
+    },
 };
 
 /// What a handler needs besides the library request.
@@ -117,6 +119,7 @@ pub(crate) fn chat(
         }
         _ => {}
     }
+    request = response_format(request, body.response_format)?;
     let stream = body.stream.unwrap_or(false);
     Ok(Validated {
         request: request.deadline(deadline),
@@ -196,6 +199,7 @@ pub(crate) fn completion(
     if let Some(top) = body.logprobs {
         request = request.logprobs(non_negative_u32("logprobs", top)?);
     }
+    request = response_format(request, body.response_format)?;
     let stream = body.stream.unwrap_or(false);
     Ok(Validated {
         request: request.deadline(deadline),
@@ -207,6 +211,36 @@ pub(crate) fn completion(
                 .unwrap_or(false),
         logprobs: body.logprobs.is_some(),
     })
+}
+
+/// `response_format` onto the request: `text` is free text, `json_object` and
+/// `json_schema` constrain the output; any other type is a 400 naming `response_format`.
+/// The schema itself is the worker's to check (its message names
+/// `response_format.json_schema`).
+fn response_format(
+    request: GenerateRequest,
+    format: Option<ResponseFormatIn>,
+) -> Result<GenerateRequest, ApiError> {
+    let Some(format) = format else {
+        return Ok(request);
+    };
+    match format.kind.as_str() {
+        "text" => Ok(request),
+        "json_object" => Ok(request.json_object()),
+        "json_schema" => match format.json_schema.and_then(|s| s.schema) {
+            Some(schema) => Ok(request.json_schema(schema)),
+            None => Err(ApiError::invalid_request(
+                "response_format.json_schema.schema: is required with type `json_schema`",
+                Some("response_format.json_schema.schema"),
+            )),
+        },
+        other => Err(ApiError::invalid_request(
+            format!(
+                "response_format.type: must be `text`, `json_object` or `json_schema`, got `{other}`"
+            ),
+            Some("response_format"),
+        )),
+    }
 }
 
 /// The model must be the served one, `"default"`, or absent.
@@ -359,7 +393,7 @@ fn non_negative_u32(name: &str, n: i64) -> Result<u32, ApiError> {
 #[cfg(test)]
 mod tests {
     use axum::body::Bytes;
-    use mlx_sidecar::Prompt;
+    use mlx_sidecar::{Prompt, ResponseFormat};
 
     use super::*;
 
@@ -499,6 +533,16 @@ mod tests {
                 "stop_token_ids",
                 StatusCode::BAD_REQUEST,
             ),
+            (
+                r#""response_format": {"type": "xml"}"#,
+                "response_format",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                r#""response_format": {"type": "json_schema", "json_schema": {"name": "x"}}"#,
+                "response_format.json_schema.schema",
+                StatusCode::BAD_REQUEST,
+            ),
         ] {
             let e = chat_of(&format!("{{{msg}, {extra}}}")).expect_err("refused");
             assert_eq!(e.param(), Some(param), "{extra}: {e:?}");
@@ -521,6 +565,42 @@ mod tests {
                 .expect_err("refused")
                 .status(),
             StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn response_format_maps_to_the_library_format() {
+        let msg = r#""messages": [{"role": "user", "content": "hi"}]"#;
+        let format_of = |extra: &str| {
+            chat_of(&format!("{{{msg}, {extra}}}"))
+                .expect("valid")
+                .request
+                .format()
+                .cloned()
+        };
+        assert_eq!(format_of(r#""seed": 1"#), None);
+        assert_eq!(format_of(r#""response_format": {"type": "text"}"#), None);
+        assert_eq!(
+            format_of(r#""response_format": {"type": "json_object"}"#),
+            Some(ResponseFormat::JsonObject)
+        );
+        let schema = r#"{"type": "object", "properties": {"a": {"type": "integer"}}}"#;
+        let Some(ResponseFormat::JsonSchema(text)) = format_of(&format!(
+            r#""response_format": {{"type": "json_schema", "json_schema": {{"name": "a", "schema": {schema}, "strict": true}}}}"#
+        )) else {
+            panic!("no schema");
+        };
+        let parsed: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<serde_json::Value>(schema).expect("JSON")
+        );
+        let completion =
+            completion_of(r#"{"prompt": "x", "response_format": {"type": "json_object"}}"#)
+                .expect("valid");
+        assert_eq!(
+            completion.request.format(),
+            Some(&ResponseFormat::JsonObject)
         );
     }
 

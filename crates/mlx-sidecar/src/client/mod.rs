@@ -51,7 +51,8 @@ use tonic::{Streaming, transport::Channel};
 pub use daemon_status::{DaemonListener, DaemonReplica, DaemonStatus};
 pub use endpoint::Endpoint;
 pub use request::{
-    ChatMessage, Continuation, DEFAULT_MAX_RESUMES, GenerateRequest, Prompt, TokenizeRequest,
+    ChatMessage, Continuation, DEFAULT_MAX_RESUMES, GenerateRequest, JsonSchema, Prompt,
+    ResponseFormat, TokenizeRequest,
 };
 pub use stream::GenerateStream;
 pub use types::{

@@ -61,6 +61,71 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
+/// A JSON Schema, as JSON text (built from a `&str`, a `String` or a
+/// [`serde_json::Value`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonSchema(String);
+
+impl JsonSchema {
+    /// The schema's JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for JsonSchema {
+    fn from(text: &str) -> Self {
+        JsonSchema(text.to_owned())
+    }
+}
+
+impl From<String> for JsonSchema {
+    fn from(text: String) -> Self {
+        JsonSchema(text)
+    }
+}
+
+impl From<serde_json::Value> for JsonSchema {
+    fn from(value: serde_json::Value) -> Self {
+        JsonSchema(value.to_string())
+    }
+}
+
+impl From<&serde_json::Value> for JsonSchema {
+    fn from(value: &serde_json::Value) -> Self {
+        JsonSchema(value.to_string())
+    }
+}
+
+/// The shape a generation's output must take: the worker masks, at each step, the tokens
+/// that would break it, and ends the generation (finish reason `Stop`) once the JSON is
+/// complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON that validates against this schema (the JSON Schema subset llguidance
+    /// supports; the worker answers `INVALID_ARGUMENT` naming
+    /// `response_format.json_schema` for an invalid or unsupported one).
+    JsonSchema(JsonSchema),
+}
+
+impl ResponseFormat {
+    fn to_proto(&self) -> pb::ResponseFormat {
+        let format = match self {
+            ResponseFormat::JsonObject => {
+                pb::response_format::Format::JsonObject(pb::JsonObjectFormat {})
+            }
+            ResponseFormat::JsonSchema(schema) => {
+                pb::response_format::Format::JsonSchema(schema.0.clone())
+            }
+        };
+        pb::ResponseFormat {
+            format: Some(format),
+        }
+    }
+}
+
 /// A text generation request. Build with [`GenerateRequest::text`],
 /// [`GenerateRequest::chat`] or [`GenerateRequest::tokens`], then the setters; unset
 /// options take the worker's defaults (greedy decoding, 256 tokens at most).
@@ -86,6 +151,7 @@ pub struct GenerateRequest {
     ignore_eos: bool,
     logprobs: Option<u32>,
     add_generation_prompt: Option<bool>,
+    response_format: Option<ResponseFormat>,
     deadline: Option<Duration>,
     request_id: String,
     max_resumes: Option<u32>,
@@ -151,6 +217,7 @@ impl GenerateRequest {
             ignore_eos: false,
             logprobs: None,
             add_generation_prompt: None,
+            response_format: None,
             deadline: None,
             request_id: String::new(),
             max_resumes: None,
@@ -285,6 +352,28 @@ impl GenerateRequest {
         self
     }
 
+    /// The output must be a JSON object (OpenAI's `response_format: json_object`).
+    pub fn json_object(self) -> Self {
+        self.response_format(ResponseFormat::JsonObject)
+    }
+
+    /// The output must be JSON that validates against `schema` (JSON text or a
+    /// [`serde_json::Value`]).
+    pub fn json_schema(self, schema: impl Into<JsonSchema>) -> Self {
+        self.response_format(ResponseFormat::JsonSchema(schema.into()))
+    }
+
+    /// Constrains the output's shape (see [`ResponseFormat`]).
+    pub fn response_format(mut self, format: ResponseFormat) -> Self {
+        self.response_format = Some(format);
+        self
+    }
+
+    /// The output's required shape, if any.
+    pub fn format(&self) -> Option<&ResponseFormat> {
+        self.response_format.as_ref()
+    }
+
     /// Deadline of the whole call: waiting for the worker, retries and the stream
     /// (default: the client's generate timeout).
     pub fn deadline(mut self, deadline: Duration) -> Self {
@@ -374,7 +463,7 @@ impl GenerateRequest {
             request_id: self.request_id.clone(),
             continuation: self.continuation.as_ref().map(Into::into),
             max_resumes: self.max_resumes,
-            response_format: None,
+            response_format: self.response_format.as_ref().map(ResponseFormat::to_proto),
         }
     }
 }
@@ -452,5 +541,40 @@ impl TokenizeRequest {
 impl From<&str> for TokenizeRequest {
     fn from(text: &str) -> Self {
         TokenizeRequest::text(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format_of(request: &GenerateRequest) -> Option<pb::response_format::Format> {
+        request.to_proto().response_format.and_then(|f| f.format)
+    }
+
+    #[test]
+    fn response_format_goes_on_the_wire() {
+        assert_eq!(format_of(&GenerateRequest::text("x")), None);
+        assert_eq!(
+            format_of(&GenerateRequest::text("x").json_object()),
+            Some(pb::response_format::Format::JsonObject(
+                pb::JsonObjectFormat {}
+            ))
+        );
+        let schema = serde_json::json!({"type": "object", "required": ["a"]});
+        let from_value = GenerateRequest::text("x").json_schema(&schema);
+        let from_text = GenerateRequest::text("x").json_schema(schema.to_string().as_str());
+        let Some(pb::response_format::Format::JsonSchema(text)) = format_of(&from_value) else {
+            panic!("no json_schema on the wire");
+        };
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).ok(),
+            Some(schema)
+        );
+        assert_eq!(format_of(&from_text), format_of(&from_value));
+        assert_eq!(
+            from_value.format(),
+            Some(&ResponseFormat::JsonSchema(JsonSchema(text)))
+        );
     }
 }

@@ -65,10 +65,16 @@ impl Running {
                     setup.socket_dir,
                     d.worker_args,
                     workload.max_batch,
+                    1,
                     d.timeout,
                 )
                 .await?,
             ),
+            PathKind::Replicas => {
+                anyhow::bail!(
+                    "--paired has no replicas path: run it unpaired (--paths sidecar,replicas)"
+                )
+            }
             PathKind::Http => Running::Http(
                 http::HttpServer::start(
                     d.py,
