@@ -200,8 +200,9 @@ def token_logprobs(wanted: list[tuple[Any, int]], tokenizer: Any) -> list[pb.Tok
     """Log-probabilities (and top alternatives) of one step's tokens, in one eval.
 
     ``wanted``: (response, top_n) pairs, answered in their order. The values are mlx-lm's: the
-    log-softmax of the logits after logit bias and penalties, before temperature and top-p /
-    top-k / min-p truncation. Each token, and each alternative, comes with its text from
+    log-softmax of the logits after logit bias, penalties and a response_format's mask (masked
+    tokens are not listed as alternatives), before temperature and top-p / top-k / min-p
+    truncation. Each token, and each alternative, comes with its text from
     ``tokenizer.token_text``; the generated token also with its raw ``tokenizer.token_bytes``.
     """
     import mlx.core as mx

@@ -73,6 +73,10 @@ mod tests {
         );
         assert_eq!(option_for("stop[3]: too long"), Some("--stop"));
         assert_eq!(option_for("max_tokens: must be >= 1"), Some("--max-tokens"));
+        assert_eq!(
+            option_for("response_format.json_schema: Unimplemented keys: [\"not\"]"),
+            Some("--json-schema")
+        );
         assert_eq!(option_for("something else"), None);
     }
 }

@@ -314,6 +314,49 @@ fn invalid_argument_from_the_worker_exits_2_naming_the_field() {
 }
 
 #[test]
+fn json_schema_constrains_the_answer_and_a_refused_one_names_the_option() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 1,
+            "maximum": 9}, "ok": {"type": "boolean"}}, "required": ["n", "ok"],
+            "additionalProperties": false}"#,
+    )
+    .expect("write the schema");
+    let schema_arg = schema.to_str().expect("utf-8 path");
+    let out = Cli::tiny()
+        .args([
+            "generate",
+            "JSON:",
+            "--raw",
+            "--max-tokens",
+            "500",
+            "--json-schema",
+            schema_arg,
+        ])
+        .run();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let answer: Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON on stdout");
+    assert!(answer["ok"].is_boolean(), "{answer}");
+    assert!(
+        answer["n"].as_i64().is_some_and(|n| (1..=9).contains(&n)),
+        "{answer}"
+    );
+
+    std::fs::write(&schema, r#"{"type": "array", "uniqueItems": true}"#).expect("write");
+    let out = Cli::tiny()
+        .args(["generate", "JSON:", "--raw", "--json-schema", schema_arg])
+        .run();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("response_format.json_schema") && stderr.contains("--json-schema"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_missing_interpreter_fails_with_exit_1_and_says_which() {
     let out = Cli::bare()
         .args(["--python", "/nonexistent/python3", "generate", "hi"])
