@@ -228,6 +228,27 @@ def test_text_the_caller_did_not_get_is_sent_first(tiny_model_dir: Path) -> None
     _with_engine(tiny_model_dir, body)
 
 
+def test_text_the_caller_got_beyond_this_workers_is_not_sent_again(tiny_model_dir: Path) -> None:
+    """A caller that got text this worker would have held back (a stop string's possible
+    start) gets only what follows it."""
+
+    async def body(runs: EngineRuns) -> None:
+        tok = runs.limits.tokenizer
+        delivered = tok.encode("abx", add_special_tokens=False)
+        (q,) = tok.encode("q", add_special_tokens=False)
+        sampling = pb.SamplingParams(logit_bias={q: 100.0})
+        request = _request(PROMPTS[0], sampling, len(delivered) + 2, stop=["xyz"])
+        cont = pb.Continuation(
+            delivered_token_ids=delivered, delivered_text_bytes=3, resume_count=1
+        )
+        (got,) = await runs.run([_resumed(request, cont)])
+        assert got.failure is None, got.failure
+        assert got.token_ids == [q, q]
+        assert got.text == "qq"
+
+    _with_engine(tiny_model_dir, body)
+
+
 def _on_boundary(data: bytes, offset: int) -> bool:
     try:
         data[:offset].decode("utf-8")
