@@ -367,3 +367,18 @@ def test_a_continuation_that_leaves_no_room_in_the_context(limits: ModelLimits) 
     assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert failure.message.startswith("continuation: "), failure.message
     assert "leave no room in the context of 64 tokens" in failure.message
+
+
+def test_a_continuation_in_benchmark_mode(tiny_model_dir: Path) -> None:
+    """With synthetic tokens (the prompt's ids, cycled) a continuation is replayed, so it
+    goes on with the cycle rather than with a longer prompt's."""
+    from mlx_worker.synthetic import SyntheticSpec
+
+    async def body(runs: EngineRuns) -> None:
+        request = _request(PROMPTS[1], GREEDY, 12)  # 5 prompt tokens
+        (ref,) = await runs.run([request])
+        cont = ref.cut_after(3)  # not a whole cycle: prefilled, the cycle would change
+        (got,) = await runs.run([_resumed(request, cont)])
+        _assert_continues(ref, cont, got, "synthetic")
+
+    _with_engine(tiny_model_dir, body, synthetic=SyntheticSpec())
