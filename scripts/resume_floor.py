@@ -1,7 +1,7 @@
 """The floor of resuming a stream: token-id mismatches with and without a seam.
 
     PYTHONPATH=sidecar .venv/bin/python scripts/resume_floor.py [--model M|tiny] [--prompts N]
-        [--max-tokens T] [--cuts K] [--seeded]
+        [--max-tokens T] [--cuts K] [--seeded] [--methods replay,prefill]
 
 Runs N requests in a real in-process engine (mlx_worker.testing.engine_runs), greedy (or
 seeded sampling with --seeded), with end-of-sequence ignored so each gives T tokens:
@@ -49,7 +49,9 @@ def _requests(args: argparse.Namespace, tiny: bool) -> list[Any]:
 
     out = []
     for i in range(args.prompts):
-        question = QUESTIONS[i % len(QUESTIONS)] + (f" ({i})" if i >= len(QUESTIONS) else "")
+        question = QUESTIONS[i % len(QUESTIONS)] + (
+            f" ({i})" if i >= len(QUESTIONS) else ""
+        )
         if tiny:
             prompt = pb.Prompt(text=question)
         else:
@@ -108,7 +110,9 @@ def _seam_mismatches(references: list[Any], resumed: list[Any], runs: list[Any])
     return bad
 
 
-def _logprob_gaps(references: list[Any], resumed: list[Any], runs: list[Any]) -> list[float]:
+def _logprob_gaps(
+    references: list[Any], resumed: list[Any], runs: list[Any]
+) -> list[float]:
     """Per continuation: the largest |logprob - the reference's| over its tokens (where the
     token ids agree), 0.0 when the model computed the same values bit for bit."""
     gaps = []
@@ -143,7 +147,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     requests = _requests(args, tiny)
     report: dict[str, Any] = {"model": args.model, "prompts": len(requests)}
     report.update(max_tokens=args.max_tokens, seeded=args.seeded)
-    async with engine_runs(model, Path(args.cache_dir) if args.cache_dir else tmp) as runs:
+    async with engine_runs(
+        model, Path(args.cache_dir) if args.cache_dir else tmp
+    ) as runs:
 
         async def alone(reqs: list[Any]) -> list[Any]:
             return [(await runs.run([r]))[0] for r in reqs]
@@ -159,9 +165,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             "batch_vs_batch": _differ(batch_ref, batch_again),
         }
         n = args.max_tokens
-        cuts = sorted({max(1, n * j // (args.cuts + 1)) for j in range(1, args.cuts + 1)})
+        cuts = sorted(
+            {max(1, n * j // (args.cuts + 1)) for j in range(1, args.cuts + 1)}
+        )
         report["cuts"] = cuts
-        for method in ("replay", "prefill"):
+        for method in args.methods.split(","):
             continuation.RESUME_METHOD = method
             seams: dict[str, int] = {"solo": 0, "batch": 0, "batch_vs_solo_ref": 0}
             ttft: dict[str, list[float]] = {"solo": [], "batch": []}
@@ -175,17 +183,27 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 batch_cont = await runs.run(batch_resumed)
                 seams["solo"] += _seam_mismatches(solo_ref, solo_resumed, solo_cont)
                 seams["batch"] += _seam_mismatches(batch_ref, batch_resumed, batch_cont)
-                seams["batch_vs_solo_ref"] += _seam_mismatches(solo_ref, batch_resumed, batch_cont)
+                seams["batch_vs_solo_ref"] += _seam_mismatches(
+                    solo_ref, batch_resumed, batch_cont
+                )
                 gaps["solo"] += _logprob_gaps(solo_ref, solo_resumed, solo_cont)
                 gaps["batch"] += _logprob_gaps(batch_ref, batch_resumed, batch_cont)
-                ttft["solo"] += [c.finished.timings.time_to_first_token_ms for c in solo_cont]
-                ttft["batch"] += [c.finished.timings.time_to_first_token_ms for c in batch_cont]
+                ttft["solo"] += [
+                    c.finished.timings.time_to_first_token_ms for c in solo_cont
+                ]
+                ttft["batch"] += [
+                    c.finished.timings.time_to_first_token_ms for c in batch_cont
+                ]
             report[method] = {
                 "mismatched": seams,
                 "continuations": len(cuts) * len(requests),
-                "ttft_ms_median": {key: round(statistics.median(v), 1) for key, v in ttft.items()},
+                "ttft_ms_median": {
+                    key: round(statistics.median(v), 1) for key, v in ttft.items()
+                },
                 "logprob_gap_max": {key: max(v) for key, v in gaps.items()},
-                "bit_identical": {key: sum(g == 0.0 for g in v) for key, v in gaps.items()},
+                "bit_identical": {
+                    key: sum(g == 0.0 for g in v) for key, v in gaps.items()
+                },
             }
         report["uninterrupted_ttft_ms_median"] = {
             "solo": _median_ttft(solo_ref),
@@ -195,17 +213,22 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _median_ttft(runs: list[Any]) -> float:
-    return round(statistics.median(r.finished.timings.time_to_first_token_ms for r in runs), 1)
+    return round(
+        statistics.median(r.finished.timings.time_to_first_token_ms for r in runs), 1
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model (default: the default model)")
+    parser.add_argument(
+        "--model", default=None, help="model (default: the default model)"
+    )
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--cuts", type=int, default=4)
     parser.add_argument("--seeded", action="store_true")
+    parser.add_argument("--methods", default="replay,prefill", help="comma-separated")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(_measure(args))))
 
