@@ -146,10 +146,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("cannot write the tiny model")
     requests = _requests(args, tiny)
     report: dict[str, Any] = {"model": args.model, "prompts": len(requests)}
-    report.update(max_tokens=args.max_tokens, seeded=args.seeded)
-    async with engine_runs(
-        model, Path(args.cache_dir) if args.cache_dir else tmp
-    ) as runs:
+    report.update(
+        max_tokens=args.max_tokens, seeded=args.seeded, dequantize=args.dequantize
+    )
+    cache_dir = Path(args.cache_dir) if args.cache_dir else tmp
+    async with engine_runs(model, cache_dir, dequantize=args.dequantize) as runs:
 
         async def alone(reqs: list[Any]) -> list[Any]:
             return [(await runs.run([r]))[0] for r in reqs]
@@ -228,6 +229,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--cuts", type=int, default=4)
     parser.add_argument("--seeded", action="store_true")
+    parser.add_argument(
+        "--dequantize", default="auto", help="the worker's --dequantize"
+    )
     parser.add_argument("--methods", default="replay,prefill", help="comma-separated")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(_measure(args))))
