@@ -382,3 +382,11 @@ def test_a_continuation_in_benchmark_mode(tiny_model_dir: Path) -> None:
         _assert_continues(ref, cont, got, "synthetic")
 
     _with_engine(tiny_model_dir, body, synthetic=SyntheticSpec())
+
+
+def test_the_resume_method_by_device() -> None:
+    """Prefill where it is bit for bit (a CPU, measured); replay on a GPU and for synthetic
+    tokens (BENCHMARKS.md, "Resuming a stream: replay vs prefill")."""
+    assert continuation.resume_method(on_gpu=False, synthetic=False) == "prefill"
+    assert continuation.resume_method(on_gpu=True, synthetic=False) == "replay"
+    assert continuation.resume_method(on_gpu=False, synthetic=True) == "replay"
