@@ -1,7 +1,7 @@
 """The floor of resuming a stream: token-id mismatches with and without a seam.
 
     PYTHONPATH=sidecar .venv/bin/python scripts/resume_floor.py [--model M|tiny] [--prompts N]
-        [--max-tokens T] [--cuts K] [--seeded]
+        [--max-tokens T] [--cuts K] [--seeded] [--methods replay,prefill]
 
 Runs N requests in a real in-process engine (mlx_worker.testing.engine_runs), greedy (or
 seeded sampling with --seeded), with end-of-sequence ignored so each gives T tokens:
@@ -85,6 +85,15 @@ def _continued(request: Any, reference: Any, k: int) -> Any:
     return resumed
 
 
+def _no_cut(request: Any) -> Any:
+    from mlx_sidecar.v1 import inference_pb2 as pb
+
+    out = pb.GenerateRequest()
+    out.CopyFrom(request)
+    out.continuation.CopyFrom(pb.Continuation())
+    return out
+
+
 def _differ(first: list[Any], second: list[Any]) -> int:
     """How many requests' token ids differ between two runs."""
     _check(first + second)
@@ -99,6 +108,20 @@ def _seam_mismatches(references: list[Any], resumed: list[Any], runs: list[Any])
         k = len(request.continuation.delivered_token_ids)
         bad += run.token_ids != ref.token_ids[k:]
     return bad
+
+
+def _logprob_gaps(
+    references: list[Any], resumed: list[Any], runs: list[Any]
+) -> list[float]:
+    """Per continuation: the largest |logprob - the reference's| over its tokens (where the
+    token ids agree), 0.0 when the model computed the same values bit for bit."""
+    gaps = []
+    for ref, request, run in zip(references, resumed, runs, strict=True):
+        k = len(request.continuation.delivered_token_ids)
+        pairs = zip(run.logprobs, ref.logprobs[k:], strict=False)
+        same = [(a.logprob, b.logprob) for a, b in pairs if a.token_id == b.token_id]
+        gaps.append(max((abs(a - b) for a, b in same), default=0.0))
+    return gaps
 
 
 def _check(runs: list[Any]) -> None:
@@ -123,10 +146,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("cannot write the tiny model")
     requests = _requests(args, tiny)
     report: dict[str, Any] = {"model": args.model, "prompts": len(requests)}
-    report.update(max_tokens=args.max_tokens, seeded=args.seeded)
-    async with engine_runs(
-        model, Path(args.cache_dir) if args.cache_dir else tmp
-    ) as runs:
+    report.update(
+        max_tokens=args.max_tokens, seeded=args.seeded, dequantize=args.dequantize
+    )
+    cache_dir = Path(args.cache_dir) if args.cache_dir else tmp
+    async with engine_runs(model, cache_dir, dequantize=args.dequantize) as runs:
 
         async def alone(reqs: list[Any]) -> list[Any]:
             return [(await runs.run([r]))[0] for r in reqs]
@@ -134,6 +158,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         solo_ref = await alone(requests)
         batch_ref = await runs.run(requests)
         batch_again = await runs.run(requests)
+        report["floor_logprob_gap_max"] = max(
+            _logprob_gaps(solo_ref, [_no_cut(r) for r in requests], batch_ref)
+        )
         report["floor"] = {
             "solo_vs_batch": _differ(solo_ref, batch_ref),
             "batch_vs_batch": _differ(batch_ref, batch_again),
@@ -143,10 +170,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             {max(1, n * j // (args.cuts + 1)) for j in range(1, args.cuts + 1)}
         )
         report["cuts"] = cuts
-        for method in ("replay", "prefill"):
+        for method in args.methods.split(","):
             continuation.RESUME_METHOD = method
             seams: dict[str, int] = {"solo": 0, "batch": 0, "batch_vs_solo_ref": 0}
             ttft: dict[str, list[float]] = {"solo": [], "batch": []}
+            gaps: dict[str, list[float]] = {"solo": [], "batch": []}
             for k in cuts:
                 pairs = zip(requests, solo_ref, strict=True)
                 solo_resumed = [_continued(r, ref, k) for r, ref in pairs]
@@ -159,6 +187,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 seams["batch_vs_solo_ref"] += _seam_mismatches(
                     solo_ref, batch_resumed, batch_cont
                 )
+                gaps["solo"] += _logprob_gaps(solo_ref, solo_resumed, solo_cont)
+                gaps["batch"] += _logprob_gaps(batch_ref, batch_resumed, batch_cont)
                 ttft["solo"] += [
                     c.finished.timings.time_to_first_token_ms for c in solo_cont
                 ]
@@ -170,6 +200,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 "continuations": len(cuts) * len(requests),
                 "ttft_ms_median": {
                     key: round(statistics.median(v), 1) for key, v in ttft.items()
+                },
+                "logprob_gap_max": {key: max(v) for key, v in gaps.items()},
+                "bit_identical": {
+                    key: sum(g == 0.0 for g in v) for key, v in gaps.items()
                 },
             }
         report["uninterrupted_ttft_ms_median"] = {
@@ -195,6 +229,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--cuts", type=int, default=4)
     parser.add_argument("--seeded", action="store_true")
+    parser.add_argument(
+        "--dequantize", default="auto", help="the worker's --dequantize"
+    )
+    parser.add_argument("--methods", default="replay,prefill", help="comma-separated")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(_measure(args))))
 

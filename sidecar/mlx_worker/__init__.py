@@ -12,7 +12,9 @@ How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
 - ``servicer.InferenceServicer``: the RPC handlers. ``validation`` turns a request into
   ``params`` (or INVALID_ARGUMENT / RESOURCE_EXHAUSTED naming the field); Generate hands the
   params to the engine and relays what comes back through its ``streams.ResponseStream``;
-  ModelInfo's answer comes from ``model_info``.
+  ModelInfo's answer comes from ``model_info``. A request resuming a stream cut by a
+  worker's death carries a continuation: ``continuation`` checks it and rebuilds its output
+  state, ``engine.continuation`` its model state.
 - ``engine``: the one thread that owns all MLX state (a package; its doc says how its parts
   fit). ``engine.Engine`` is what the event loop holds: it queues typed commands for the
   thread. On the thread, ``engine.startup`` loads the model (``mlx_worker.model``; mlx-lm

@@ -78,19 +78,19 @@ class GrammarState:
         """Whether the output is complete: the grammar accepts nothing more but EOS."""
         return self._matcher.is_stopped() and not self._matcher.is_error()
 
-    def consume_delivered(self, token_ids: list[int], *, replayed: bool) -> None:
+    def consume_delivered(self, token_ids: list[int]) -> None:
         """Rebuilds the state of a continued stream from the tokens already delivered
-        (before any decoding); ValueError if they do not follow the grammar.
-
-        ``replayed``: the engine decodes the delivered tokens again as generated ones (the
-        "replay" resume method), so they will show up in the history and as engine tokens:
-        count them as fed and observed already. Otherwise they are part of the prompt."""
+        (before any decoding); ValueError if they do not follow the grammar."""
         if self._base is not None or self._fed:
             raise RuntimeError("consume_delivered after decoding started")
         if token_ids and not self._matcher.consume_tokens(list(token_ids)):
             raise ValueError(self._matcher.get_error() or "the tokens do not follow the grammar")
-        if replayed:
-            self._fed = self._observed = len(token_ids)
+
+    def delivered_are_replayed(self, count: int) -> None:
+        """The engine decodes the ``count`` delivered tokens again as generated ones (the
+        "replay" resume method), so they reach the history and the engine's reports after
+        :meth:`consume_delivered` took them: count them as fed and observed already."""
+        self._fed = self._observed = count
 
     def feed_history(self, history_length: int, tail: Any) -> None:
         """Consumes the generated tokens of a history of ``history_length`` tokens not

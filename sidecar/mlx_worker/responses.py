@@ -4,8 +4,10 @@
 cut by the stop-string filter, plus the token id and its log-probability) and decides when the
 request is finished: an end-of-sequence or stop token id (not sent as text), a stop string
 (text ends just before it), or max_tokens. What it holds goes out as one chunk however many
-tokens it covers (``take_output``), then the final message. It only builds messages; the
-engine owns the batch and decides when output is handed to the event loop.
+tokens it covers (``take_output``), then the final message. A continuation starts from the
+output state its delivered tokens leave (:mod:`mlx_worker.continuation`) and counts them as
+generated. It only builds messages; the engine owns the batch and decides when output is
+handed to the event loop.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import grpc
 from mlx_sidecar.v1 import inference_pb2 as pb
 
 from .continuation import check_continuation, resume_output
-from .engine.continuation import RESUME_METHOD
 from .errors import RequestFailure, invalid
 from .params import GenerateParams, SamplingSettings
 
@@ -252,10 +251,7 @@ def _grammar(request: pb.GenerateRequest, limits: ModelLimits) -> GrammarState:
     state = compile_response_format(request.response_format, limits.tokenizer)
     if request.HasField("continuation"):
         try:
-            state.consume_delivered(
-                list(request.continuation.delivered_token_ids),
-                replayed=RESUME_METHOD == "replay",
-            )
+            state.consume_delivered(list(request.continuation.delivered_token_ids))
         except ValueError as e:
             raise invalid(
                 "continuation.delivered_token_ids", f"do not follow response_format: {e}"

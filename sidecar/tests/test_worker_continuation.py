@@ -228,6 +228,27 @@ def test_text_the_caller_did_not_get_is_sent_first(tiny_model_dir: Path) -> None
     _with_engine(tiny_model_dir, body)
 
 
+def test_text_the_caller_got_beyond_this_workers_is_not_sent_again(tiny_model_dir: Path) -> None:
+    """A caller that got text this worker would have held back (a stop string's possible
+    start) gets only what follows it."""
+
+    async def body(runs: EngineRuns) -> None:
+        tok = runs.limits.tokenizer
+        delivered = tok.encode("abx", add_special_tokens=False)
+        (q,) = tok.encode("q", add_special_tokens=False)
+        sampling = pb.SamplingParams(logit_bias={q: 100.0})
+        request = _request(PROMPTS[0], sampling, len(delivered) + 2, stop=["xyz"])
+        cont = pb.Continuation(
+            delivered_token_ids=delivered, delivered_text_bytes=3, resume_count=1
+        )
+        (got,) = await runs.run([_resumed(request, cont)])
+        assert got.failure is None, got.failure
+        assert got.token_ids == [q, q]
+        assert got.text == "qq"
+
+    _with_engine(tiny_model_dir, body)
+
+
 def _on_boundary(data: bytes, offset: int) -> bool:
     try:
         data[:offset].decode("utf-8")
@@ -346,3 +367,49 @@ def test_a_continuation_that_leaves_no_room_in_the_context(limits: ModelLimits) 
     assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert failure.message.startswith("continuation: "), failure.message
     assert "leave no room in the context of 64 tokens" in failure.message
+
+
+def test_a_continuation_in_benchmark_mode(tiny_model_dir: Path) -> None:
+    """With synthetic tokens (the prompt's ids, cycled) a continuation is replayed, so it
+    goes on with the cycle rather than with a longer prompt's."""
+    from mlx_worker.synthetic import SyntheticSpec
+
+    async def body(runs: EngineRuns) -> None:
+        request = _request(PROMPTS[1], GREEDY, 12)  # 5 prompt tokens
+        (ref,) = await runs.run([request])
+        cont = ref.cut_after(3)  # not a whole cycle: prefilled, the cycle would change
+        (got,) = await runs.run([_resumed(request, cont)])
+        _assert_continues(ref, cont, got, "synthetic")
+
+    _with_engine(tiny_model_dir, body, synthetic=SyntheticSpec())
+
+
+def test_the_resume_method_by_device() -> None:
+    """Prefill where it is bit for bit (a CPU, measured); replay on a GPU and for synthetic
+    tokens (BENCHMARKS.md, "Resuming a stream: replay vs prefill")."""
+    assert continuation.resume_method(on_gpu=False, synthetic=False) == "prefill"
+    assert continuation.resume_method(on_gpu=True, synthetic=False) == "replay"
+    assert continuation.resume_method(on_gpu=False, synthetic=True) == "replay"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("placement", ["solo", "batch"])
+def test_a_json_output_continues_with_its_grammar_state(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, placement: str
+) -> None:
+    """response_format survives the seam: the grammar state rebuilt from the delivered tokens
+    masks the next step as the uninterrupted run's did, by both resume methods."""
+    monkeypatch.setattr(continuation, "RESUME_METHOD", method)
+    schema = (
+        '{"type":"object","properties":{"name":{"type":"string","maxLength":12},'
+        '"n":{"type":"integer","minimum":0,"maximum":99}},"required":["name","n"],'
+        '"additionalProperties":false}'
+    )
+    fmt = pb.ResponseFormat(json_schema=schema)
+    requests = [_request(p, GREEDY, 200, response_format=fmt) for p in PROMPTS]
+
+    async def body(runs: EngineRuns) -> None:
+        checked = await _check_every_cut(runs, requests, together=placement == "batch")
+        assert checked >= 3
+
+    _with_engine(tiny_model_dir, body)

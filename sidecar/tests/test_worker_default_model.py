@@ -84,3 +84,28 @@ def test_default_model_info(default_worker: WorkerProcess) -> None:
     assert info.has_chat_template and info.parameter_count > 100_000_000
     startup = default_worker.wait_log("startup")["fields"]
     assert startup["model"] == "SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [pb.SamplingParams(), pb.SamplingParams(temperature=0.8, seed=7)],
+    ids=["greedy", "seeded"],
+)
+def test_a_continuation_resumes_a_real_answer(
+    default_worker: WorkerProcess, sampling: pb.SamplingParams
+) -> None:
+    """Cut after 6 chunks and resumed: the rest of the uninterrupted answer, token by token."""
+    request = {"prompt": FRANCE, "max_tokens": 16, "sampling": sampling, "ignore_eos": True}
+    chunks, fin = default_worker.generate(**request)
+    got = chunks[:6]
+    cont = pb.Continuation(
+        delivered_token_ids=[t for c in got for t in c.token_ids],
+        delivered_text_bytes=len(_text(got).encode("utf-8")),
+        resume_count=1,
+    )
+    rest, rest_fin = default_worker.generate(**request, continuation=cont)
+    ids = [t for c in chunks for t in c.token_ids]
+    assert [t for c in rest for t in c.token_ids] == ids[len(cont.delivered_token_ids) :]
+    assert _text(got) + _text(rest) == _text(chunks)
+    assert rest_fin.usage.completion_tokens == fin.usage.completion_tokens == 16
+    assert rest_fin.usage.resumes == 1

@@ -78,6 +78,32 @@ INVALID_GENERATE = [
     ("top-n-negative", _req(logprobs=LP(enabled=True, top_n=-1)), "logprobs.top_n: "),
     ("top-n-without-enabled", _req(logprobs=pb.LogprobsOptions(top_n=3)), "logprobs.top_n: "),
     ("request-id-too-long", _req(request_id="r" * 300), "request_id: "),
+    (
+        "continuation-resume-count-zero",
+        _req(continuation=pb.Continuation(delivered_token_ids=[5])),
+        "continuation.resume_count: ",
+    ),
+    (
+        "continuation-token-beyond-vocab",
+        _req(continuation=pb.Continuation(delivered_token_ids=[5, BIG], resume_count=1)),
+        "continuation.delivered_token_ids[1]: ",
+    ),
+    (
+        "continuation-reaches-max-tokens",
+        _req(
+            max_tokens=2, continuation=pb.Continuation(delivered_token_ids=[5, 6], resume_count=1)
+        ),
+        "continuation.delivered_token_ids: 2 delivered tokens reach max_tokens (2)",
+    ),
+    (
+        "continuation-text-beyond",
+        _req(
+            continuation=pb.Continuation(
+                delivered_token_ids=[5], delivered_text_bytes=99, resume_count=1
+            )
+        ),
+        "continuation.delivered_text_bytes: 99 is beyond",
+    ),
 ]
 
 

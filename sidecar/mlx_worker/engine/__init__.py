@@ -13,6 +13,8 @@ The event loop talks to it through :class:`Engine` (``submit``, ``cancel``, ``ca
   the :mod:`.solo` sequence (a field of its state says which), with the hand-over between them
   when a second request arrives; it turns each step's tokens into output
   (:mod:`mlx_worker.responses`) and fails only what an error touches;
+- :mod:`.continuation` starts a request that resumes a stream cut by a worker's death: its
+  delivered tokens prefilled with the prompt, or decoded again without being sent;
 - :mod:`.output` hands that output to the event loop in one ``call_soon_threadsafe`` per step
   (or per ``--stream-interval-ms``), where :func:`mlx_worker.streams.dispatch` fans it out.
 """

@@ -1,14 +1,15 @@
 """A continuation's model side: how the delivered tokens get into the KV cache and the sampler.
 
-Two ways (``RESUME_METHOD``), both giving the sampler the key an uninterrupted run would have
-at the next position (a :class:`~mlx_worker.sampling.SeededSampler` is split once per token):
+Two ways (:func:`resume_method` picks one per engine), both giving the sampler the key an
+uninterrupted run would have at the next position (a
+:class:`~mlx_worker.sampling.SeededSampler` is split once per token):
 
+- ``"prefill"``: the delivered tokens join the prompt and are prefilled with it;
+  max_tokens shrinks by their number.
 - ``"replay"``: the request starts as the original did (its prompt prefilled the same way) and
   the delivered tokens are decoded again, one per step, in whatever batch is running: a
   :class:`ForcedSampler` returns them instead of sampling, and the decoder sends nothing for
   them (``RequestState.replaying``). Every position is computed as it was the first time.
-- ``"prefill"``: the delivered tokens join the prompt and are prefilled with it in one pass;
-  max_tokens shrinks by their number.
 
 Figures behind the choice: BENCHMARKS.md, "Resuming a stream: replay vs prefill".
 """
@@ -25,7 +26,17 @@ from ..params import GenerateParams
 # A sampler (mlx_worker.sampling; imported by the engine thread only, after mlx-lm's fast import).
 Sampler = Callable[[Any], Any]
 
-RESUME_METHOD = "replay"
+# "replay" or "prefill" overrides the engine's ``resume_method`` for the requests started
+# while it is set (tests, scripts/resume_floor.py).
+RESUME_METHOD: str | None = None
+
+
+def resume_method(on_gpu: bool, synthetic: bool) -> str:
+    """``"prefill"`` on a CPU, where it computes every position bit for bit as decoding did,
+    alone or batched, at a third of replay's cost; ``"replay"`` on a GPU, whose prefill and
+    decode kernels differ, and in benchmark mode (whose made-up tokens cycle the prompt).
+    Figures: BENCHMARKS.md, "Resuming a stream: replay vs prefill"."""
+    return "replay" if on_gpu or synthetic else "prefill"
 
 
 class ForcedSampler:
@@ -45,9 +56,9 @@ class ForcedSampler:
         return mx.array([self._forced.popleft()], dtype=mx.uint32)
 
 
-def prefilled_length(params: GenerateParams) -> int:
+def prefilled_length(params: GenerateParams, method: str) -> int:
     """How many tokens a request's prefill takes."""
-    if RESUME_METHOD == "replay":
+    if method == "replay":
         return len(params.prompt_ids)
     return len(params.prompt_ids) + len(params.delivered_ids)
 
@@ -62,12 +73,14 @@ class StartPoint:
     replayed: int  # the first tokens this many steps give are delivered ones: not sent
 
 
-def start_point(params: GenerateParams, sampler: Sampler) -> StartPoint:
-    """Where a request (a continuation or not) starts, by ``RESUME_METHOD``."""
+def start_point(params: GenerateParams, sampler: Sampler, method: str) -> StartPoint:
+    """Where a request (a continuation or not) starts, by ``method`` (``resume_method``)."""
     delivered = params.delivered_ids
     if not delivered:
         return StartPoint(params.prompt_ids, params.max_tokens, sampler, 0)
-    if RESUME_METHOD == "replay":
+    if method == "replay":
+        if params.grammar is not None:
+            params.grammar.delivered_are_replayed(len(delivered))
         return StartPoint(
             params.prompt_ids, params.max_tokens, ForcedSampler(delivered, sampler), len(delivered)
         )

@@ -28,6 +28,7 @@ from ..config import WorkerConfig
 from ..errors import RequestFailure
 from ..responses import Finish, RequestState, token_logprobs
 from ..timings import now
+from . import continuation
 from .commands import Job
 from .continuation import prefilled_length, start_point
 from .output import OutputHandOff
@@ -51,6 +52,7 @@ class Decoder:
         self._loaded = started.loaded
         self._plan = started.plan
         self._solo_enabled = started.solo_enabled
+        self._resume_method = started.resume_method
         self._batch = started.batch
         self._output = output
         self._by_job: dict[Job, RequestState] = {}  # every running request
@@ -209,7 +211,7 @@ class Decoder:
         return (
             self._solo_enabled
             and not self._by_job
-            and prefilled_length(job.params) <= self._plan.step_size
+            and prefilled_length(job.params, self._method) <= self._plan.step_size
         )
 
     def _start_in_batch(self, job: Job) -> None:
@@ -218,8 +220,10 @@ class Decoder:
 
         params = job.params
         try:
-            point = start_point(params, make_request_sampler(params.sampling, self._vocab_size))
-            (uid,) = self._batch.insert(
+            sampler = make_request_sampler(params.sampling, self._vocab_size)
+            point = start_point(params, sampler, self._method)
+            request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH)
+            (request.uid,) = self._batch.insert(
                 [point.prompt_ids],
                 max_tokens=[point.max_tokens],
                 samplers=[point.sampler],
@@ -228,7 +232,6 @@ class Decoder:
                 ],
                 stop_sequences=[_stop_sequences(params.stop_token_ids)],
             )
-            request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH, uid)
         except Exception as e:
             self._cannot_start(job, e)
             return
@@ -242,7 +245,8 @@ class Decoder:
 
         params = job.params
         try:
-            point = start_point(params, make_request_sampler(params.sampling, self._vocab_size))
+            sampler = make_request_sampler(params.sampling, self._vocab_size)
+            point = start_point(params, sampler, self._method)
             solo = SoloSequence(
                 self._loaded.model,
                 point.prompt_ids,
@@ -308,6 +312,11 @@ class Decoder:
             )
 
     # ---- books -----------------------------------------------------------------------
+
+    @property
+    def _method(self) -> str:
+        """How continuations start (engine/continuation.py)."""
+        return continuation.RESUME_METHOD or self._resume_method
 
     @property
     def _vocab_size(self) -> int:

@@ -101,6 +101,7 @@ class Started:
     solo_enabled: bool  # --solo on, and not in synthetic mode
     batch: Any  # the warmed-up BatchGenerator (or its synthetic stand-in)
     report: StartupReport
+    resume_method: str = "prefill"  # how continuations start (engine/continuation.py)
 
 
 def start_up(config: WorkerConfig, faults: Faults) -> Started:
@@ -138,7 +139,16 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
         _warm_up_gpu_kernels(config, loaded, plan)
     t4 = now()
     report = StartupReport(delay_s=t1 - t0, import_s=t2 - t1, load_s=t3 - t2, warmup_s=t4 - t3)
-    return Started(loaded=loaded, plan=plan, solo_enabled=solo_enabled, batch=batch, report=report)
+    from .continuation import resume_method
+
+    return Started(
+        loaded=loaded,
+        plan=plan,
+        solo_enabled=solo_enabled,
+        batch=batch,
+        report=report,
+        resume_method=resume_method(on_gpu, synthetic=config.synthetic is not None),
+    )
 
 
 def new_batch_generator(config: WorkerConfig, loaded: Any, plan: PrefillPlan) -> Any:
