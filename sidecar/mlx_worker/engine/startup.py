@@ -101,6 +101,7 @@ class Started:
     solo_enabled: bool  # --solo on, and not in synthetic mode
     batch: Any  # the warmed-up BatchGenerator (or its synthetic stand-in)
     report: StartupReport
+    group: Any = None  # the mx.distributed group of a sharded model (mlx_worker.shard)
 
 
 def start_up(config: WorkerConfig, faults: Faults) -> Started:
@@ -126,11 +127,22 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
 
     on_gpu = mx.default_device().type == mx.gpu
     plan = prefill_plan(config, on_gpu=on_gpu)
-    solo_enabled = config.synthetic is None and config.solo == "on"
+    # A sharded model runs every request in the BatchGenerator (see mlx_worker.shard.steps).
+    sharded = config.shard is not None and config.shard.ranks > 1
+    solo_enabled = config.synthetic is None and config.solo == "on" and not sharded
+    group = None
+    if sharded:
+        from ..shard.group import join_group
+
+        group = join_group(config.shard)
     t2 = now()
     if faults.load_error:
         raise RuntimeError("fault injection: load_error")
     loaded = load_model(config.model, cache_dir=config.cache_dir, dequantize=config.dequantize)
+    if group is not None:
+        from ..shard.group import shard_model
+
+        shard_model(loaded, group)
     t3 = now()
     batch = new_batch_generator(config, loaded, plan)
     _warm_up(config, loaded, plan, batch, solo_enabled)
@@ -138,7 +150,9 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
         _warm_up_gpu_kernels(config, loaded, plan)
     t4 = now()
     report = StartupReport(delay_s=t1 - t0, import_s=t2 - t1, load_s=t3 - t2, warmup_s=t4 - t3)
-    return Started(loaded=loaded, plan=plan, solo_enabled=solo_enabled, batch=batch, report=report)
+    return Started(
+        loaded=loaded, plan=plan, solo_enabled=solo_enabled, batch=batch, report=report, group=group
+    )
 
 
 def new_batch_generator(config: WorkerConfig, loaded: Any, plan: PrefillPlan) -> Any:
