@@ -15,6 +15,7 @@ mod faults;
 mod lifetime;
 mod readme;
 mod serving;
+mod shard;
 mod standby;
 
 use mlx_sidecar_testkit as support;
