@@ -102,6 +102,21 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) shard_hostfile: Option<PathBuf>,
 
+    /// First TCP port of the ring (or NCCL's port) when the ranks span hosts [default: 32323].
+    ///
+    /// On loopback the ranks get free ports.
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_SHARD_PORT",
+        value_name = "PORT"
+    )]
+    pub(crate) shard_port: Option<u16>,
+
+    /// The command that starts a rank on another host, as CMD HOST SCRIPT [default: ssh].
+    #[arg(long, global = true, env = "MLX_SIDECAR_SHARD_SSH", value_name = "CMD")]
+    pub(crate) shard_ssh: Option<String>,
+
     /// Seconds the worker may take to load the model and become ready.
     #[arg(
         long,

@@ -59,7 +59,11 @@ fn shard_group(global: &GlobalArgs) -> Option<ShardGroup> {
         (None, Some(ranks)) => ShardGroup::new(ranks),
         (None, None) => return None,
     };
-    Some(group.with_backend(global.shard_backend.into()))
+    Some(ShardGroup {
+        port: global.shard_port,
+        ssh: global.shard_ssh.clone(),
+        ..group.with_backend(global.shard_backend.into())
+    })
 }
 
 /// Waits for the worker's first crash (forever, if it never crashes).

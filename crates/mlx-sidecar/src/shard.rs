@@ -45,6 +45,11 @@ pub struct ShardGroup {
     /// The hosts of the ranks, in the JSON format `mlx.distributed_config` writes; the first
     /// is this machine (rank 0). `None`: every rank on this machine, over loopback.
     pub hostfile: Option<PathBuf>,
+    /// The first TCP port of the ring (or NCCL's port) when the ranks span hosts; `None`:
+    /// the worker's default, 32323 (on loopback, free ports are picked).
+    pub port: Option<u16>,
+    /// The command that runs a rank on another host as `CMD HOST SCRIPT`; `None`: `ssh`.
+    pub ssh: Option<String>,
 }
 
 impl ShardGroup {
@@ -54,6 +59,8 @@ impl ShardGroup {
             ranks: Some(ranks.max(1)),
             backend: ShardBackend::Ring,
             hostfile: None,
+            port: None,
+            ssh: None,
         }
     }
 
@@ -63,6 +70,8 @@ impl ShardGroup {
             ranks: None,
             backend: ShardBackend::Ring,
             hostfile: Some(hostfile.into()),
+            port: None,
+            ssh: None,
         }
     }
 
@@ -75,6 +84,18 @@ impl ShardGroup {
     /// Sets [`ShardGroup::hostfile`].
     pub fn with_hostfile(mut self, hostfile: impl Into<PathBuf>) -> Self {
         self.hostfile = Some(hostfile.into());
+        self
+    }
+
+    /// Sets [`ShardGroup::port`].
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Sets [`ShardGroup::ssh`].
+    pub fn with_ssh(mut self, command: impl Into<String>) -> Self {
+        self.ssh = Some(command.into());
         self
     }
 
@@ -91,6 +112,14 @@ impl ShardGroup {
         if let Some(hostfile) = &self.hostfile {
             args.push("--shard-hostfile".to_owned());
             args.push(hostfile.display().to_string());
+        }
+        if let Some(port) = self.port {
+            args.push("--shard-port".to_owned());
+            args.push(port.to_string());
+        }
+        if let Some(ssh) = &self.ssh {
+            args.push("--shard-ssh".to_owned());
+            args.push(ssh.clone());
         }
         args
     }
@@ -118,8 +147,20 @@ mod tests {
         );
         assert_eq!(ShardGroup::new(0).ranks, Some(1));
         assert_eq!(
-            ShardGroup::from_hostfile("h.json").worker_args(),
-            ["--shard-backend", "ring", "--shard-hostfile", "h.json"]
+            ShardGroup::from_hostfile("h.json")
+                .with_port(40000)
+                .with_ssh("ssh -p 2222")
+                .worker_args(),
+            [
+                "--shard-backend",
+                "ring",
+                "--shard-hostfile",
+                "h.json",
+                "--shard-port",
+                "40000",
+                "--shard-ssh",
+                "ssh -p 2222"
+            ]
         );
     }
 }
