@@ -11,8 +11,9 @@ With the same commands, the same greedy or seeded sampling (rank 0 fixes a seed 
 unseeded request before recording it) and the model's all-reduced logits, which are equal on
 every rank, the decoders make the same decisions and the same model calls.
 
-The broadcast is two ``all_sum``: a header (step flag, payload length) and, when there are
-commands, their pickled bytes, zeros on the followers. The group is our own processes only.
+The broadcast is two ``all_sum`` of int32 (a type every backend sums): a header (step flag,
+payload length) and, when there are commands, their pickled bytes, zeros on the followers.
+The group is our own processes only.
 
 Collective operations must reach the ring in the same order on every rank, so they all run
 on one MLX stream: the ``BatchGenerator``'s ``generation_stream``, which the broadcast uses
@@ -66,7 +67,8 @@ class StepChannel:
         payload = pickle.dumps(commands) if commands else b""
         self._all_sum(mx.array([flags, len(payload)], dtype=mx.int32))
         if payload:
-            self._all_sum(mx.array(np.frombuffer(payload, dtype=np.uint8)))
+            padded = payload + bytes(-len(payload) % 4)
+            self._all_sum(mx.array(np.frombuffer(padded, dtype=np.int32)))
 
     def receive(self) -> tuple[list[tuple[Any, ...]], int]:
         """The other ranks: waits for rank 0's next message; returns (commands, flags)."""
@@ -76,8 +78,8 @@ class StepChannel:
         flags, size = (int(v) for v in self._all_sum(mx.zeros((2,), dtype=mx.int32)).tolist())
         if not size:
             return [], flags
-        payload = np.array(self._all_sum(mx.zeros((size,), dtype=mx.uint8)), copy=False)
-        return pickle.loads(payload.tobytes()), flags  # the group is our own ranks
+        words = np.array(self._all_sum(mx.zeros((-(-size // 4),), dtype=mx.int32)))
+        return pickle.loads(words.tobytes()[:size]), flags  # the group is our own ranks
 
 
 class LeaderDecoder:
