@@ -26,6 +26,10 @@ How the parts fit (``python -m mlx_worker --socket PATH [--model PATH] ...``):
   ``timings``); ``engine.output`` hands each step's output (or, with
   ``--stream-interval-ms``, each interval's) to the event loop in one
   ``call_soon_threadsafe``.
+- ``shard``: with ``--shard-ranks N``, the worker is rank 0 of an ``mx.distributed`` group
+  holding one model tensor-parallel: it starts the other ranks (``shard.follower``) before
+  MLX is imported, dies with any of them, and its decoder broadcasts each step so that they
+  follow (a package; its doc says how its parts fit).
 - ``errors.RequestFailure`` carries a gRPC status code from validation or the engine to the
   handler; ``params`` holds the plain data a handler passes to the engine.
 """

@@ -78,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"refusing the socket path: {e}", extra={"fields": {"socket": str(config.socket_path)}}
         )
         return EXIT_USAGE
+    if config.shard is not None:
+        # Before MLX is imported and on the main thread (see mlx_worker.shard.ranks).
+        from .shard.ranks import start_rank_group
+
+        start_rank_group(
+            config.shard, config.socket_path, list(argv) if argv is not None else sys.argv[1:]
+        )
     # gRPC's C core writes plain-text lines on stderr; keep them to errors, so that stderr
     # stays JSON lines in all but exceptional cases.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

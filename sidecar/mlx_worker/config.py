@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .shard.options import ShardOptions, add_shard_arguments, shard_options
 from .synthetic import SyntheticSpec, parse_spec
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -42,6 +43,8 @@ class WorkerConfig:
     default_max_tokens: int = 256
     # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
     synthetic: SyntheticSpec | None = None
+    # One model over several processes (``--shard-*``; see mlx_worker.shard).
+    shard: ShardOptions | None = None
 
 
 def default_cache_dir() -> Path:
@@ -169,12 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="don't exit when stdin reaches EOF (stdin is only watched when it is a pipe "
         "or a socket, as the supervisor gives; a terminal or /dev/null is never watched)",
     )
+    add_shard_arguments(p)
     return p
 
 
 def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     """Parses the command line (exits with status 2 and a usage message on a bad flag)."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
     return WorkerConfig(
         socket_path=ns.socket,
         model=ns.model,
@@ -190,4 +195,5 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         prefill_step_size=ns.prefill_step_size,
         stdin_watch=not ns.no_stdin_watch,
         synthetic=ns.synthetic_tokens,
+        shard=shard_options(ns, parser),
     )

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mlx_sidecar::ShardBackend;
 use mlx_sidecar::env::Variant;
 
 /// Real MLX inference from the command line: runs a supervised Python worker (MLX, mlx-lm)
@@ -75,6 +76,47 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, env = "MLX_SIDECAR_STANDBY")]
     pub(crate) standby: bool,
 
+    /// Split the model over N worker processes with mx.distributed (tensor parallel).
+    ///
+    /// The worker is rank 0 and starts the others; the group lives, dies and restarts as one
+    /// worker. The model's attention and key/value head counts must divide by N (the default
+    /// model's 9 and 3: N = 3). See the README's "One model over several processes".
+    #[arg(long, global = true, env = "MLX_SIDECAR_SHARD_RANKS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) shard_ranks: Option<u32>,
+
+    /// The mx.distributed backend of a sharded model.
+    #[arg(long, global = true, env = "MLX_SIDECAR_SHARD_BACKEND", value_enum,
+          default_value_t = ShardBackendArg::Ring)]
+    pub(crate) shard_backend: ShardBackendArg,
+
+    /// The hosts of a sharded model's ranks, in mlx.distributed_config's JSON format.
+    ///
+    /// The first host is this one (rank 0); the others are started over ssh. Sets the number
+    /// of ranks (--shard-ranks, if given, must match).
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_SHARD_HOSTFILE",
+        value_name = "FILE"
+    )]
+    pub(crate) shard_hostfile: Option<PathBuf>,
+
+    /// First TCP port of the ring (or NCCL's port) when the ranks span hosts [default: 32323].
+    ///
+    /// On loopback the ranks get free ports.
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_SHARD_PORT",
+        value_name = "PORT"
+    )]
+    pub(crate) shard_port: Option<u16>,
+
+    /// The command that starts a rank on another host, as CMD HOST SCRIPT [default: ssh].
+    #[arg(long, global = true, env = "MLX_SIDECAR_SHARD_SSH", value_name = "CMD")]
+    pub(crate) shard_ssh: Option<String>,
+
     /// Seconds the worker may take to load the model and become ready.
     #[arg(
         long,
@@ -112,6 +154,24 @@ impl From<VariantArg> for Variant {
             VariantArg::Metal => Variant::Metal,
             VariantArg::Cuda12 => Variant::Cuda12,
             VariantArg::Cuda13 => Variant::Cuda13,
+        }
+    }
+}
+
+/// The mx.distributed backends a sharded model can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShardBackendArg {
+    /// TCP between the ranks (CPU or any device; loopback on one host).
+    Ring,
+    /// NCCL between CUDA GPUs, one per rank.
+    Nccl,
+}
+
+impl From<ShardBackendArg> for ShardBackend {
+    fn from(b: ShardBackendArg) -> Self {
+        match b {
+            ShardBackendArg::Ring => ShardBackend::Ring,
+            ShardBackendArg::Nccl => ShardBackend::Nccl,
         }
     }
 }

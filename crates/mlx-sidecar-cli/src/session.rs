@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use mlx_sidecar::env::{self, EnvOptions, PythonEnv};
 use mlx_sidecar::{Client, Endpoint, HealthStatus};
-use mlx_sidecar::{Supervisor, SupervisorConfig, WorkerCommand};
+use mlx_sidecar::{ShardGroup, Supervisor, SupervisorConfig, WorkerCommand};
 
 use mlx_sidecar::LifecycleEvent;
 use tokio::sync::broadcast;
@@ -40,10 +40,30 @@ pub(crate) fn worker_command(env: &PythonEnv, global: &GlobalArgs) -> WorkerComm
     if let Some(cache) = &global.cache_dir {
         worker = worker.with_args(["--cache-dir".to_owned(), cache.display().to_string()]);
     }
+    if let Some(group) = shard_group(global) {
+        worker = worker.with_shard(group);
+    }
     // Info at least: the "listening" and "startup" messages tell the supervisor the worker is
     // up and feed the start-up spinner; what is shown is filtered on this side.
     let level = if global.verbose >= 2 { "debug" } else { "info" };
     worker.with_args(["--log-level", level])
+}
+
+/// The sharding the global arguments ask for, if any.
+fn shard_group(global: &GlobalArgs) -> Option<ShardGroup> {
+    let group = match (&global.shard_hostfile, global.shard_ranks) {
+        (Some(hostfile), ranks) => ShardGroup {
+            ranks,
+            ..ShardGroup::from_hostfile(hostfile)
+        },
+        (None, Some(ranks)) => ShardGroup::new(ranks),
+        (None, None) => return None,
+    };
+    Some(ShardGroup {
+        port: global.shard_port,
+        ssh: global.shard_ssh.clone(),
+        ..group.with_backend(global.shard_backend.into())
+    })
 }
 
 /// Waits for the worker's first crash (forever, if it never crashes).

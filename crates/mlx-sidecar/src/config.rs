@@ -7,6 +7,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::shard::ShardGroup;
+
 /// How to start the worker: `python -m mlx_worker --socket SOCK [--model MODEL] EXTRA_ARGS`
 /// with `PYTHONPATH=worker_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub struct WorkerCommand {
     /// cleared down to `PATH`, `HOME`, `LANG`, `TMPDIR`, `XDG_CACHE_HOME` and
     /// `MLX_SIDECAR_CACHE_DIR` (those that are set).
     pub env: Vec<(String, String)>,
+    /// Split the model over several processes (`None`: one process holds it).
+    pub shard: Option<ShardGroup>,
 }
 
 impl WorkerCommand {
@@ -35,6 +39,7 @@ impl WorkerCommand {
             model: None,
             extra_args: Vec::new(),
             env: Vec::new(),
+            shard: None,
         }
     }
 
@@ -51,6 +56,12 @@ impl WorkerCommand {
         S: Into<String>,
     {
         self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the model sharded over a group of worker processes (see [`ShardGroup`]).
+    pub fn with_shard(mut self, group: ShardGroup) -> Self {
+        self.shard = Some(group);
         self
     }
 

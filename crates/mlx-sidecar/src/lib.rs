@@ -33,6 +33,10 @@
 //! on a second socket; when the active worker dies, *crashed* promotes it instead of
 //! starting a new one (no start-up, no backoff), and a new standby follows.
 //!
+//! With [`WorkerCommand::with_shard`], the worker is rank 0 of a [`ShardGroup`]: one model
+//! split over several processes by `mx.distributed`, which rank 0 starts as its children and
+//! dies with, so the supervisor watches, probes and restarts the group as one worker.
+//!
 //! Each change is broadcast as a [`LifecycleEvent`] and logged with `tracing`. The
 //! worker's own JSON log lines on stderr are re-emitted as `tracing` events (target
 //! `mlx_worker`), and the last ones are kept for error reports.
@@ -60,7 +64,8 @@
 //! - `worker/`: what client and supervisor share ([`WorkerState`] and the view behind it,
 //!   the transport, the health check);
 //! - [`env`](mod@env): the managed Python environment the worker runs in;
-//! - `config`: [`SupervisorConfig`], [`WorkerCommand`], [`RestartPolicy`]; `error`: [`Error`].
+//! - `config`: [`SupervisorConfig`], [`WorkerCommand`], [`RestartPolicy`]; `shard`:
+//!   [`ShardGroup`]; `error`: [`Error`].
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), mlx_sidecar::Error> {
@@ -84,6 +89,7 @@ mod config;
 pub mod daemon;
 pub mod env;
 mod error;
+mod shard;
 mod supervisor;
 mod worker;
 
@@ -95,5 +101,6 @@ pub use client::{
 };
 pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
+pub use shard::{ShardBackend, ShardGroup};
 pub use supervisor::{LifecycleEvent, ReplicaMonitor, ReplicaStatus, StartupTimes, Supervisor};
 pub use worker::{ExitStatusInfo, WorkerState};

@@ -97,6 +97,9 @@ class Decoder:
 
     # ---- stepping --------------------------------------------------------------------
 
+    def idle(self) -> None:
+        """The engine woke with nothing to do (a sharded group's rank 0 ticks the others)."""
+
     def step(self) -> None:
         """One step: a token of the solo sequence, or a step of the batch."""
         if self._solo is not None:  # then it is the only request (it leaves when another comes)

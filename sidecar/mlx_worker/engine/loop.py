@@ -111,6 +111,10 @@ class Engine:
             self._output.post(self._on_failed, e)
             return
         self._decoder = Decoder(self._config, started, self._output)
+        if started.group is not None:  # rank 0 of a sharded model: the others follow its steps
+            from ..shard.steps import LeaderDecoder, StepChannel
+
+            self._decoder = LeaderDecoder(self._decoder, StepChannel(started.group))  # type: ignore[assignment]
         self.heartbeat = time.monotonic()
         self._output.post(self._on_ready, started.loaded, started.report)
         try:
@@ -137,6 +141,8 @@ class Engine:
                 if not self._take_commands(decoder, command, gathering):
                     output.hand_off()
                     return
+            elif idle:
+                decoder.idle()
             if decoder.running:
                 running = decoder.running
                 self._step(decoder)

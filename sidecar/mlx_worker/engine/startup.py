@@ -102,6 +102,7 @@ class Started:
     batch: Any  # the warmed-up BatchGenerator (or its synthetic stand-in)
     report: StartupReport
     resume_method: str = "prefill"  # how continuations start (engine/continuation.py)
+    group: Any = None  # the mx.distributed group of a sharded model (mlx_worker.shard)
 
 
 def start_up(config: WorkerConfig, faults: Faults) -> Started:
@@ -127,11 +128,22 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
 
     on_gpu = mx.default_device().type == mx.gpu
     plan = prefill_plan(config, on_gpu=on_gpu)
-    solo_enabled = config.synthetic is None and config.solo == "on"
+    # A sharded model runs every request in the BatchGenerator (see mlx_worker.shard.steps).
+    sharded = config.shard is not None and config.shard.ranks > 1
+    solo_enabled = config.synthetic is None and config.solo == "on" and not sharded
+    group = None
+    if sharded:
+        from ..shard.group import join_group
+
+        group = join_group(config.shard)
     t2 = now()
     if faults.load_error:
         raise RuntimeError("fault injection: load_error")
     loaded = load_model(config.model, cache_dir=config.cache_dir, dequantize=config.dequantize)
+    if group is not None:
+        from ..shard.group import shard_model
+
+        shard_model(loaded, group)
     t3 = now()
     batch = new_batch_generator(config, loaded, plan)
     _warm_up(config, loaded, plan, batch, solo_enabled)
@@ -148,6 +160,7 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
         batch=batch,
         report=report,
         resume_method=resume_method(on_gpu, synthetic=config.synthetic is not None),
+        group=group,
     )
 
 

@@ -59,6 +59,9 @@ pub(crate) fn build(worker: &WorkerCommand, socket: &std::path::Path) -> Command
     if let Some(model) = &worker.model {
         cmd.arg("--model").arg(model);
     }
+    if let Some(group) = &worker.shard {
+        cmd.args(group.worker_args());
+    }
     cmd.args(&worker.extra_args);
 
     cmd.env_clear();

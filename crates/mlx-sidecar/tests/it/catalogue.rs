@@ -23,6 +23,7 @@
 //! | 17 | worker killed under concurrent load     | CLI `catalogue::fault_17_kills_under_load_lose_nothing` (the `chaos` command), `catalogue_requests::fault_17_queued_request_is_retried_on_the_new_worker` |
 //! | 18 | out of memory, disk full in conversion  | `catalogue_process::fault_18_disk_full_and_out_of_memory_back_off`, `catalogue_process::fault_18_failed_load_is_reported_with_its_cause` |
 //! | 19 | fuzzed protobuf input                   | `catalogue_requests::fault_19_fuzzed_requests_never_hurt_the_worker`, `fuzz/` |
+//! | 28 | one rank of a sharded group dies/hangs  | `shard::killing_a_rank_restarts_the_whole_group`, `shard::a_hung_rank_turns_health_and_the_group_is_restarted` (rank 0 killed: `sidecar/tests/test_shard.py`) |
 //!
 //! The faults provoked through the `mlx-sidecar` binary (9, 17 and the other `chaos` kinds)
 //! are tested in `crates/mlx-sidecar-cli/tests/it/catalogue.rs`. What these tests share, a raw

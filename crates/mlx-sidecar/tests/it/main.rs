@@ -18,6 +18,7 @@ mod readme;
 mod replicas;
 mod resume;
 mod serving;
+mod shard;
 mod standby;
 
 use mlx_sidecar_testkit as support;
