@@ -42,6 +42,8 @@ class WorkerConfig:
     default_max_tokens: int = 256
     # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
     synthetic: SyntheticSpec | None = None
+    # ``--test-model``: serve the tiny random-weight model (see testing.served_model).
+    test_model: bool = False
 
 
 def default_cache_dir() -> Path:
@@ -94,8 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="Unix socket path to bind; its directory must not be writable by group or others",
     )
-    p.add_argument(
+    which_model = p.add_mutually_exclusive_group()
+    which_model.add_argument(
         "--model", default=None, help="model directory or GGUF file (default: SmolLM2-135M)"
+    )
+    which_model.add_argument(
+        "--test-model",
+        action="store_true",
+        help="serve a tiny model with random weights (gibberish text, loads in a fraction of a "
+        "second) for the tests of programs built on the worker; written once into the cache",
     )
     p.add_argument(
         "--cache-dir",
@@ -190,4 +199,5 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         prefill_step_size=ns.prefill_step_size,
         stdin_watch=not ns.no_stdin_watch,
         synthetic=ns.synthetic_tokens,
+        test_model=ns.test_model,
     )

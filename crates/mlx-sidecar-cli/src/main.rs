@@ -5,8 +5,8 @@
 //! - `session`: the Python environment (via the library's `env` module) and a supervised,
 //!   ready worker for `generate` and `chat`.
 //! - `session`: also decides whether `generate` and `chat` use a running daemon.
-//! - `serve`, `status`, `generate`, `chat`, `doctor`, `setup`, `chaos`, `bench`: one module
-//!   per command (`serve` runs the `mlx_sidecar_server` daemon).
+//! - `serve`, `status`, `generate`, `chat`, `doctor`, `setup`, `models`, `chaos`, `bench`:
+//!   one module per command (`serve` runs the `mlx_sidecar_server` daemon).
 //! - `request`: sampling options → request; worker field errors → options.
 //! - `stream`: printing a token stream (text or JSON lines) and Ctrl-C cancellation.
 //! - `progress`: spinners (or plain lines) on stderr; `logging`: tracing setup.
@@ -20,6 +20,7 @@ mod doctor;
 mod exit;
 mod generate;
 mod logging;
+mod models;
 mod progress;
 mod request;
 mod serve;
@@ -72,6 +73,7 @@ async fn run(cli: &Cli, progress: &StderrProgress) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => chat::run(&cli.global, args, progress).await,
         Command::Doctor(args) => doctor::run(&cli.global, args).await,
         Command::Setup(args) => setup::run(&cli.global, args, progress).await,
+        Command::Models(args) => models::run(&cli.global, args),
         Command::Chaos(args) => chaos::run(&cli.global, args, progress).await,
         Command::Bench(args) => bench::run(&cli.global, args, progress).await,
     }

@@ -37,6 +37,9 @@ pub(crate) fn worker_command(env: &PythonEnv, global: &GlobalArgs) -> WorkerComm
     if let Some(model) = &global.model {
         worker = worker.with_model(model);
     }
+    if global.test_model {
+        worker = worker.with_test_model();
+    }
     if let Some(cache) = &global.cache_dir {
         worker = worker.with_args(["--cache-dir".to_owned(), cache.display().to_string()]);
     }
@@ -131,7 +134,7 @@ impl Session {
     /// Connects to a daemon or starts an own worker. `--no-daemon` starts an own worker;
     /// `--connect` (or `MLX_SIDECAR_CONNECT`) must reach a daemon, else it is an error;
     /// otherwise a daemon that answers `SERVING` on the default socket within 200 ms is used,
-    /// unless `--model` asks for a model of this process's own.
+    /// unless `--model` or `--test-model` asks for a model of this process's own.
     pub(crate) async fn start(
         global: &GlobalArgs,
         daemon: &DaemonArgs,
@@ -153,7 +156,7 @@ impl Session {
             tracing::info!(%endpoint, "using the daemon");
             return Ok(Session::Daemon(client));
         }
-        if global.model.is_none() {
+        if global.model.is_none() && !global.test_model {
             if let Some(client) = probe_default_daemon().await {
                 return Ok(Session::Daemon(client));
             }

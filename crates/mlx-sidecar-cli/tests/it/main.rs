@@ -6,5 +6,7 @@ mod bench;
 mod catalogue;
 mod cli;
 mod daemon;
+mod models;
+mod test_model;
 
 use mlx_sidecar_testkit as support;
