@@ -10,7 +10,8 @@
 //! - `request`: sampling options → request; worker field errors → options.
 //! - `stream`: printing a token stream (text or JSON lines) and Ctrl-C cancellation.
 //! - `progress`: spinners (or plain lines) on stderr; `logging`: tracing setup.
-//! - `exit`: exit codes (0, 1, 2 bad arguments, 130 interrupted) and error printing.
+//! - `exit`: exit codes (0, 1, 2 bad arguments, 130 interrupted) and error printing;
+//!   `explain`: errors in the user's terms, the technical detail kept for `-v`.
 
 mod args;
 mod bench;
@@ -18,6 +19,7 @@ mod chaos;
 mod chat;
 mod doctor;
 mod exit;
+mod explain;
 mod generate;
 mod logging;
 mod models;
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     logging::init(cli.global.verbose, format, progress.clone());
+    explain::set_verbose(cli.global.verbose > 0);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

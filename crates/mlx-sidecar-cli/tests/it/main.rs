@@ -6,6 +6,7 @@ mod bench;
 mod catalogue;
 mod cli;
 mod daemon;
+mod errors;
 mod models;
 mod test_model;
 

@@ -41,10 +41,20 @@ fn named<'a>(list: &'a [Value], source: &Path) -> &'a Value {
         .unwrap_or_else(|| panic!("no model from {}: {list:?}", source.display()))
 }
 
+/// A `serve` process, killed when dropped.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `serve` of `model` on a socket in `dir`, once its worker is ready.
-fn serve(cache: &Path, model: &Path, dir: &Path) -> Child {
+fn serve(cache: &Path, model: &Path, dir: &Path) -> Serving {
     let socket = dir.join("d.sock");
-    let mut child = cli(cache)
+    let child = cli(cache)
         .arg("--model")
         .arg(model)
         .arg("serve")
@@ -56,6 +66,7 @@ fn serve(cache: &Path, model: &Path, dir: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
+    let serving = Serving(child);
     let until = Instant::now() + DEADLINE;
     loop {
         let out = Cli::new()
@@ -65,13 +76,13 @@ fn serve(cache: &Path, model: &Path, dir: &Path) -> Child {
         if out.status.success() {
             let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
             if status["worker_state"] == "ready" {
-                return child;
+                return serving;
             }
         }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("the daemon's worker never got ready");
-        }
+        assert!(
+            Instant::now() < until,
+            "the daemon's worker never got ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -116,7 +127,7 @@ fn models_lists_prunes_and_removes_but_never_one_in_use() {
         text(&human.stdout)
     );
 
-    let mut daemon = serve(&cache, &served, dir.path());
+    let daemon = serve(&cache, &served, dir.path());
     assert_eq!(named(&models(&cache), &served)["in_use"], true);
     let refused = cli(&cache).args(["models", "rm", &served_name]).run();
     assert_eq!(refused.status.code(), Some(1));
@@ -136,8 +147,7 @@ fn models_lists_prunes_and_removes_but_never_one_in_use() {
     assert_eq!(left.len(), 1);
     named(&left, &served);
 
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     // The daemon's worker dies with it (its stdin closes); its lock goes with the process.
     let until = Instant::now() + DEADLINE;
     while named(&models(&cache), &served)["in_use"] == true {
