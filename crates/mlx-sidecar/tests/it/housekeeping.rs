@@ -31,6 +31,11 @@ async fn other_versions_sources_are_pruned_unless_a_worker_runs_from_them() {
         .with_root(&root);
     let current = env::ensure(&opts, &NoProgress).await.expect("ensure");
     assert!(current.worker_dir.join(".in-use").is_file());
+    // The extracted source has the test model (the managed environment's workers serve it).
+    for file in ["served_model.py", "tiny_model.py"] {
+        let path = current.worker_dir.join("mlx_worker/testing").join(file);
+        assert!(path.is_file(), "{}", path.display());
+    }
 
     // Another version's source (marked, as this version extracts them) and one of a version
     // that did not mark its use.
