@@ -28,6 +28,7 @@ from collections.abc import Sequence  # noqa: E402
 
 from .config import WorkerConfig, parse_args  # noqa: E402
 from .faults import Faults, load_faults  # noqa: E402
+from .in_use import hold_worker_source  # noqa: E402
 from .logging_json import setup_logging  # noqa: E402
 from .socket_guard import SocketPathError, check_socket_path  # noqa: E402
 
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core writes plain-text lines on stderr; keep them to errors, so that stderr
     # stays JSON lines in all but exceptional cases.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    hold_worker_source()
     return asyncio.run(_serve(config, faults, process_start_time()))
 
 

@@ -45,6 +45,8 @@ class WorkerConfig:
     synthetic: SyntheticSpec | None = None
     # One model over several processes (``--shard-*``; see mlx_worker.shard).
     shard: ShardOptions | None = None
+    # ``--test-model``: serve the tiny random-weight model (see testing.served_model).
+    test_model: bool = False
 
 
 def default_cache_dir() -> Path:
@@ -97,8 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="Unix socket path to bind; its directory must not be writable by group or others",
     )
-    p.add_argument(
+    which_model = p.add_mutually_exclusive_group()
+    which_model.add_argument(
         "--model", default=None, help="model directory or GGUF file (default: SmolLM2-135M)"
+    )
+    which_model.add_argument(
+        "--test-model",
+        action="store_true",
+        help="serve a tiny model with random weights (gibberish text, loads in a fraction of a "
+        "second) for the tests of programs built on the worker; written once into the cache",
     )
     p.add_argument(
         "--cache-dir",
@@ -196,4 +205,5 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         stdin_watch=not ns.no_stdin_watch,
         synthetic=ns.synthetic_tokens,
         shard=shard_options(ns, parser),
+        test_model=ns.test_model,
     )

@@ -52,6 +52,14 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, env = "MLX_SIDECAR_MODEL", value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
 
+    /// Serve the worker's test model: tiny, random weights, gibberish text, loads at once.
+    ///
+    /// For trying the commands and for the tests of programs built on mlx-sidecar: the real
+    /// worker and the whole contract (streaming, stop strings, logprobs, tokenize) without a
+    /// real model. Written once into the cache directory (<cache>/test-model).
+    #[arg(long, global = true, conflicts_with = "model")]
+    pub(crate) test_model: bool,
+
     /// Where the worker keeps converted models [default: ~/.cache/mlx-sidecar].
     ///
     /// The default is $XDG_CACHE_HOME/mlx-sidecar, or ~/.cache/mlx-sidecar.
@@ -198,6 +206,12 @@ pub(crate) enum Command {
     Doctor(DoctorArgs),
     /// Create or repair the managed Python environment now, and print where it is.
     Setup(SetupArgs),
+    /// List the converted models in the cache (source, size, last use); remove unused ones.
+    ///
+    /// The worker converts a GGUF file once into <cache>/models and reuses the copy. `models`
+    /// lists the copies, `models rm NAME` removes one, `models prune` removes every one that
+    /// no running worker uses (one in use is never removed).
+    Models(ModelsArgs),
     /// Run a load while killing, stopping and breaking the worker; report what was lost.
     ///
     /// Runs a load against a supervised worker while killing, stopping and breaking it on a
@@ -424,6 +438,32 @@ pub(crate) struct ServeArgs {
     /// An option for the worker, e.g. --worker-arg=--max-batch=64; repeatable.
     #[arg(long = "worker-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub(crate) worker_args: Vec<String>,
+}
+
+/// `models`.
+#[derive(Debug, Args)]
+pub(crate) struct ModelsArgs {
+    /// What to do [default: list].
+    #[command(subcommand)]
+    pub(crate) action: Option<ModelsAction>,
+
+    /// Print the result as JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The `models` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelsAction {
+    /// List the converted models, most recently used first.
+    List,
+    /// Remove one converted model (by its NAME in the list); refused while a worker uses it.
+    Rm {
+        /// The model's name, as `mlx-sidecar models` lists it.
+        name: String,
+    },
+    /// Remove every converted model no running worker uses.
+    Prune,
 }
 
 /// `status`.

@@ -16,6 +16,7 @@ use rustyline::error::ReadlineError;
 
 use super::args::{ChatArgs, GlobalArgs};
 use super::exit::{INTERRUPTED, StdoutClosed};
+use super::explain;
 use super::progress::StderrProgress;
 use super::request;
 use super::session::Session;
@@ -134,10 +135,11 @@ async fn converse(
                 history.pop();
                 eprintln!("(reply stopped)");
             }
-            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) if is_fatal(&e) => return Err(session.explain(e).await),
             Err(e) => {
+                let e = session.explain(e).await;
                 history.pop();
-                eprintln!("mlx-sidecar: error: {e:#}");
+                eprintln!("mlx-sidecar: error: {}", explain::describe_now(&e));
                 if code_of(&e) == Some(tonic::Code::ResourceExhausted) {
                     eprintln!("(the conversation may be too long for the model: try /reset)");
                 }

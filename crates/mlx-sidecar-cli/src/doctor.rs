@@ -14,7 +14,10 @@ use anyhow::Context;
 use mlx_sidecar::env::{self, CheckStatus, DoctorCheck, DoctorOptions, EnvError, EnvOptions};
 use serde::Serialize;
 
+use mlx_sidecar::cache;
+
 use super::args::{DoctorArgs, GlobalArgs};
+use super::models::{self, human_bytes};
 use super::session::env_options;
 
 /// The fix for MLX or the worker's packages missing from an interpreter given with --python.
@@ -89,6 +92,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: &DoctorArgs) -> anyhow::Resul
             ));
         }
     }
+    checks.push(check_cache(global, &opts));
     checks.push(check_socket_dir(global.socket_dir.as_deref()));
 
     let failed = checks.iter().any(|c| c.status == CheckStatus::Fail);
@@ -251,6 +255,42 @@ async fn check_environment(opts: &EnvOptions, checks: &mut Vec<Check>) -> EnvSta
             EnvState::found(py)
         }
     }
+}
+
+/// What the cache directory takes on disk: the converted models and (when it is elsewhere)
+/// the managed environment.
+fn check_cache(global: &GlobalArgs, opts: &EnvOptions) -> Check {
+    let dir = match models::cache_dir(global) {
+        Ok(dir) => dir,
+        Err(e) => {
+            return Check::warn(
+                "cache",
+                format!("{e:#}"),
+                "set MLX_SIDECAR_CACHE_DIR or --cache-dir",
+            );
+        }
+    };
+    let count = cache::list_models(&dir).map(|m| m.len()).unwrap_or(0);
+    let models = cache::disk_usage(&dir.join("models"));
+    let mut message = format!(
+        "{}: {} ({count} converted models: {}",
+        dir.display(),
+        human_bytes(cache::disk_usage(&dir)),
+        human_bytes(models)
+    );
+    if let Ok(root) = opts.resolved_root() {
+        let inside = root.starts_with(&dir);
+        message.push_str(&format!(
+            "; Python environment{}: {}",
+            if inside { "" } else { " elsewhere" },
+            human_bytes(cache::disk_usage(&root))
+        ));
+    }
+    message.push(')');
+    if count > 0 {
+        message.push_str("; `mlx-sidecar models prune` removes the unused models");
+    }
+    Check::ok("cache", message)
 }
 
 /// Adds the worker's own checks of `py` (MLX, packages, CPU BLAS, model). Its `python` check

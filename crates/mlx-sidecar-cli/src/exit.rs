@@ -47,7 +47,7 @@ pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
             }
         }
     }
-    eprintln!("mlx-sidecar: error: {err:#}");
+    eprintln!("mlx-sidecar: error: {}", super::explain::describe_now(err));
     if let Some(option) = hint {
         eprintln!("mlx-sidecar: check the value of {option}");
     }

@@ -51,7 +51,10 @@ pub(crate) async fn run(
         session = Session::start(global, &args.daemon, progress) => session?,
         () = interrupts.next() => return Ok(ExitCode::from(INTERRUPTED)),
     };
-    let result = generate(&session, req, format, &mut interrupts).await;
+    let result = match generate(&session, req, format, &mut interrupts).await {
+        Err(e) => Err(session.explain(e).await),
+        ok => ok,
+    };
     session.shutdown(&mut interrupts).await;
     match result? {
         Ended::Finished { finished, .. } => {

@@ -5,12 +5,13 @@
 //! - `session`: the Python environment (via the library's `env` module) and a supervised,
 //!   ready worker for `generate` and `chat`.
 //! - `session`: also decides whether `generate` and `chat` use a running daemon.
-//! - `serve`, `status`, `generate`, `chat`, `doctor`, `setup`, `chaos`, `bench`: one module
-//!   per command (`serve` runs the `mlx_sidecar_server` daemon).
+//! - `serve`, `status`, `generate`, `chat`, `doctor`, `setup`, `models`, `chaos`, `bench`:
+//!   one module per command (`serve` runs the `mlx_sidecar_server` daemon).
 //! - `request`: sampling options → request; worker field errors → options.
 //! - `stream`: printing a token stream (text or JSON lines) and Ctrl-C cancellation.
 //! - `progress`: spinners (or plain lines) on stderr; `logging`: tracing setup.
-//! - `exit`: exit codes (0, 1, 2 bad arguments, 130 interrupted) and error printing.
+//! - `exit`: exit codes (0, 1, 2 bad arguments, 130 interrupted) and error printing;
+//!   `explain`: errors in the user's terms, the technical detail kept for `-v`.
 
 mod args;
 mod bench;
@@ -18,8 +19,10 @@ mod chaos;
 mod chat;
 mod doctor;
 mod exit;
+mod explain;
 mod generate;
 mod logging;
+mod models;
 mod progress;
 mod request;
 mod serve;
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     logging::init(cli.global.verbose, format, progress.clone());
+    explain::set_verbose(cli.global.verbose > 0);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,6 +76,7 @@ async fn run(cli: &Cli, progress: &StderrProgress) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => chat::run(&cli.global, args, progress).await,
         Command::Doctor(args) => doctor::run(&cli.global, args).await,
         Command::Setup(args) => setup::run(&cli.global, args, progress).await,
+        Command::Models(args) => models::run(&cli.global, args),
         Command::Chaos(args) => chaos::run(&cli.global, args, progress).await,
         Command::Bench(args) => bench::run(&cli.global, args, progress).await,
     }

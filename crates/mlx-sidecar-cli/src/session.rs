@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use super::args::{DaemonArgs, GlobalArgs};
 use super::exit::UsageError;
+use super::explain;
 use super::logging;
 use super::progress::StderrProgress;
 use super::stream::Interrupts;
@@ -36,6 +37,9 @@ pub(crate) fn worker_command(env: &PythonEnv, global: &GlobalArgs) -> WorkerComm
     let mut worker = WorkerCommand::new(&env.python, &env.worker_dir);
     if let Some(model) = &global.model {
         worker = worker.with_model(model);
+    }
+    if global.test_model {
+        worker = worker.with_test_model();
     }
     if let Some(cache) = &global.cache_dir {
         worker = worker.with_args(["--cache-dir".to_owned(), cache.display().to_string()]);
@@ -85,12 +89,16 @@ async fn first_crash(
 
 fn startup_crash(status: String) -> anyhow::Error {
     let detail = logging::last_worker_problem()
-        .map(|p| format!(": {p}"))
+        .map(|p| format!(": {}", explain::worker_problem(&p)))
         .unwrap_or_default();
     anyhow::anyhow!(
         "the worker exited while starting ({status}){detail}\n(run with -v to see its log)"
     )
 }
+
+/// How long a failed request waits to learn how a worker died, or whether the daemon is
+/// still there.
+const DEATH_NOTICE: Duration = Duration::from_secs(2);
 
 /// How long `generate` and `chat` wait for a daemon on the default socket before starting
 /// their own worker.
@@ -151,7 +159,7 @@ impl Session {
     /// Connects to a daemon or starts an own worker. `--no-daemon` starts an own worker;
     /// `--connect` (or `MLX_SIDECAR_CONNECT`) must reach a daemon, else it is an error;
     /// otherwise a daemon that answers `SERVING` on the default socket within 200 ms is used,
-    /// unless `--model` asks for a model of this process's own.
+    /// unless `--model` or `--test-model` asks for a model of this process's own.
     pub(crate) async fn start(
         global: &GlobalArgs,
         daemon: &DaemonArgs,
@@ -166,14 +174,14 @@ impl Session {
                 .map_err(|e| UsageError(format!("--connect {address}: {e}")))?;
             let mut client = Client::connect(endpoint.clone())
                 .await
-                .with_context(|| no_daemon(&endpoint))?;
+                .map_err(|e| no_daemon_error(&endpoint, e))?;
             if let Some(file) = &daemon.api_key_file {
                 client = client.with_api_key(&read_api_key(file)?)?;
             }
             tracing::info!(%endpoint, "using the daemon");
             return Ok(Session::Daemon(client));
         }
-        if global.model.is_none() {
+        if global.model.is_none() && !global.test_model {
             if let Some(client) = probe_default_daemon().await {
                 return Ok(Session::Daemon(client));
             }
@@ -189,6 +197,58 @@ impl Session {
         }
     }
 
+    /// Says what happened when a request failed, where that needs a look at the processes:
+    /// a worker (own, or the daemon's) that died mid-answer, or a daemon that went away.
+    /// Other errors are returned as they are (see `explain` for their wording).
+    pub(crate) async fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        let Some(lib) = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<mlx_sidecar::Error>())
+        else {
+            return err;
+        };
+        let tokens = match lib {
+            mlx_sidecar::Error::WorkerDied {
+                tokens_received, ..
+            } => *tokens_received,
+            mlx_sidecar::Error::Rpc {
+                code: tonic::Code::Unknown | tonic::Code::Internal,
+                message,
+            } if matches!(self, Session::Daemon(_)) && message.contains("error reading") => 0,
+            _ => return err,
+        };
+        let message = match self {
+            Session::Own(own) => {
+                let who = match own.exit_status(DEATH_NOTICE).await {
+                    Some(s) if s.code.is_some() => format!("the worker process exited ({s})"),
+                    Some(s) => format!("the worker process was {s}"),
+                    None => "the worker process died".to_owned(),
+                };
+                format!(
+                    "{}; a new one starts for the next request",
+                    explain::cut_short(&who, tokens)
+                )
+            }
+            Session::Daemon(client) => {
+                let probe = client.clone().with_timeout(DEATH_NOTICE);
+                match probe.daemon_status().await {
+                    Ok(_) => format!(
+                        "{}; the daemon starts a new one (`mlx-sidecar status` shows it)",
+                        explain::cut_short("the daemon's worker process died", tokens)
+                    ),
+                    Err(_) => format!(
+                        "{}; start it again with `mlx-sidecar serve`",
+                        explain::cut_short(
+                            "the daemon stopped answering (it exited or was killed)",
+                            tokens
+                        )
+                    ),
+                }
+            }
+        };
+        explain::plain(err, message)
+    }
+
     /// Stops an own worker (see [`OwnWorker::shutdown`]); leaves a daemon alone.
     pub(crate) async fn shutdown(self, interrupts: &mut Interrupts) {
         match self {
@@ -198,13 +258,24 @@ impl Session {
     }
 }
 
-/// The error message when no daemon answers on `endpoint` (a socket shown as its path).
-pub(crate) fn no_daemon(endpoint: &Endpoint) -> String {
+/// The error when no daemon answers on `endpoint` (a socket shown as its path), or, when
+/// one answers but refuses the API key, that.
+pub(crate) fn no_daemon_error(endpoint: &Endpoint, err: mlx_sidecar::Error) -> anyhow::Error {
+    if matches!(
+        err.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    ) {
+        return anyhow::Error::new(err);
+    }
     let shown = match endpoint {
         Endpoint::Unix(path) => path.display().to_string(),
         Endpoint::Tcp { .. } => endpoint.to_string(),
     };
-    format!("no daemon answers on {shown}; start one with `mlx-sidecar serve`")
+    let reason = explain::short_reason(&err.to_string());
+    explain::plain(
+        err,
+        format!("no daemon answers on {shown} ({reason}); start one with `mlx-sidecar serve`"),
+    )
 }
 
 /// A client of the daemon on the default socket, if one answers `SERVING` in time.
@@ -266,6 +337,21 @@ impl OwnWorker {
         );
         let client = supervisor.client();
         Ok(OwnWorker { supervisor, client })
+    }
+
+    /// How the last worker process ended, waiting up to `wait` for the supervisor to notice
+    /// (a broken stream can come a moment before the exit).
+    async fn exit_status(&self, wait: Duration) -> Option<mlx_sidecar::ExitStatusInfo> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.supervisor.last_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops the worker gracefully (it drains, then exits); errors are logged, not returned.

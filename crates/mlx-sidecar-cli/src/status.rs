@@ -4,12 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use mlx_sidecar::{Client, DaemonStatus, Endpoint};
 
 use super::args::StatusArgs;
 use super::exit::UsageError;
-use super::session::{no_daemon, read_api_key};
+use super::session::{no_daemon_error, read_api_key};
 
 /// How long the daemon has to answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,15 +21,17 @@ pub(crate) async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| UsageError(format!("--connect {address}: {e}")))?,
         None => Endpoint::default_daemon(),
     };
-    let no_daemon = || no_daemon(&endpoint);
     let mut client = Client::connect(endpoint.clone())
         .await
-        .with_context(no_daemon)?
+        .map_err(|e| no_daemon_error(&endpoint, e))?
         .with_timeout(STATUS_TIMEOUT);
     if let Some(file) = &args.api_key_file {
         client = client.with_api_key(&read_api_key(file)?)?;
     }
-    let status = client.daemon_status().await.with_context(no_daemon)?;
+    let status = client
+        .daemon_status()
+        .await
+        .map_err(|e| no_daemon_error(&endpoint, e))?;
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
     } else {

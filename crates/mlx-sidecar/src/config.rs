@@ -9,6 +9,9 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::shard::ShardGroup;
 
+/// The worker's flag for its test model.
+const TEST_MODEL_FLAG: &str = "--test-model";
+
 /// How to start the worker: `python -m mlx_worker --socket SOCK [--model MODEL] EXTRA_ARGS`
 /// with `PYTHONPATH=worker_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +46,37 @@ impl WorkerCommand {
         }
     }
 
-    /// Loads this model instead of the default one.
+    /// Loads this model instead of the default one (or the test model).
     pub fn with_model(mut self, model: impl Into<PathBuf>) -> Self {
+        self.extra_args.retain(|a| a != TEST_MODEL_FLAG);
         self.model = Some(model.into());
         self
+    }
+
+    /// The real worker on its test model, for the tests of a program built on this crate:
+    /// [`new`](Self::new) then [`with_test_model`](Self::with_test_model).
+    pub fn test_worker(python: impl Into<PathBuf>, worker_dir: impl Into<PathBuf>) -> Self {
+        Self::new(python, worker_dir).with_test_model()
+    }
+
+    /// Serves the worker's test model instead of a real one (`--test-model`): a tiny llama
+    /// with random weights (2 layers, hidden size 64, a byte-level vocabulary of 384 tokens,
+    /// a ChatML template), written once into the worker's cache directory
+    /// (`<cache>/test-model/`) and loaded in a fraction of a second after that. It speaks the
+    /// whole contract (streaming, stop strings, logprobs, tokenize, chat) but its text is
+    /// gibberish that never ends by itself: give requests `max_tokens` or stop strings.
+    /// Clears [`model`](Self::model) (the worker takes one or the other).
+    pub fn with_test_model(mut self) -> Self {
+        self.model = None;
+        if !self.extra_args.iter().any(|a| a == TEST_MODEL_FLAG) {
+            self.extra_args.push(TEST_MODEL_FLAG.to_owned());
+        }
+        self
+    }
+
+    /// Whether this command serves the test model (see [`with_test_model`](Self::with_test_model)).
+    pub fn uses_test_model(&self) -> bool {
+        self.extra_args.iter().any(|a| a == TEST_MODEL_FLAG)
     }
 
     /// Appends worker arguments.

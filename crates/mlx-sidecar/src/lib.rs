@@ -64,6 +64,7 @@
 //! - `worker/`: what client and supervisor share ([`WorkerState`] and the view behind it,
 //!   the transport, the health check);
 //! - [`env`](mod@env): the managed Python environment the worker runs in;
+//! - [`cache`]: the worker's cache of converted models (listing, removing the unused);
 //! - `config`: [`SupervisorConfig`], [`WorkerCommand`], [`RestartPolicy`]; `shard`:
 //!   [`ShardGroup`]; `error`: [`Error`].
 //!
@@ -83,7 +84,21 @@
 //! supervisor.shutdown().await
 //! # }
 //! ```
+//!
+//! # Testing your service
+//!
+//! [`WorkerCommand::test_worker`] (or [`WorkerCommand::with_test_model`]) runs the real worker
+//! on its test model: a tiny llama with random weights, written once into the worker's cache
+//! directory and loaded in a fraction of a second after that. It speaks the whole contract
+//! (streaming, stop strings, logprobs, tokenize, chat templates), so a service's own tests can
+//! start a real, supervised worker per test in about as long as Python takes to import MLX;
+//! its text is gibberish that never ends by itself, so give requests `max_tokens` or stop
+//! strings. The command line's `--test-model` does the same. A complete test of a small
+//! service (this crate's `tests/test_worker.rs`, run by `cargo test` in CI):
+//!
+#![doc = concat!("```rust,ignore\n", include_str!("../tests/test_worker.rs"), "```")]
 
+pub mod cache;
 mod client;
 mod config;
 pub mod daemon;

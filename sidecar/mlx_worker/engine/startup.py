@@ -139,7 +139,12 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
     t2 = now()
     if faults.load_error:
         raise RuntimeError("fault injection: load_error")
-    loaded = load_model(config.model, cache_dir=config.cache_dir, dequantize=config.dequantize)
+    model = config.model
+    if config.test_model:
+        from ..testing.served_model import ensure_served_model
+
+        model = str(ensure_served_model(config.cache_dir))
+    loaded = load_model(model, cache_dir=config.cache_dir, dequantize=config.dequantize)
     if group is not None:
         from ..shard.group import shard_model
 

@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .. import in_use
 from . import cache, float_cache, gguf_convert
 from .cpu_blas import active_cpu_blas
 from .default import default_model_path
@@ -96,6 +97,12 @@ def _resolve(model: str | Path | None, cache_dir: Path) -> tuple[Path, Path, boo
     return path, model_dir, converted
 
 
+def _hold(entry: Path) -> bool:
+    """Marks a cache entry as used by this worker (see ``in_use``); whether it is still there."""
+    in_use.hold(entry)
+    return cache.is_complete(entry)
+
+
 def _should_dequantize(dequantize: str, on_cpu: bool, blas: str) -> bool:
     if dequantize == "on":
         return True
@@ -143,6 +150,10 @@ def load_model(
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
     cache_root = cache_root or cache.default_cache_dir()
     path, model_dir, converted = _resolve(model, cache_root)
+    if model_dir != path and not _hold(model_dir):
+        # `mlx-sidecar models rm` removed it between the two: convert it again.
+        path, model_dir, converted = _resolve(model, cache_root)
+        _hold(model_dir)
     if converted:
         log.info("converted %s into %s in %.2f s", path, model_dir, time.perf_counter() - start)
     config = _read_config(model_dir)
@@ -164,6 +175,9 @@ def load_model(
             net = build_model(source_dir, source_config)
             dequantize_model(net, mx.float32)
         else:
+            if not _hold(model_dir):
+                model_dir = make_float32()
+                _hold(model_dir)
             model_dir, config, net = _build(model_dir, _read_config(model_dir), True, make_float32)
     else:
         model_dir, config, net = _build(

@@ -454,7 +454,7 @@ fn doctor_shows_the_workers_checks_and_fails_on_a_missing_model() {
     if cfg!(target_os = "linux") && cpu_backend {
         expected.push("cpu blas");
     }
-    expected.extend(["model", "socket dir"]);
+    expected.extend(["model", "cache", "socket dir"]);
     assert_eq!(names, expected, "{report}");
     assert!(
         check("packages")["message"]

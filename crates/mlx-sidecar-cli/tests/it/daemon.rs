@@ -256,7 +256,7 @@ fn connect_or_status_where_nothing_listens_exits_1_saying_so() {
         assert_eq!(out.status.code(), Some(1), "{command:?}");
         let stderr = text(&out.stderr);
         let expected = format!(
-            "no daemon answers on {}; start one with `mlx-sidecar serve`",
+            "no daemon answers on {} (no socket there); start one with `mlx-sidecar serve`",
             socket.display()
         );
         assert!(stderr.contains(&expected), "{command:?}: {stderr}");

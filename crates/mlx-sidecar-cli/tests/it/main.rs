@@ -6,5 +6,8 @@ mod bench;
 mod catalogue;
 mod cli;
 mod daemon;
+mod errors;
+mod models;
+mod test_model;
 
 use mlx_sidecar_testkit as support;

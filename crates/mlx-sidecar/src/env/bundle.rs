@@ -128,6 +128,7 @@ pub(crate) fn extract(root: &Path) -> Result<PathBuf, EnvError> {
     let parent = root.join("worker");
     let target = parent.join(source_hash());
     if target.is_dir() {
+        mark_usable(&target)?;
         return Ok(target);
     }
     std::fs::create_dir_all(&parent).map_err(EnvError::io("creating directory", &parent))?;
@@ -142,6 +143,7 @@ pub(crate) fn extract(root: &Path) -> Result<PathBuf, EnvError> {
         }
         std::fs::write(&dest, file.contents).map_err(EnvError::io("writing", &dest))?;
     }
+    mark_usable(tmp.path())?;
     let tmp_path = tmp.keep();
     match std::fs::rename(&tmp_path, &target) {
         Ok(()) => Ok(target),
@@ -159,6 +161,19 @@ pub(crate) fn extract(root: &Path) -> Result<PathBuf, EnvError> {
             })
         }
     }
+}
+
+/// Makes sure an extracted source directory has its `.in-use` file, which a running worker
+/// locks so that pruning never removes the source it runs (see `crate::cache`).
+pub(crate) fn mark_usable(dir: &Path) -> Result<(), EnvError> {
+    let path = dir.join(".in-use");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map(drop)
+        .map_err(EnvError::io("creating", &path))
 }
 
 /// Joins a bundle-relative path (always plain, `/`-separated components) onto `base`.

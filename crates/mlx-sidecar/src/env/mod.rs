@@ -5,6 +5,8 @@
 //!
 //! - `bundle`: the worker's Python source and requirement files are embedded in the binary
 //!   and extracted to `<root>/worker/<hash>/` (write a temporary directory, then rename).
+//! - `prune`: the sources of other versions are removed there when the environment is
+//!   checked, unless a running worker uses them (it holds a lock on their `.in-use` file).
 //! - `lock`: an exclusive `flock` on `<root>/.lock` while the environment is checked or
 //!   built, so concurrent processes never build it twice or use a half-made one.
 //! - `manifest`: `<root>/manifest.json` records what was installed; it is written last, so
@@ -39,6 +41,7 @@ mod lock;
 mod manifest;
 mod probe;
 mod progress;
+mod prune;
 mod python;
 mod variant;
 
@@ -248,16 +251,22 @@ fn refresh_source_hash(root: &Path, mut manifest: Manifest) -> Result<Manifest, 
     Ok(manifest)
 }
 
+/// Extracts this version's worker source (unless it is there) and removes the unused
+/// sources of other versions (see `prune`).
 async fn extract_worker(root: &Path, progress: &dyn Progress) -> Result<PathBuf, EnvError> {
     let target = root.join("worker").join(bundle::source_hash());
-    if target.is_dir() {
-        return Ok(target);
-    }
-    let detail = target.display().to_string();
-    install::step(progress, Step::ExtractWorker, &detail, async {
-        bundle::extract(root)
-    })
-    .await
+    let target = if target.is_dir() {
+        bundle::mark_usable(&target)?;
+        target
+    } else {
+        let detail = target.display().to_string();
+        install::step(progress, Step::ExtractWorker, &detail, async {
+            bundle::extract(root)
+        })
+        .await?
+    };
+    prune::prune_other_sources(root, &target);
+    Ok(target)
 }
 
 /// Makes a given interpreter path independent of the working directory: a bare name

@@ -12,6 +12,7 @@ mod catalogue_requests;
 mod connect;
 mod env;
 mod faults;
+mod housekeeping;
 mod json_output;
 mod lifetime;
 mod readme;
