@@ -33,6 +33,12 @@
 //! on a second socket; when the active worker dies, *crashed* promotes it instead of
 //! starting a new one (no start-up, no backoff), and a new standby follows.
 //!
+//! With [`SupervisorConfig::replicas`], the supervisor runs that many owner tasks, each
+//! with its own worker, socket, restart policy and health probes (and standby); clients read
+//! every replica's published worker and send each call to the ready one with the fewest
+//! calls in flight, so a call that had not started on a replica that died, or a stream
+//! resumed after one, goes to another ready replica ([`Supervisor::replicas`] shows each).
+//!
 //! Each change is broadcast as a [`LifecycleEvent`] and logged with `tracing`. The
 //! worker's own JSON log lines on stderr are re-emitted as `tracing` events (target
 //! `mlx_worker`), and the last ones are kept for error reports.
