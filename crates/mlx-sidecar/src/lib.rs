@@ -33,6 +33,12 @@
 //! on a second socket; when the active worker dies, *crashed* promotes it instead of
 //! starting a new one (no start-up, no backoff), and a new standby follows.
 //!
+//! With [`SupervisorConfig::replicas`], the supervisor runs that many owner tasks, each
+//! with its own worker, socket, restart policy and health probes (and standby); clients read
+//! every replica's published worker and send each call to the ready one with the fewest
+//! calls in flight, so a call that had not started on a replica that died, or a stream
+//! resumed after one, goes to another ready replica ([`Supervisor::replicas`] shows each).
+//!
 //! With [`WorkerCommand::with_shard`], the worker is rank 0 of a [`ShardGroup`]: one model
 //! split over several processes by `mx.distributed`, which rank 0 starts as its children and
 //! dies with, so the supervisor watches, probes and restarts the group as one worker.

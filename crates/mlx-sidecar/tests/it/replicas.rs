@@ -133,3 +133,55 @@ async fn calls_not_started_move_to_another_replica_when_one_dies() {
     );
     supervisor.shutdown().await.expect("shutdown");
 }
+
+/// A stream whose replica dies mid-way resumes at once on the other, ready replica (not on
+/// the dead one's replacement), with the tokens of an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_mid_way_resumes_on_another_replica() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let supervisor = ready_replicas(sandbox.path(), 2).await;
+    let client = supervisor.client();
+    let request = GenerateRequest::text("A long story:")
+        .max_tokens(300)
+        .temperature(0.0)
+        .ignore_eos(true);
+    let want = support::complete(&client, request.clone()).await;
+    let mut events = supervisor.subscribe();
+    let mut stream = client.generate(request).await.expect("generate");
+    let mut ids = Vec::new();
+    while ids.len() < 40 {
+        match stream.next_event().await.expect("event").expect("ok") {
+            mlx_sidecar::GenerateEvent::Token { token_ids, .. } => ids.extend(token_ids),
+            mlx_sidecar::GenerateEvent::Finished(f) => panic!("finished early: {f:?}"),
+        }
+    }
+    let replicas = supervisor.replicas();
+    let serving = replicas
+        .iter()
+        .find(|r| r.in_flight == 1)
+        .expect("the replica serving the stream");
+    let victim = serving.pid.expect("pid");
+    let survivor = replicas[1 - serving.index].pid.expect("pid");
+    support::signal(victim, Signal::SIGKILL);
+    let finished = loop {
+        match stream.next_event().await.expect("event").expect("no error") {
+            mlx_sidecar::GenerateEvent::Token { token_ids, .. } => ids.extend(token_ids),
+            mlx_sidecar::GenerateEvent::Finished(f) => break f,
+        }
+    };
+    assert_eq!(
+        ids, want.token_ids,
+        "the resumed stream is the uninterrupted one"
+    );
+    assert_eq!(finished.usage.resumes, 1);
+    let (resumed, _) = support::wait_event(&mut events, Duration::from_secs(5), |e| {
+        matches!(e, mlx_sidecar::LifecycleEvent::Resumed { .. })
+    })
+    .await;
+    let mlx_sidecar::LifecycleEvent::Resumed { pid, stall, .. } = resumed else {
+        unreachable!()
+    };
+    assert_eq!(pid, Some(survivor), "resumed on the other replica");
+    eprintln!("FIGURE replicas resume: stall {stall:?}");
+    supervisor.shutdown().await.expect("shutdown");
+}
