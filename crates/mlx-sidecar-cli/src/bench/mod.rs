@@ -671,6 +671,24 @@ mod tests {
     }
 
     #[test]
+    fn paths_default_to_issue_5s_three_or_to_the_in_process_pair() {
+        let paths = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .bench
+                .paths()
+        };
+        use super::PathKind::*;
+        assert_eq!(paths(&[]), [Sidecar, Inprocess, Http]);
+        assert_eq!(paths(&["--paired", "4"]), [Sidecar, Inprocess]);
+        assert_eq!(
+            paths(&["--paired", "4", "--paths", "daemon-http,http"]),
+            [DaemonHttp, Http]
+        );
+        assert_eq!(paths(&["--paths", "daemon,sidecar"]), [Daemon, Sidecar]);
+    }
+
+    #[test]
     fn levels_default_to_all_four_or_to_one_stream_when_paired() {
         assert_eq!(levels(&[]), [1, 4, 16, 64]);
         assert_eq!(levels(&["--paired", "10"]), [1]);
