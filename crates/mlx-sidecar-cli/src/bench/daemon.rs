@@ -193,6 +193,7 @@ impl Daemon {
     }
 }
 
+/// A path as a command-line argument.
 fn path_arg(path: &Path) -> String {
     path.display().to_string()
 }

@@ -1,4 +1,4 @@
-//! `mlx-sidecar bench`: one fixed, reproducible workload, measured side by side on three
+//! `mlx-sidecar bench`: one fixed, reproducible workload, measured side by side on several
 //! paths on the same model:
 //!
 //! 1. `sidecar`: the full path, this process's supervisor and client → gRPC on the Unix
@@ -6,7 +6,10 @@
 //! 2. `inprocess`: the same workload in one Python process calling mlx-lm directly
 //!    (`scripts/bench_inprocess.py`, embedded in the binary; [`inprocess`]);
 //! 3. `http`: mlx-lm's own HTTP server on a loopback port, driven by a streaming HTTP client
-//!    ([`http`]).
+//!    ([`http`]);
+//! 4. `daemon` and `daemon-http`: through a `mlx-sidecar serve` the bench starts, by the
+//!    library's client on its socket or by the HTTP client on its `/v1/completions`
+//!    ([`daemon`]).
 //!
 //! How the parts fit: [`workload`] builds the prompts and levels (via the script's `prepare`,
 //! which also writes the model as the worker loads it into an mlx-lm directory for the HTTP
@@ -22,7 +25,8 @@
 //! aggregate ratios are also given pass by pass, which shows how far that drift moves them.
 //! `--paired N` instead measures the targets pair by pair (single requests at level 1, waves
 //! of requests above), both paths kept running and alternating ([`paired`]), which cancels
-//! that drift.
+//! that drift; with `--paths A,B` any two client-driven paths are paired
+//! ([`paired::clients`]), such as the daemon against the embedded client.
 
 mod ceiling;
 mod chart;
@@ -681,6 +685,24 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{e}"));
         cli.bench.levels()
+    }
+
+    #[test]
+    fn paths_default_to_issue_5s_three_or_to_the_in_process_pair() {
+        let paths = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .bench
+                .paths()
+        };
+        use super::PathKind::*;
+        assert_eq!(paths(&[]), [Sidecar, Inprocess, Http]);
+        assert_eq!(paths(&["--paired", "4"]), [Sidecar, Inprocess]);
+        assert_eq!(
+            paths(&["--paired", "4", "--paths", "daemon-http,http"]),
+            [DaemonHttp, Http]
+        );
+        assert_eq!(paths(&["--paths", "daemon,sidecar"]), [Daemon, Sidecar]);
     }
 
     #[test]
