@@ -1,6 +1,7 @@
 //! Streams resumed on the next worker after their worker dies (issue 15): the worker is
 //! killed at chosen points (right after the first token, mid-stream, twice, inside a batch,
-//! hung and found by the health probes, with a standby taking over) and every resumed
+//! hung and found by the health probes, its engine crashed at a chosen step by fault
+//! injection, with a standby taking over) and every resumed
 //! stream must give, token id by token id, what an uninterrupted run of the same request
 //! gives; the resume limit and the opt-out end the stream with `WorkerDied`.
 
@@ -324,5 +325,36 @@ async fn the_limit_and_the_opt_out_end_with_worker_died() {
         assert_eq!(got.ids, want.ids[..got.ids.len()], "limit {limit}");
     }
     assert_eq!(client.resumes(), 1);
+    supervisor.shutdown().await.expect("shutdown");
+}
+
+/// The engine thread crashes at a chosen decode step (fault injection) while gRPC still
+/// answers: the stream gets `UNAVAILABLE`, the supervisor replaces the worker (health says
+/// `NOT_SERVING`), and the stream goes on on the next worker with the reference's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_crash_mid_decode_is_resumed_from() {
+    let sandbox = tempfile::tempdir().expect("tempdir");
+    let faults = sandbox.path().join("faults");
+    std::fs::write(&faults, "engine_crash_after_steps=40").expect("write faults");
+    let worker = support::tiny_worker()
+        .with_args(["--stall-seconds", "1"])
+        .with_env("MLX_WORKER_FAULTS_FILE", faults.display().to_string());
+    let supervisor = Supervisor::spawn(support::config(worker, sandbox.path()))
+        .await
+        .expect("spawn");
+    supervisor.wait_ready(READY).await.expect("ready");
+    let request = long("Crash the engine", 300).seed(3).temperature(0.7);
+    let stream = supervisor
+        .client()
+        .generate(request.clone())
+        .await
+        .expect("generate");
+    // The faults were read at start-up: the next worker runs without them.
+    std::fs::write(&faults, "").expect("clear faults for the next worker");
+    let got = read_cutting(&supervisor, stream, &[], Signal::SIGKILL).await;
+    // The reference, on the fault-free worker.
+    let want = reference(&supervisor, request).await;
+    assert_same_stream(&got, &want, 1, "engine crash at step 40");
+    assert_eq!(supervisor.resumes(), 1);
     supervisor.shutdown().await.expect("shutdown");
 }
