@@ -45,6 +45,7 @@ class RequestState:
     placement: Placement
     uid: int | None = None  # its uid in the BatchGenerator (placement BATCH)
     generated: int = 0
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not prefilled
     # Output not yet taken: the text, ids and log-probabilities of the tokens since the last
     # take (sent as ONE chunk, however many tokens), then the final message.
     _text: list[str] = field(default_factory=list)
@@ -100,10 +101,15 @@ class RequestState:
     def finish(self, finish: Finish) -> None:
         """Adds the final message (and logs the request at debug level)."""
         params = self.job.params
-        timings = self.job.clock.to_proto(len(params.prompt_ids), self.generated, now())
+        prefilled = len(params.prompt_ids) - self.cached_tokens
+        timings = self.job.clock.to_proto(prefilled, self.generated, now())
         finished = pb.GenerateFinished(
             finish_reason=finish.reason,
-            usage=pb.Usage(prompt_tokens=len(params.prompt_ids), completion_tokens=self.generated),
+            usage=pb.Usage(
+                prompt_tokens=len(params.prompt_ids),
+                completion_tokens=self.generated,
+                cached_prompt_tokens=self.cached_tokens,
+            ),
             timings=timings,
             matched_stop=finish.matched_stop or "",
             request_id=params.request_id,
@@ -119,6 +125,7 @@ class RequestState:
                         "request_id": params.request_id,
                         "finish_reason": pb.FinishReason.Name(finish.reason),
                         "prompt_tokens": len(params.prompt_ids),
+                        "cached_prompt_tokens": self.cached_tokens,
                         "completion_tokens": self.generated,
                         "queue_wait_ms": round(timings.queue_wait_ms, 3),
                         "ttft_ms": round(timings.time_to_first_token_ms, 3),
