@@ -89,7 +89,7 @@ pub use client::{
     Finished, GenerateEvent, GenerateRequest, GenerateStream, HealthStatus, ModelInfo, Prompt,
     Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
-pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
+pub use config::{PrefixCacheLimits, RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
 pub use supervisor::{LifecycleEvent, StartupTimes, Supervisor};
 pub use worker::{ExitStatusInfo, WorkerState};
