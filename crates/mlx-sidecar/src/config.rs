@@ -261,3 +261,27 @@ impl SupervisorConfig {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PrefixCacheLimits, WorkerCommand};
+
+    #[test]
+    fn prefix_cache_limits_become_worker_flags_and_defaults_add_none() {
+        let worker = WorkerCommand::new("python", "worker").with_prefix_cache(PrefixCacheLimits {
+            max_entries: Some(0),
+            max_bytes: Some(512 << 20),
+        });
+        assert_eq!(
+            worker.extra_args,
+            [
+                "--prefix-cache-entries",
+                "0",
+                "--prefix-cache-bytes",
+                "536870912"
+            ]
+        );
+        let default = WorkerCommand::new("python", "worker").with_prefix_cache(Default::default());
+        assert!(default.extra_args.is_empty());
+    }
+}
