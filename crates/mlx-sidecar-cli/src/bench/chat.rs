@@ -345,7 +345,7 @@ pub(crate) async fn run(
         }
         let sup = sidecar::start(py, model, socket_dir, &worker_args, max_batch, timeout).await?;
         // Without the cache, the users' prefills take minutes on a small, busy CPU.
-        let client = sup.client().with_timeout(REQUEST_TIMEOUT);
+        let client = sup.client().with_generate_timeout(REQUEST_TIMEOUT);
         let run = run_mode(&client, &spec, &prompts, &prepared.eos_token_ids, cache).await;
         sup.shutdown().await.ok();
         runs.push(run?);
