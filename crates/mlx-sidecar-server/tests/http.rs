@@ -129,7 +129,9 @@ async fn chat_stream_matches_the_whole_answer_and_ends_with_usage_and_done() {
     // (which is fed to get the first output token's logits).
     let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
     assert_eq!(cached.map(|c| c + 1), usage["prompt_tokens"].as_u64());
-    assert_eq!(whole_usage["prompt_tokens_details"]["cached_tokens"], 0);
+    // The first time, at most the chat template's opening tokens (other tests' prompts).
+    let first_cached = whole_usage["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert!(first_cached < cached, "{first_cached:?} {cached:?}");
     for u in [&mut usage, &mut whole_usage] {
         u.as_object_mut().map(|o| o.remove("prompt_tokens_details"));
     }
