@@ -41,6 +41,10 @@ class WorkerConfig:
     # that come sooner go out together (0: each engine step's tokens at once).
     stream_interval_ms: float = 0.0
     default_max_tokens: int = 256
+    # The prefix cache (engine/prefix_cache.py): most entries (0: off) and most bytes
+    # (None: from the model's size and the machine's memory).
+    prefix_cache_entries: int = 64
+    prefix_cache_bytes: int | None = None
     # Benchmark mode only (``--synthetic-tokens``): made-up tokens, the model is never run.
     synthetic: SyntheticSpec | None = None
     # One model over several processes (``--shard-*``; see mlx_worker.shard).
@@ -85,6 +89,19 @@ def _positive_seconds(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: digits, optionally followed by K, M or G (binary: 1K = 1024)."""
+    body = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = body[-1:] if body[-1:] in ("k", "m", "g") else ""
+    digits = body[: len(body) - len(unit)]
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}")
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel waits; default 256 on the CPU, 512 on a GPU)",
     )
     p.add_argument(
+        "--prefix-cache-entries",
+        type=_non_negative_int,
+        default=64,
+        metavar="N",
+        help="most KV caches of earlier requests kept for reuse by requests that start with "
+        "the same tokens (least recently stored go first; 0 turns the prefix cache off)",
+    )
+    p.add_argument(
+        "--prefix-cache-bytes",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="most bytes those KV caches take, e.g. 512M or 4G (default: a quarter of the "
+        "memory the model leaves, between 64M and 32G; 0 turns the prefix cache off)",
+    )
+    p.add_argument(
         "--synthetic-tokens",
         type=parse_spec,
         default=None,
@@ -206,4 +239,6 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         synthetic=ns.synthetic_tokens,
         shard=shard_options(ns, parser),
         test_model=ns.test_model,
+        prefix_cache_entries=ns.prefix_cache_entries,
+        prefix_cache_bytes=ns.prefix_cache_bytes,
     )

@@ -52,6 +52,7 @@ class RequestState:
     delivered: int = 0  # a continuation's delivered tokens, counted as generated
     replaying: int = 0  # delivered tokens still to be decoded again (not sent)
     _skip_bytes: int = 0  # text bytes the caller of a continuation already has
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not prefilled
     # Output not yet taken: the text, ids and log-probabilities of the tokens since the last
     # take (sent as ONE chunk, however many tokens), then the final message.
     _text: list[str] = field(default_factory=list)
@@ -143,13 +144,16 @@ class RequestState:
     def finish(self, finish: Finish) -> None:
         """Adds the final message (and logs the request at debug level)."""
         params = self.job.params
-        timings = self.job.clock.to_proto(len(params.prompt_ids), self.generated, now())
+        # Tokens prefilled: a continuation's delivered ones may be among those cached.
+        prefilled = max(len(params.prompt_ids) - self.cached_tokens, 0)
+        timings = self.job.clock.to_proto(prefilled, self.generated, now())
         resumes = params.continuation.resume_count if params.continuation is not None else 0
         finished = pb.GenerateFinished(
             finish_reason=finish.reason,
             usage=pb.Usage(
                 prompt_tokens=len(params.prompt_ids),
                 completion_tokens=self.completion_tokens,
+                cached_prompt_tokens=min(self.cached_tokens, len(params.prompt_ids)),
                 resumes=resumes,
             ),
             timings=timings,
@@ -167,6 +171,7 @@ class RequestState:
                         "request_id": params.request_id,
                         "finish_reason": pb.FinishReason.Name(finish.reason),
                         "prompt_tokens": len(params.prompt_ids),
+                        "cached_prompt_tokens": self.cached_tokens,
                         "completion_tokens": self.completion_tokens,
                         "resumes": resumes,
                         "queue_wait_ms": round(timings.queue_wait_ms, 3),

@@ -26,8 +26,11 @@ def _first_chunk(call: grpc.Call) -> pb.GenerateResponse:
 
 
 def test_cancel_mid_prefill_frees_the_batch(spawn_worker: SpawnWorker) -> None:
-    # Small prefill chunks: the 2000-token prompt takes many engine steps to process.
-    w = spawn_worker("--prefill-step-size", "16", "--log-level", "debug").wait_serving()
+    # Small prefill chunks: the 2000-token prompt takes many engine steps to process; no prefix
+    # cache, so that the second time it is prefilled in full as well.
+    w = spawn_worker(
+        "--prefill-step-size", "16", "--prefix-cache-entries", "0", "--log-level", "debug"
+    ).wait_serving()
     # How long the whole prefill takes, for comparison.
     _, full = w.generate(prompt=LONG_PROMPT, max_tokens=1)
     full_prefill_ms = full.timings.time_to_first_token_ms

@@ -135,6 +135,31 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) startup_timeout: f64,
 
+    /// Most KV caches of earlier requests the worker keeps for reuse [default: 64; 0: off].
+    ///
+    /// A request whose prompt starts with an earlier request's prompt and output (a chat's
+    /// next turn, a shared system prompt) prefills only the rest.
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_PREFIX_CACHE_ENTRIES",
+        value_name = "N"
+    )]
+    pub(crate) prefix_cache_entries: Option<u32>,
+
+    /// Most bytes those KV caches take, e.g. 512M or 4G [default: from the model and memory].
+    ///
+    /// The default is a quarter of the memory the model leaves, between 64M and 32G; 0 turns
+    /// the prefix cache off.
+    #[arg(
+        long,
+        global = true,
+        env = "MLX_SIDECAR_PREFIX_CACHE_BYTES",
+        value_name = "SIZE",
+        value_parser = parse_size
+    )]
+    pub(crate) prefix_cache_bytes: Option<u64>,
+
     /// More log output on stderr (-v worker logs and timings, -vv debug, -vvv trace).
     ///
     /// RUST_LOG overrides.
@@ -518,5 +543,40 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+}
+
+/// Parses a byte count: digits, optionally followed by K, M or G (binary: 1K = 1024).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match body.as_bytes().last() {
+        Some(b'k') => (&body[..body.len() - 1], 10),
+        Some(b'm') => (&body[..body.len() - 1], 20),
+        Some(b'g') => (&body[..body.len() - 1], 30),
+        _ => (body, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("expected a size such as 512M or 2G, got {text:?}"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
     }
 }

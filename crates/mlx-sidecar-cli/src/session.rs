@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use mlx_sidecar::env::{self, EnvOptions, PythonEnv};
 use mlx_sidecar::{Client, Endpoint, HealthStatus};
-use mlx_sidecar::{ShardGroup, Supervisor, SupervisorConfig, WorkerCommand};
+use mlx_sidecar::{PrefixCacheLimits, ShardGroup, Supervisor, SupervisorConfig, WorkerCommand};
 
 use mlx_sidecar::LifecycleEvent;
 use tokio::sync::broadcast;
@@ -47,6 +47,10 @@ pub(crate) fn worker_command(env: &PythonEnv, global: &GlobalArgs) -> WorkerComm
     if let Some(group) = shard_group(global) {
         worker = worker.with_shard(group);
     }
+    worker = worker.with_prefix_cache(PrefixCacheLimits {
+        max_entries: global.prefix_cache_entries,
+        max_bytes: global.prefix_cache_bytes,
+    });
     // Info at least: the "listening" and "startup" messages tell the supervisor the worker is
     // up and feed the start-up spinner; what is shown is filtered on this side.
     let level = if global.verbose >= 2 { "debug" } else { "info" };

@@ -100,6 +100,30 @@ impl WorkerCommand {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// Bounds the worker's prefix cache (the KV caches of earlier requests, reused by requests
+    /// that start with the same tokens); the limits left `None` keep the worker's defaults.
+    pub fn with_prefix_cache(self, limits: PrefixCacheLimits) -> Self {
+        let mut args = Vec::new();
+        if let Some(entries) = limits.max_entries {
+            args.extend(["--prefix-cache-entries".to_owned(), entries.to_string()]);
+        }
+        if let Some(bytes) = limits.max_bytes {
+            args.extend(["--prefix-cache-bytes".to_owned(), bytes.to_string()]);
+        }
+        self.with_args(args)
+    }
+}
+
+/// Bounds of the worker's prefix cache; when either is exceeded, the entries stored longest
+/// ago go first. 0 in either turns the cache off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheLimits {
+    /// Most entries (the worker's default: 64).
+    pub max_entries: Option<u32>,
+    /// Most bytes of KV cache (the worker's default: a quarter of the memory the model
+    /// leaves, between 64 MiB and 32 GiB).
+    pub max_bytes: Option<u64>,
 }
 
 /// When and how often a crashed worker is started again.
@@ -330,5 +354,29 @@ impl SupervisorConfig {
                 .push(("CUDA_VISIBLE_DEVICES".into(), device));
         }
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PrefixCacheLimits, WorkerCommand};
+
+    #[test]
+    fn prefix_cache_limits_become_worker_flags_and_defaults_add_none() {
+        let worker = WorkerCommand::new("python", "worker").with_prefix_cache(PrefixCacheLimits {
+            max_entries: Some(0),
+            max_bytes: Some(512 << 20),
+        });
+        assert_eq!(
+            worker.extra_args,
+            [
+                "--prefix-cache-entries",
+                "0",
+                "--prefix-cache-bytes",
+                "536870912"
+            ]
+        );
+        let default = WorkerCommand::new("python", "worker").with_prefix_cache(Default::default());
+        assert!(default.extra_args.is_empty());
     }
 }

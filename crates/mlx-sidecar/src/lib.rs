@@ -120,7 +120,7 @@ pub use client::{
     GenerateStream, HealthStatus, JsonSchema, ModelInfo, Prompt, ResponseFormat, Timings,
     TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
-pub use config::{RestartPolicy, SupervisorConfig, WorkerCommand};
+pub use config::{PrefixCacheLimits, RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;
 pub use shard::{ShardBackend, ShardGroup};
 pub use supervisor::{LifecycleEvent, ReplicaMonitor, ReplicaStatus, StartupTimes, Supervisor};

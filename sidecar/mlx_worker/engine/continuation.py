@@ -63,6 +63,13 @@ def prefilled_length(params: GenerateParams, method: str) -> int:
     return len(params.prompt_ids) + len(params.delivered_ids)
 
 
+def prefilled_ids(params: GenerateParams, method: str) -> list[int]:
+    """The tokens a request's prefill takes."""
+    if method == "replay" or not params.delivered_ids:
+        return params.prompt_ids
+    return [*params.prompt_ids, *params.delivered_ids]
+
+
 @dataclass(frozen=True)
 class StartPoint:
     """What the engine starts a request from."""

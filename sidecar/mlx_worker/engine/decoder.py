@@ -7,6 +7,12 @@ found the engine idle (``--solo on``) and its prompt fits in one prefill chunk. 
 request arrives, the solo sequence is handed over to the batch with its cache; the two never
 run side by side.
 
+With the prefix cache on (:mod:`.prefix_cache`), a request starts from the KV cache of the
+longest cached prefix of its prompt and prefills only the rest; a finished request stores its
+cache. Requests bound for the batch wait in ``_waiting`` until the next step, so that those
+sent together are seen together: of those sharing a long prefix, one prefills it (its prompt
+split at the prefix's end) and the others wait until it is stored, then start from it.
+
 Each step's tokens go to the requests' :class:`~mlx_worker.responses.RequestState` and what
 they build to the :class:`~.output.OutputHandOff`. An error in one request fails that request
 (INTERNAL); an error in a whole step fails that step's requests and replaces the
@@ -30,8 +36,9 @@ from ..responses import Finish, RequestState, token_logprobs
 from ..timings import now
 from . import continuation
 from .commands import Job
-from .continuation import prefilled_length, start_point
+from .continuation import prefilled_ids, prefilled_length, start_point
 from .output import OutputHandOff
+from .prefix_cache import Hit, PrefixCache, SharedPrefix, SharedPrefixes, new_prefix_cache
 from .startup import Started, new_batch_generator
 
 log = logging.getLogger("mlx_worker.engine")
@@ -59,32 +66,44 @@ class Decoder:
         self._in_batch: dict[int, RequestState] = {}  # those in the batch, by uid
         self._solo: Any = None  # the SoloSequence running, if any
         self._solo_request: RequestState | None = None  # its request
+        self._prefix: PrefixCache | None = new_prefix_cache(config, started.loaded)
+        self._shared = SharedPrefixes()
+        # Requests bound for the batch, inserted at the next step (with the hit found when
+        # they arrived, if any).
+        self._waiting: list[tuple[Job, Hit | None]] = []
 
     @property
     def running(self) -> int:
-        """How many requests are running (solo, prefilling or decoding)."""
-        return len(self._by_job)
+        """How many requests are running (solo, prefilling or decoding) or waiting to."""
+        return len(self._by_job) + len(self._waiting)
 
     # ---- commands --------------------------------------------------------------------
 
     def start(self, job: Job) -> None:
         """Starts a request: alone if the engine is idle, else in the batch (handing the solo
         sequence over first, if one runs)."""
-        if self._runs_alone(job):
-            self._start_solo(job)
+        hit = self._lookup(self._prefilled_ids(job)) if self._may_run_alone() else None
+        if hit is not None and self._runs_alone(job, hit):
+            self._start_solo(job, hit)
             return
         if self._solo is not None:
             self._hand_over_solo()
-        self._start_in_batch(job)
+        self._waiting.append((job, hit))
 
     def cancel(self, job: Job) -> None:
         """Drops a request (its caller went away); no message is sent."""
         request = self._by_job.get(job)
         if request is not None:
             self._remove(request, "client_cancelled")
+        self._waiting = [(j, hit) for j, hit in self._waiting if j is not job]
 
     def cancel_all(self) -> None:
         """Ends every request with finish reason CANCELLED."""
+        waiting, self._waiting = self._waiting, []
+        for job, _ in waiting:
+            request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH)
+            request.finish(Finish(pb.FINISH_REASON_CANCELLED))
+            self._output.emit(request)
         for request in list(self._by_job.values()):
             self._remove(request, "shutdown")
             request.finish(Finish(pb.FINISH_REASON_CANCELLED))
@@ -92,6 +111,9 @@ class Decoder:
 
     def fail_all(self, code: grpc.StatusCode, message: str) -> None:
         """Ends every request with a failure."""
+        waiting, self._waiting = self._waiting, []
+        for job, _ in waiting:
+            self._output.send_failure(job.stream, RequestFailure(code, message))
         for request in list(self._by_job.values()):
             self._fail(request, RequestFailure(code, message))
 
@@ -104,7 +126,10 @@ class Decoder:
         """One step: a token of the solo sequence, or a step of the batch."""
         if self._solo is not None:  # then it is the only request (it leaves when another comes)
             self._solo_step()
-        else:
+            return
+        if self._waiting:
+            self._admit_waiting()
+        if self._in_batch:
             self._batch_step()
 
     def _batch_step(self) -> None:
@@ -117,6 +142,7 @@ class Decoder:
             with contextlib.suppress(Exception):
                 self._batch.close()
             self._batch = new_batch_generator(self._config, self._loaded, self._plan)
+            self._shared.pending.clear()
             return
         stepped_at = now()
         in_batch = self._in_batch
@@ -124,6 +150,12 @@ class Decoder:
             request = in_batch.get(response.uid)
             if request is not None:
                 self._prefill_started(request, started_at)
+                if (
+                    response.uid in self._shared.pending
+                    and response.end_of_segment
+                    and not response.end_of_prompt
+                ):
+                    self._store_shared_prefix(response.uid)
         if not generated:
             return
         logprobs = self._batch_logprobs(generated)
@@ -202,46 +234,79 @@ class Decoder:
                 self._remove(request, "finished")  # a stop string: the batch doesn't know
             else:
                 self._forget(request)  # the batch has dropped it already
+                self._store(
+                    getattr(response, "all_tokens", None), getattr(response, "prompt_cache", None)
+                )
             request.finish(finish)
         self._output.emit(request, urgent=finish is not None or request.generated == 1)
 
     # ---- placement -------------------------------------------------------------------
 
-    def _runs_alone(self, job: Job) -> bool:
-        """Whether a new request runs as the solo sequence: the engine is idle and the prompt
-        fits in one prefill chunk (a longer one is prefilled chunk by chunk in the batch, where
-        a cancel or the heartbeat waits at most one chunk)."""
-        return (
-            self._solo_enabled
-            and not self._by_job
-            and prefilled_length(job.params, self._method) <= self._plan.step_size
-        )
+    def _may_run_alone(self) -> bool:
+        """Whether a request arriving now could run as the solo sequence (the engine is idle)."""
+        return self._solo_enabled and not self._by_job and not self._waiting
 
-    def _start_in_batch(self, job: Job) -> None:
+    def _runs_alone(self, job: Job, hit: Hit) -> bool:
+        """Whether a new request runs as the solo sequence: the engine is idle and the part of
+        the prompt not cached fits in one prefill chunk (a longer one is prefilled chunk by
+        chunk in the batch, where a cancel or the heartbeat waits at most one chunk)."""
+        return prefilled_length(job.params, self._method) - hit.tokens <= self._plan.step_size
+
+    def _admit_waiting(self) -> None:
+        """Inserts the waiting requests into the batch, each from its longest cached prefix;
+        one of several sharing a longer prefix prefills it for the others, which wait."""
+        waiting, self._waiting = self._waiting, []
+        prompts = [self._prefilled_ids(job) for job, _ in waiting]
+        for i, (job, hit) in enumerate(waiting):
+            prompt = prompts[i]
+            if hit is None:
+                hit = self._lookup(prompt)
+            split = 0
+            if self._prefix is not None:
+                if self._shared.awaited_by(prompt, hit.tokens) is not None:
+                    self._waiting.append((job, None))  # looked up again once it is stored
+                    continue
+                split = SharedPrefixes.split_point(prompt, hit.tokens, prompts[i + 1 :])
+            self._start_in_batch(job, hit, split)
+
+    def _start_in_batch(self, job: Job, hit: Hit | None = None, split: int = 0) -> None:
+        """Inserts a request into the batch, from ``hit``'s cache if any; ``split`` > 0: its
+        prompt's first ``split`` tokens are stored as a shared prefix once prefilled."""
         from ..sampling import make_request_processors, make_request_sampler
         from .grammar_mask import grammar_processors
 
         params = job.params
+        hit = hit or Hit()
         try:
             sampler = make_request_sampler(params.sampling, self._vocab_size)
             point = start_point(params, sampler, self._method)
-            request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH)
-            (request.uid,) = self._batch.insert(
-                [point.prompt_ids],
-                max_tokens=[point.max_tokens],
-                samplers=[point.sampler],
-                logits_processors=[
+            prompt = point.prompt_ids
+            options: dict[str, Any] = {
+                "max_tokens": [point.max_tokens],
+                "samplers": [point.sampler],
+                "logits_processors": [
                     make_request_processors(params.sampling) + grammar_processors(params.grammar)
                 ],
-                stop_sequences=[_stop_sequences(params.stop_token_ids)],
-            )
+                "stop_sequences": [_stop_sequences(params.stop_token_ids)],
+            }
+            if hit.cache is not None:
+                options.update(caches=[hit.cache], all_tokens=[prompt[: hit.tokens]])
+            request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH)
+            if split:
+                segments = [prompt[hit.tokens : split], prompt[split:]]
+                (request.uid,) = self._batch.insert_segments([segments], **options)
+            else:
+                (request.uid,) = self._batch.insert([prompt[hit.tokens :]], **options)
         except Exception as e:
             self._cannot_start(job, e)
             return
+        request.cached_tokens = hit.tokens
         request.replaying = point.replayed
         self._book(request)
+        if split:
+            self._shared.pending[request.uid] = SharedPrefix(tokens=prompt[:split], uid=request.uid)
 
-    def _start_solo(self, job: Job) -> None:
+    def _start_solo(self, job: Job, hit: Hit) -> None:
         from ..sampling import make_request_processors, make_request_sampler
         from .grammar_mask import grammar_processors
         from .solo import SoloSequence
@@ -257,6 +322,8 @@ class Decoder:
                 point.sampler,
                 make_request_processors(params.sampling) + grammar_processors(params.grammar),
                 params.stop_token_ids,
+                cache=hit.cache,
+                cached_tokens=hit.tokens,
             )
             request = RequestState.start(job, self._loaded.tokenizer, Placement.SOLO)
         except Exception as e:
@@ -264,6 +331,7 @@ class Decoder:
             return
         self._solo = solo
         request.replaying = point.replayed
+        request.cached_tokens = hit.tokens
         self._book(request)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request runs alone", extra={"fields": {"request_id": params.request_id}})
@@ -275,7 +343,7 @@ class Decoder:
         assert request is not None
         if not solo.started:  # nothing computed yet: it is a plain request
             self._forget(request)
-            self._start_in_batch(request.job)
+            self._waiting.append((request.job, None))
             return
         try:
             response, state = solo.hand_over()
@@ -314,7 +382,41 @@ class Decoder:
                 },
             )
 
+    # ---- the prefix cache ------------------------------------------------------------
+
+    def _lookup(self, prompt: list[int]) -> Hit:
+        """The longest cached prefix of ``prompt`` (nothing with the prefix cache off)."""
+        if self._prefix is None:
+            return Hit()
+        return self._prefix.lookup(prompt)
+
+    def _store(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        """Keeps a finished request's KV cache (holding ``tokens``) for later requests."""
+        if self._prefix is None or tokens is None or cache is None:
+            return
+        try:
+            self._prefix.store(tokens, cache)
+        except Exception:  # a cache that cannot be kept costs later requests a prefill only
+            log.exception("cannot store a KV cache in the prefix cache")
+
+    def _store_shared_prefix(self, uid: int) -> None:
+        """The leader of a shared prefix has prefilled it: store it, so the waiting start."""
+        shared = self._shared.pending.pop(uid, None)
+        if shared is None:
+            return
+        extracted = self._batch.extract_cache([uid]).get(uid)
+        if extracted is None:
+            return
+        cache, tokens = extracted
+        if list(tokens) == shared.tokens:
+            self._store(shared.tokens, cache)
+
     # ---- books -----------------------------------------------------------------------
+
+    def _prefilled_ids(self, job: Job) -> list[int]:
+        """The tokens a request's prefill takes (a continuation's delivered ones too, when
+        prefilled): what the prefix cache is looked up with."""
+        return prefilled_ids(job.params, self._method)
 
     @property
     def _method(self) -> str:
@@ -342,12 +444,17 @@ class Decoder:
                 self._solo, self._solo_request = None, None
         elif request.uid is not None:
             self._in_batch.pop(request.uid, None)
+            self._shared.pending.pop(request.uid, None)  # its waiters start on their own
 
     def _remove(self, request: RequestState, reason: str) -> None:
         """Takes a request out of the books, and out of the batch if it runs there."""
         self._forget(request)
         if request.placement is Placement.BATCH:
-            self._batch.remove([request.uid])
+            keep = reason == "finished" and self._prefix is not None
+            kept = self._batch.remove([request.uid], return_prompt_caches=keep)
+            if kept and request.uid in kept:
+                cache, tokens = kept[request.uid]
+                self._store(list(tokens), cache)
         if reason != "finished" and log.isEnabledFor(logging.DEBUG):
             clock = request.job.clock
             stage = (

@@ -26,6 +26,9 @@ class SoloResponse:
     token: int
     finish_reason: str | None
     logprobs: Any
+    # At the finish: the KV cache and the tokens it holds (as the batch's responses give them).
+    prompt_cache: list[Any] | None = None
+    all_tokens: list[int] | None = None
 
 
 @dataclass
@@ -49,14 +52,19 @@ class SoloSequence:
         sampler: Callable[[Any], Any],
         logits_processors: list[Callable[[Any, Any], Any]],
         stop_token_ids: frozenset[int],
+        cache: list[Any] | None = None,
+        cached_tokens: int = 0,
     ) -> None:
+        """``cache``: a KV cache holding the first ``cached_tokens`` of the prompt (from the
+        prefix cache), fewer than all of them; only the rest is prefilled."""
         self.prompt_ids = prompt_ids
         self.sampler = sampler
         self.processors = logits_processors
         self.stop_token_ids = stop_token_ids
         self._model = model
         self._max_tokens = max_tokens
-        self._cache: list[Any] | None = None
+        self._cache: list[Any] | None = cache
+        self._cached_tokens = cached_tokens if cache is not None else 0
         self._history: list[int] = []  # tokens in the cache
         self._context: Any = None  # the same as an array, for the logits processors
         self._pending: Any = None  # (token, logprobs) arrays being computed
@@ -87,11 +95,14 @@ class SoloSequence:
     def _start(self) -> None:
         from mlx_lm.models.cache import make_prompt_cache
 
-        self._cache = make_prompt_cache(self._model)
-        if len(self.prompt_ids) > 1:
-            self._model(mx.array(self.prompt_ids[:-1])[None], cache=self._cache)
+        if self._cache is None:
+            self._cache = make_prompt_cache(self._model)
+        self._history.extend(self.prompt_ids[: self._cached_tokens])
+        body = self.prompt_ids[self._cached_tokens : -1]
+        if body:
+            self._model(mx.array(body)[None], cache=self._cache)
             mx.eval([c.state for c in self._cache])
-            self._history.extend(self.prompt_ids[:-1])
+            self._history.extend(body)
         last = self.prompt_ids[-1:]
         self._pending = self._compute(mx.array(last, dtype=mx.uint32))
         self._history.extend(last)
@@ -121,9 +132,11 @@ class SoloSequence:
         self._pending = following
         if self.generated % 256 == 0:
             mx.clear_cache()  # as generate_step does: return freed buffers now and then
+        response = SoloResponse(token, finish, logprobs)
         if finish is not None:
+            response.prompt_cache, response.all_tokens = self._cache, self._history
             self.close()
-        return SoloResponse(token, finish, logprobs)
+        return response
 
     def hand_over(self) -> tuple[SoloResponse, HandOver | None]:
         """Stops decoding alone: hands out the token already computed and returns what the
@@ -143,7 +156,7 @@ class SoloSequence:
         return response, state
 
     def close(self) -> None:
-        """Drops the cache."""
+        """Drops the cache (a finishing response still holds it)."""
         self._cache = None
         self._pending = None
         self._context = None

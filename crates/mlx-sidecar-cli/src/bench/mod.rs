@@ -30,6 +30,7 @@
 
 mod ceiling;
 mod chart;
+mod chat;
 mod daemon;
 mod drive;
 mod http;
@@ -121,6 +122,31 @@ pub(crate) struct BenchArgs {
     /// first in every other session. Levels: `--concurrency` (default 1).
     #[arg(long, value_name = "N", conflicts_with_all = ["transport_ceiling", "chart"])]
     pub(crate) paired: Option<usize>,
+
+    /// Measure the worker's prefix cache instead: a multi-turn chat and users sharing a prompt.
+    ///
+    /// The worker runs twice, its prefix cache off, then on: a conversation of --chat-turns
+    /// turns (each prompt the last one plus its answer of --max-tokens tokens plus a new user
+    /// turn), timed turn by turn; then --chat-users requests sent at once that share a system
+    /// prompt, with the prompt tokens they computed and the cached ones they reported.
+    #[arg(long, conflicts_with_all = ["paired", "paths", "transport_ceiling", "chart"])]
+    pub(crate) chat: bool,
+
+    /// Turns of the --chat conversation.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub(crate) chat_turns: usize,
+
+    /// Tokens of the --chat system prompts.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub(crate) chat_system_tokens: usize,
+
+    /// Tokens of each --chat user turn.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub(crate) chat_user_tokens: usize,
+
+    /// Users sending at once with a shared system prompt in --chat.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub(crate) chat_users: usize,
 
     /// Write every figure (and the per-request measurements) to this JSON file.
     #[arg(long, value_name = "FILE")]
@@ -448,6 +474,24 @@ async fn run_bench(
         cache_dir: global.cache_dir.clone(),
         dequantize: args.dequantize.clone(),
     };
+    if args.chat {
+        let mlx_lm_dir = scratch.path().join("mlx-lm-model");
+        let mut report = chat::run(
+            args,
+            &py,
+            &model,
+            global.socket_dir.as_deref(),
+            &mlx_lm_dir,
+            startup_timeout,
+        )
+        .await?;
+        report["command"] = command_line().into();
+        report["started_unix_s"] = started_unix_s.into();
+        report["machine"] = serde_json::to_value(machine())?;
+        let text = report["text"].as_str().unwrap_or_default().to_owned();
+        write_outputs(args, &report, || format!("```\n{text}```\n"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
 
     // The workload (paired: at level 1 one request per pair; see WorkloadSpec::requests).
     if let Some(n) = args.paired {

@@ -201,7 +201,7 @@ pub(crate) struct UsageOut {
     pub(crate) completion_tokens: u32,
     /// Their sum.
     pub(crate) total_tokens: u32,
-    /// Details of the prompt's tokens; none are reported yet (no prefix cache).
+    /// Details of the prompt's tokens: how many came from the worker's prefix cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) prompt_tokens_details: Option<PromptTokensDetails>,
 }
@@ -212,7 +212,9 @@ impl From<mlx_sidecar::Usage> for UsageOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
-            prompt_tokens_details: None,
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: u.cached_prompt_tokens,
+            }),
         }
     }
 }
