@@ -284,7 +284,14 @@ async fn fault_14_bad_requests_get_precise_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_15_cancel_frees_the_sequence() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let worker = support::tiny_worker().with_args(["--prefill-step-size", "32"]);
+    // The prefix cache off: it keeps the finished bystander's KV cache on purpose, and this
+    // fault is about what a cancelled sequence leaves (the cache's bounds have their tests).
+    let worker = support::tiny_worker().with_args([
+        "--prefill-step-size",
+        "32",
+        "--prefix-cache-entries",
+        "0",
+    ]);
     let supervisor = Supervisor::spawn(support::config(worker, sandbox.path()))
         .await
         .expect("spawn");
