@@ -229,8 +229,11 @@ pub struct SupervisorConfig {
     /// loads the model on its own socket and waits, idle and health-probed. When the active
     /// worker dies, the standby takes over at once (no start-up, no backoff) and a new
     /// standby starts. Costs a second copy of the model's memory (about 0.6 GB more for the
-    /// default model on the CPU) and the standby's start-up CPU after each takeover. Cannot
-    /// be combined with `socket_path`.
+    /// default model on the CPU) and the standby's start-up CPU after each takeover. On
+    /// Linux, where the supervisor may raise a priority back (root, `CAP_SYS_NICE` or
+    /// `RLIMIT_NICE`), the standby starts at nice +10, so that its start-up yields the CPU
+    /// to the streams the promoted worker resumes, and gets the supervisor's priority back
+    /// when promoted. Cannot be combined with `socket_path`.
     pub standby: bool,
     /// How many replicas to run (default 1): each is a worker of its own, with its own
     /// socket, restart policy, health probes (and standby, with `standby`), all loading

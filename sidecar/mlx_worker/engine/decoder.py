@@ -12,6 +12,8 @@ longest cached prefix of its prompt and prefills only the rest; a finished reque
 cache. Requests bound for the batch wait in ``_waiting`` until the next step, so that those
 sent together are seen together: of those sharing a long prefix, one prefills it (its prompt
 split at the prefix's end) and the others wait until it is stored, then start from it.
+Continuations (streams cut by a worker's death) are inserted ahead of new requests, so that
+mlx-lm's first-in-first-out prefill takes them first.
 
 Each step's tokens go to the requests' :class:`~mlx_worker.responses.RequestState` and what
 they build to the :class:`~.output.OutputHandOff`. An error in one request fails that request
@@ -42,6 +44,15 @@ from .prefix_cache import Hit, PrefixCache, SharedPrefix, SharedPrefixes, new_pr
 from .startup import Started, new_batch_generator
 
 log = logging.getLogger("mlx_worker.engine")
+
+
+def continuations_first(
+    waiting: list[tuple[Job, Hit | None]],
+) -> list[tuple[Job, Hit | None]]:
+    """``waiting`` with continuations (streams cut by a worker's death, their callers
+    mid-stream) ahead of new requests, so that the batch prefills them first; otherwise in
+    arrival order."""
+    return sorted(waiting, key=lambda item: item[0].params.continuation is None)
 
 
 class Placement(enum.Enum):
@@ -253,9 +264,11 @@ class Decoder:
         return prefilled_length(job.params, self._method) - hit.tokens <= self._plan.step_size
 
     def _admit_waiting(self) -> None:
-        """Inserts the waiting requests into the batch, each from its longest cached prefix;
-        one of several sharing a longer prefix prefills it for the others, which wait."""
-        waiting, self._waiting = self._waiting, []
+        """Inserts the waiting requests into the batch, continuations first, each from its
+        longest cached prefix; one of several sharing a longer prefix prefills it for the
+        others, which wait."""
+        waiting = continuations_first(self._waiting)
+        self._waiting = []
         prompts = [self._prefilled_ids(job) for job, _ in waiting]
         for i, (job, hit) in enumerate(waiting):
             prompt = prompts[i]

@@ -49,6 +49,14 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub(crate) prompt_tokens: usize,
 
+    /// Distinct prompts the load takes in turn.
+    ///
+    /// Before any fault, each runs once alone for its greedy reference, then the same load
+    /// runs through them without faults (the floor); every completed stream must equal its
+    /// prompt's reference, token id by token id.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) prompts: u64,
+
     /// Tokens generated per request (end-of-sequence ignored: exactly this many).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub(crate) max_tokens: u32,

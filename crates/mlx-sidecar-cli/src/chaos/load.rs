@@ -1,10 +1,15 @@
 //! The load: `clients` tasks, each sending one generation after another until told to stop,
 //! and what became of every request.
 //!
-//! Each request asks for exactly `max_tokens` tokens (end-of-sequence ignored) after a
-//! prompt of random token ids. It ends in one of three ways:
+//! Each request asks for exactly `max_tokens` greedy tokens (end-of-sequence ignored) after
+//! one of a fixed set of prompts of random token ids (`prompt_set`), taken in turn. Before
+//! any fault, `reference` runs each prompt once alone; every completed stream is then
+//! compared with its prompt's reference, token id by token id. A request ends in one of
+//! four ways:
 //! - *completed*: a finished message whose `completion_tokens` equals the tokens received
-//!   and `max_tokens` (possibly after the client library resumed it on the next worker);
+//!   and `max_tokens` (possibly after the client library resumed it on the next worker),
+//!   with the reference's token ids;
+//! - *mismatched*: completed, but its token ids differ from the reference's;
 //! - *failed*: an error the caller saw, by reason (a worker that died mid-stream must hand
 //!   back exactly the text that was streamed);
 //! - *lost*: neither within the deadline plus a margin (a hang), or a "finished" whose
@@ -19,6 +24,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::bail;
 use mlx_sidecar::{Client, Error, FinishReason, GenerateEvent, GenerateRequest};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
@@ -35,14 +41,53 @@ const HANG_MARGIN: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(crate) struct Load {
     pub(crate) requests: Option<u64>,
-    pub(crate) prompt_tokens: usize,
     pub(crate) max_tokens: u32,
     pub(crate) timeout: Duration,
-    pub(crate) seed: u64,
-    /// Token ids are drawn from this range (ordinary tokens, no special ones).
-    pub(crate) token_range: (u32, u32),
+    /// The prompts, taken in turn by request number.
+    pub(crate) prompts: Arc<Vec<Vec<u32>>>,
+    /// Each prompt's greedy token ids from an uninterrupted run, once known.
+    pub(crate) reference: Option<Arc<Vec<Vec<u32>>>>,
     /// Whether streams resume on the next worker (no --no-resume).
     pub(crate) resume: bool,
+}
+
+/// `count` distinct prompts of `len` token ids drawn from `range` (ordinary tokens, no
+/// special ones), the same for the same seed.
+pub(crate) fn prompt_set(seed: u64, count: usize, len: usize, range: (u32, u32)) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            (0..len)
+                .map(|_| rng.random_range(range.0..range.1))
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs each prompt once, alone and without faults, and returns its token ids: the
+/// reference every later stream of that prompt must equal.
+pub(crate) async fn reference(client: &Client, load: &Load) -> anyhow::Result<Vec<Vec<u32>>> {
+    let timeline = Timeline::new();
+    let mut ids = Vec::with_capacity(load.prompts.len());
+    for (n, prompt) in load.prompts.iter().enumerate() {
+        let (record, tokens) = one_request(
+            usize::MAX,
+            n as u64,
+            prompt.clone(),
+            client,
+            load,
+            &timeline,
+        )
+        .await;
+        if record.outcome != Outcome::Completed {
+            bail!(
+                "the reference run of prompt {n} did not complete: {:?}",
+                record.outcome
+            );
+        }
+        ids.push(tokens);
+    }
+    Ok(ids)
 }
 
 /// How one request ended.
@@ -50,6 +95,8 @@ pub(crate) struct Load {
 #[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
 pub(crate) enum Outcome {
     Completed,
+    /// Completed with other token ids than the reference (where they first differ).
+    Mismatched(String),
     Failed(String),
     Lost(String),
 }
@@ -58,6 +105,8 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RequestRecord {
     pub(crate) client: usize,
+    /// Which of the prompts it sent.
+    pub(crate) prompt: usize,
     pub(crate) sent: f64,
     pub(crate) first_token: Option<f64>,
     pub(crate) ended: f64,
@@ -80,18 +129,14 @@ pub(crate) async fn client_loop(
     stop: Arc<AtomicBool>,
     issued: Arc<AtomicU64>,
 ) -> Vec<RequestRecord> {
-    let mut rng = StdRng::seed_from_u64(load.seed.wrapping_add(id as u64));
     let mut records = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let n = issued.fetch_add(1, Ordering::Relaxed);
         if load.requests.is_some_and(|max| n >= max) {
             break;
         }
-        let (lo, hi) = load.token_range;
-        let prompt: Vec<u32> = (0..load.prompt_tokens)
-            .map(|_| rng.random_range(lo..hi))
-            .collect();
-        let record = one_request(id, n, prompt, &client, &load, &timeline).await;
+        let prompt = load.prompts[n as usize % load.prompts.len()].clone();
+        let (record, _) = one_request(id, n, prompt, &client, &load, &timeline).await;
         // No worker will come any more: every further request would fail at once.
         let terminal =
             matches!(&record.outcome, Outcome::Failed(r) if r == GAVE_UP || r == STOPPED);
@@ -105,12 +150,14 @@ pub(crate) async fn client_loop(
 
 struct Progress {
     tokens: u32,
+    token_ids: Vec<u32>,
     text: String,
     first_token: Option<f64>,
     attempts: u32,
     resumes: u32,
 }
 
+/// Sends request `n` of client `id`; returns its record and the token ids it received.
 async fn one_request(
     id: usize,
     n: u64,
@@ -118,10 +165,13 @@ async fn one_request(
     client: &Client,
     load: &Load,
     timeline: &Timeline,
-) -> RequestRecord {
+) -> (RequestRecord, Vec<u32>) {
     let sent = timeline.now();
+    let prompt_index = n as usize % load.prompts.len();
+    // Greedy, so that every run of a prompt must give the same token ids.
     let request = GenerateRequest::tokens(prompt)
         .max_tokens(load.max_tokens)
+        .temperature(0.0)
         .ignore_eos(true)
         .deadline(load.timeout)
         .request_id(format!("chaos-{id}-{n}"));
@@ -132,6 +182,7 @@ async fn one_request(
     };
     let mut progress = Progress {
         tokens: 0,
+        token_ids: Vec::new(),
         text: String::new(),
         first_token: None,
         attempts: 1,
@@ -145,8 +196,15 @@ async fn one_request(
             None,
         ),
     };
-    RequestRecord {
+    let outcome = match (&outcome, &load.reference) {
+        (Outcome::Completed, Some(reference)) => {
+            compare(&progress.token_ids, &reference[prompt_index]).unwrap_or(outcome)
+        }
+        _ => outcome,
+    };
+    let record = RequestRecord {
         client: id,
+        prompt: prompt_index,
         sent,
         first_token: progress.first_token,
         ended: timeline.now(),
@@ -155,7 +213,26 @@ async fn one_request(
         resumes: progress.resumes,
         outcome,
         retry_safe,
+    };
+    (record, progress.token_ids)
+}
+
+/// `Some(Mismatched)` where `got` differs from `reference`, saying where.
+fn compare(got: &[u32], reference: &[u32]) -> Option<Outcome> {
+    if got == reference {
+        return None;
     }
+    let at = got
+        .iter()
+        .zip(reference)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(reference.len()));
+    Some(Outcome::Mismatched(format!(
+        "token {at} of {}: {:?} where the reference has {:?}",
+        got.len(),
+        got.get(at),
+        reference.get(at)
+    )))
 }
 
 async fn run_stream(
@@ -182,6 +259,7 @@ async fn run_stream(
                 }
                 let count = u32::try_from(token_ids.len()).unwrap_or(u32::MAX);
                 progress.tokens = progress.tokens.saturating_add(count);
+                progress.token_ids.extend_from_slice(&token_ids);
                 progress.text.push_str(&text);
                 timeline.tokens(now, count);
             }
@@ -253,4 +331,30 @@ fn failed(e: &Error, progress: &Progress) -> (Outcome, Option<bool>) {
         _ => "other error",
     };
     (Outcome::Failed(reason.into()), retry_safe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_matches_only_its_reference_token_for_token() {
+        assert_eq!(compare(&[1, 2, 3], &[1, 2, 3]), None);
+        let at = |got: &[u32], reference: &[u32]| match compare(got, reference) {
+            Some(Outcome::Mismatched(detail)) => detail,
+            other => panic!("{other:?}"),
+        };
+        assert!(at(&[1, 9, 3], &[1, 2, 3]).starts_with("token 1 of 3"));
+        assert!(at(&[1, 2], &[1, 2, 3]).starts_with("token 2 of 2"));
+    }
+
+    #[test]
+    fn the_prompt_set_is_distinct_and_the_same_for_a_seed() {
+        let set = prompt_set(7, 16, 32, (100, 200));
+        assert_eq!(set, prompt_set(7, 16, 32, (100, 200)));
+        assert_ne!(set, prompt_set(8, 16, 32, (100, 200)));
+        let distinct: std::collections::BTreeSet<_> = set.iter().collect();
+        assert_eq!(distinct.len(), 16);
+        assert!(set.iter().flatten().all(|t| (100..200).contains(t)));
+    }
 }

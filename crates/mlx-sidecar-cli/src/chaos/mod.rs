@@ -1,7 +1,9 @@
 //! `mlx-sidecar chaos`: proves that a supervised worker loses nothing when it dies.
 //!
-//! It starts a supervised worker, runs a load against it (`load`: N clients, one
-//! generation after another), and meanwhile injects faults on a schedule (`plan` parses
+//! It starts a supervised worker, runs each of the load's prompts once alone for its greedy
+//! reference, then the same load without faults (the floor: how often streams differ from
+//! the reference with no fault at all), then the load (`load`: N clients, one generation
+//! after another, every completed stream compared with its reference), and meanwhile injects faults on a schedule (`plan` parses
 //! `--faults`; `inject` applies them one at a time: SIGKILL, SIGSTOP for a while, removing
 //! the socket file, a slow restart). Everything is stamped on one timeline (`observe`):
 //! the supervisor's lifecycle events and every token's arrival. At the end the supervisor
@@ -14,7 +16,8 @@
 //! once it serves, faults still go to the active worker, and the report tells takeovers by
 //! the standby from fresh starts.
 //!
-//! Exit code: 0 when nothing was lost or leaked and service came back after every fault;
+//! Exit code: 0 when nothing was lost, mismatched or leaked and service came back after
+//! every fault;
 //! 1 otherwise (so it can gate CI); 2 for bad arguments.
 
 pub(crate) mod args;
@@ -141,15 +144,30 @@ pub(crate) async fn run(
         .await
         .context("asking the worker about its model")?;
     let vocab = info.vocab_size.max(8);
-    let load = Arc::new(load::Load {
+    let prompts = load::prompt_set(
+        args.seed,
+        args.prompts as usize,
+        args.prompt_tokens,
+        (vocab / 4, vocab / 2),
+    );
+    let mut load = load::Load {
         requests: args.requests,
-        prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
         timeout: args.request_timeout,
-        seed: args.seed,
-        token_range: (vocab / 4, vocab / 2),
+        prompts: Arc::new(prompts),
+        reference: None,
         resume: !args.no_resume,
-    });
+    };
+    progress.spin("running each prompt's reference");
+    let reference = load::reference(&client, &load).await;
+    progress.done(None);
+    load.reference = Some(Arc::new(
+        reference.context("running the prompts' references without faults")?,
+    ));
+    progress.spin("running the load without faults");
+    let floor = floor_pass(&client, &load, args.clients).await;
+    progress.done(None);
+    let load = Arc::new(load);
     let first_pid = supervisor.worker_pid();
     // Every replica's first worker, for the leak check (their `Starting` came before the load).
     let first_pids: Vec<u32> = supervisor.replicas().iter().filter_map(|r| r.pid).collect();
@@ -299,6 +317,7 @@ pub(crate) async fn run(
         model: info.model_id.clone(),
         clients: args.clients,
         prompt_tokens: args.prompt_tokens,
+        prompts: args.prompts,
         max_tokens: args.max_tokens,
         duration_s: run_time,
         faults: plans,
@@ -306,7 +325,7 @@ pub(crate) async fn run(
         resume: !args.no_resume,
         immediate_restart: !args.no_immediate_restart,
     };
-    let report = report::build(settings, &requests, faults, &marks, final_state);
+    let report = report::build(settings, &requests, &floor, faults, &marks, final_state);
     if let Some(path) = &args.chart {
         let title = format!(
             "mlx-sidecar chaos: {} clients, {}; {} faults, {} lost",
@@ -333,6 +352,38 @@ pub(crate) async fn run(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The same load without faults, before them: `clients` clients through every prompt once
+/// (at least one request per client), each stream compared with its reference.
+async fn floor_pass(
+    client: &mlx_sidecar::Client,
+    load: &load::Load,
+    clients: usize,
+) -> Vec<load::RequestRecord> {
+    let load = Arc::new(load::Load {
+        requests: Some(load.prompts.len().max(clients) as u64),
+        ..load.clone()
+    });
+    let timeline = Arc::new(Timeline::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..clients {
+        tasks.spawn(load::client_loop(
+            id,
+            client.clone(),
+            load.clone(),
+            timeline.clone(),
+            stop.clone(),
+            issued.clone(),
+        ));
+    }
+    let mut records = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        records.extend(done.unwrap_or_default());
+    }
+    records
 }
 
 /// Waits for the first standby worker to serve.

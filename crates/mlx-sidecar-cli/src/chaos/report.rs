@@ -1,4 +1,5 @@
-//! The chaos report: requests by outcome, each fault kind's time to detect and to serve
+//! The chaos report: requests by outcome (a completed stream whose token ids differ from
+//! its prompt's reference is mismatched), the floor (mismatches without faults), each fault kind's time to detect and to serve
 //! again (p50, p99, max), where a restart's time goes, and what was left behind. Printed as
 //! tables for people or one JSON object for machines.
 
@@ -48,6 +49,8 @@ impl Stats {
 pub(crate) struct Report {
     pub(crate) settings: Settings,
     pub(crate) requests: Requests,
+    /// The same load without faults, before them.
+    pub(crate) floor: Floor,
     pub(crate) faults: Faults,
     /// Worker restarts (Starting events after the first).
     pub(crate) restarts: usize,
@@ -64,6 +67,8 @@ pub(crate) struct Settings {
     pub(crate) model: String,
     pub(crate) clients: usize,
     pub(crate) prompt_tokens: usize,
+    /// Distinct prompts, each with a greedy reference run alone before any fault.
+    pub(crate) prompts: u64,
     pub(crate) max_tokens: u32,
     pub(crate) duration_s: f64,
     pub(crate) faults: Vec<FaultPlan>,
@@ -79,6 +84,10 @@ pub(crate) struct Settings {
 pub(crate) struct Requests {
     pub(crate) total: usize,
     pub(crate) completed: usize,
+    /// Completed streams whose token ids differ from their prompt's reference.
+    pub(crate) mismatched: usize,
+    /// `mismatched` / (`completed` + `mismatched`).
+    pub(crate) mismatched_rate: f64,
     pub(crate) failed: usize,
     pub(crate) lost: usize,
     /// Completed or failed after the client library re-sent them (the worker died or was
@@ -98,6 +107,39 @@ pub(crate) struct Requests {
     /// Per resume: from noticing the worker's death to the continuation's first message
     /// (the `Resumed` events' stall).
     pub(crate) resume_stall_ms: Stats,
+}
+
+/// The same load without faults: how often streams differ from their reference when
+/// nothing happens (floating-point near-ties flipped by batching, for example).
+#[derive(Debug, Serialize)]
+pub(crate) struct Floor {
+    pub(crate) total: usize,
+    pub(crate) completed: usize,
+    pub(crate) mismatched: usize,
+    /// `mismatched` / (`completed` + `mismatched`).
+    pub(crate) mismatched_rate: f64,
+    /// Requests that did not complete (an error or lost) although nothing was injected.
+    pub(crate) not_completed: usize,
+}
+
+impl Floor {
+    fn of(records: &[RequestRecord]) -> Floor {
+        let count = |f: fn(&Outcome) -> bool| records.iter().filter(|r| f(&r.outcome)).count();
+        let completed = count(|o| matches!(o, Outcome::Completed));
+        let mismatched = count(|o| matches!(o, Outcome::Mismatched(_)));
+        Floor {
+            total: records.len(),
+            completed,
+            mismatched,
+            mismatched_rate: rate(mismatched, completed),
+            not_completed: records.len() - completed - mismatched,
+        }
+    }
+}
+
+/// `mismatched` among the streams that completed.
+fn rate(mismatched: usize, completed: usize) -> f64 {
+    mismatched as f64 / (completed + mismatched).max(1) as f64
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +166,8 @@ pub(crate) struct KindStats {
 #[derive(Debug, Serialize)]
 pub(crate) struct Verdict {
     pub(crate) lost: usize,
+    /// Completed streams under faults that differ from their reference.
+    pub(crate) mismatched: usize,
     pub(crate) leaked: usize,
     pub(crate) unrecovered: usize,
     pub(crate) ok: bool,
@@ -133,6 +177,7 @@ pub(crate) struct Verdict {
 pub(crate) fn build(
     settings: Settings,
     requests: &[RequestRecord],
+    floor: &[RequestRecord],
     faults: Vec<FaultRecord>,
     marks: &Marks,
     final_state: FinalState,
@@ -140,9 +185,18 @@ pub(crate) fn build(
     let mut failed_by_reason = BTreeMap::new();
     let mut lost_by_reason = BTreeMap::new();
     let (mut completed, mut failed, mut lost, mut retried, mut retry_safe) = (0, 0, 0, 0, 0);
+    let mut mismatched = 0;
     for r in requests {
         match &r.outcome {
             Outcome::Completed => completed += 1,
+            Outcome::Mismatched(detail) => {
+                mismatched += 1;
+                tracing::warn!(
+                    "request {} (prompt {}) mismatched: {detail}",
+                    r.client,
+                    r.prompt
+                );
+            }
             Outcome::Failed(reason) => {
                 failed += 1;
                 *failed_by_reason.entry(reason.clone()).or_insert(0) += 1;
@@ -258,6 +312,8 @@ pub(crate) fn build(
         requests: Requests {
             total: requests.len(),
             completed,
+            mismatched,
+            mismatched_rate: rate(mismatched, completed),
             failed,
             lost,
             retried_transparently: retried,
@@ -285,15 +341,17 @@ pub(crate) fn build(
             events_missed: marks.events_missed,
             records: faults,
         },
+        floor: Floor::of(floor),
         settings,
         restarts,
         standby_takeovers,
         restart_breakdown_ms: breakdown,
         verdict: Verdict {
             lost,
+            mismatched,
             leaked,
             unrecovered,
-            ok: lost == 0 && leaked == 0 && unrecovered == 0,
+            ok: lost == 0 && mismatched == 0 && leaked == 0 && unrecovered == 0,
         },
         final_state,
     }
@@ -335,6 +393,11 @@ pub(crate) fn render(r: &Report) -> String {
     let _ = writeln!(out, "  {:<28} {:>8}", "completed", q.completed);
     let _ = writeln!(
         out,
+        "  {:<28} {:>8}  (token ids differ from the greedy reference)",
+        "MISMATCHED", q.mismatched
+    );
+    let _ = writeln!(
+        out,
         "  {:<28} {:>8}",
         "retried transparently", q.retried_transparently
     );
@@ -363,6 +426,21 @@ pub(crate) fn render(r: &Report) -> String {
         "  {:<28} {:>8}  ({:.1} tokens/s)",
         "tokens", q.tokens, q.tokens_per_second
     );
+    let fl = &r.floor;
+    let _ = writeln!(
+        out,
+        "\nno-fault floor: {} requests over the {} prompts, {} completed, {} mismatched, {} not completed",
+        fl.total, s.prompts, fl.completed, fl.mismatched, fl.not_completed
+    );
+    if fl.mismatched > 0 {
+        let _ = writeln!(
+            out,
+            "  NOTE: without faults {:.2}% of streams differ from their reference (floating-point \
+             near-ties); under faults {:.2}%",
+            fl.mismatched_rate * 100.0,
+            q.mismatched_rate * 100.0
+        );
+    }
     let header = format!(
         "  {:<52} {:>6} {:>9} {:>9} {:>9} {:>9}",
         "", "n", "p50 ms", "p99 ms", "max ms", "mean ms"
@@ -453,9 +531,10 @@ pub(crate) fn render(r: &Report) -> String {
     let v = &r.verdict;
     let _ = writeln!(
         out,
-        "\n{}: {} lost, {} leaked, {} faults without recovery",
+        "\n{}: {} lost, {} mismatched, {} leaked, {} faults without recovery",
         if v.ok { "PASS" } else { "FAIL" },
         v.lost,
+        v.mismatched,
         v.leaked,
         v.unrecovered
     );
@@ -469,6 +548,7 @@ mod tests {
     fn record(outcome: Outcome, attempts: u32) -> RequestRecord {
         RequestRecord {
             client: 0,
+            prompt: 0,
             sent: 0.0,
             first_token: Some(0.1),
             ended: 1.0,
@@ -485,6 +565,7 @@ mod tests {
             model: "m".into(),
             clients: 1,
             prompt_tokens: 1,
+            prompts: 1,
             max_tokens: 4,
             duration_s: 2.0,
             faults: Vec::new(),
@@ -522,6 +603,7 @@ mod tests {
                 record(Outcome::Completed, 2),
                 record(Outcome::Failed("worker died mid-stream".into()), 1),
             ],
+            &[],
             vec![fault(Some(2.0))],
             &Marks::default(),
             FinalState::default(),
@@ -536,6 +618,7 @@ mod tests {
         let lost = build(
             settings(),
             &[record(Outcome::Lost("hung: no finish".into()), 1)],
+            &[],
             Vec::new(),
             &Marks::default(),
             FinalState::default(),
@@ -548,12 +631,13 @@ mod tests {
             fds_after: 11,
             ..FinalState::default()
         };
-        let leak = build(settings(), &[], Vec::new(), &Marks::default(), leaked);
+        let leak = build(settings(), &[], &[], Vec::new(), &Marks::default(), leaked);
         assert_eq!(leak.verdict.leaked, 1);
         assert!(!leak.verdict.ok);
 
         let stuck = build(
             settings(),
+            &[],
             &[],
             vec![fault(None)],
             &Marks::default(),
@@ -576,6 +660,7 @@ mod tests {
         let r = build(
             settings(),
             &[],
+            &[],
             vec![fault(Some(2.0)), promoted],
             &Marks::default(),
             FinalState::default(),
@@ -597,6 +682,35 @@ mod tests {
         assert!((takeover.p50 - 10.0).abs() < 1e-6, "{takeover:?}");
         assert_eq!(phase("2b_takeover").n, 0);
         assert_eq!(phase("total").n, 2);
+    }
+
+    #[test]
+    fn a_mismatched_stream_fails_the_verdict_and_the_floor_is_reported_apart() {
+        let mismatched = || Outcome::Mismatched("token 3 of 4".into());
+        let r = build(
+            settings(),
+            &[record(Outcome::Completed, 1), record(mismatched(), 1)],
+            &[
+                record(Outcome::Completed, 1),
+                record(Outcome::Completed, 1),
+                record(Outcome::Completed, 1),
+                record(mismatched(), 1),
+            ],
+            Vec::new(),
+            &Marks::default(),
+            FinalState::default(),
+        );
+        assert_eq!(r.requests.completed, 1);
+        assert_eq!(r.requests.mismatched, 1);
+        assert!((r.requests.mismatched_rate - 0.5).abs() < 1e-9);
+        assert_eq!(r.verdict.mismatched, 1);
+        assert!(!r.verdict.ok);
+        assert_eq!((r.floor.total, r.floor.mismatched), (4, 1));
+        assert!((r.floor.mismatched_rate - 0.25).abs() < 1e-9);
+        let text = render(&r);
+        assert!(text.contains("MISMATCHED"), "{text}");
+        assert!(text.contains("25.00%") && text.contains("50.00%"), "{text}");
+        assert!(text.contains("FAIL: 0 lost, 1 mismatched"), "{text}");
     }
 
     #[test]

@@ -179,6 +179,17 @@ async fn fault_17_kills_under_load_lose_nothing() {
             .unwrap_or(u64::MAX)
     };
     assert_eq!(n("/requests/lost"), 0, "{report:#}");
+    // Every completed stream, resumed or not, has its prompt's greedy reference token ids;
+    // so do the streams of the same load without faults.
+    assert_eq!(n("/requests/mismatched"), 0, "{:#}", report["requests"]);
+    assert_eq!(n("/verdict/mismatched"), 0);
+    assert_eq!(n("/floor/mismatched"), 0, "{:#}", report["floor"]);
+    assert_eq!(n("/floor/not_completed"), 0, "{:#}", report["floor"]);
+    assert!(
+        n("/floor/total") >= 16,
+        "every prompt once: {:#}",
+        report["floor"]
+    );
     assert_eq!(
         n("/requests/total"),
         n("/requests/completed") + n("/requests/failed"),
@@ -211,12 +222,13 @@ async fn fault_17_kills_under_load_lose_nothing() {
     );
     assert!(std::fs::read_to_string(&chart).is_ok_and(|svg| svg.contains("<svg")));
     eprintln!(
-        "FIGURE fault 17: {} requests under 4 kills: {} completed ({} retried transparently, {} resumed mid-stream), {} failed with an error, 0 lost; serve again p50 {} ms",
+        "FIGURE fault 17: {} requests under 4 kills: {} completed ({} retried transparently, {} resumed mid-stream), {} failed with an error, 0 lost, 0 mismatched with the greedy reference (floor: 0 of {}); serve again p50 {} ms",
         n("/requests/total"),
         n("/requests/completed"),
         n("/requests/retried_transparently"),
         n("/requests/resumed"),
         n("/requests/failed"),
+        n("/floor/total"),
         report
             .pointer("/faults/by_kind/kill/time_to_serve_again_ms/p50")
             .unwrap_or(&serde_json::Value::Null)

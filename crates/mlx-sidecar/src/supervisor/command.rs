@@ -115,6 +115,20 @@ fn set_parent_death_signal(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn set_parent_death_signal(_cmd: &mut Command) {}
 
+/// Starts the worker at the nice value `nice` (its threads inherit it); see `priority`.
+#[cfg(target_os = "linux")]
+pub(crate) fn lower_priority(cmd: &mut Command, nice: i32) {
+    // SAFETY: the closure runs in the forked child before exec and makes one
+    // async-signal-safe system call (setpriority); it does not allocate.
+    unsafe {
+        cmd.pre_exec(move || super::priority::set_nice(0, nice));
+    }
+}
+
+/// Off Linux the worker starts at the normal priority.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn lower_priority(_cmd: &mut Command, _nice: i32) {}
+
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// The process-wide spawner thread (see the module doc).

@@ -11,6 +11,7 @@
 //! - `owner` is the task: a state machine with one function per phase;
 //! - `standby` is a second task, only with [`SupervisorConfig::standby`]: it keeps an idle
 //!   standby worker loaded and hands it to `owner` when the active worker dies;
+//! - `priority` starts a standby at a lower CPU priority and gives it back at its promotion;
 //! - `events` is what the outside hears: [`LifecycleEvent`], [`StartupTimes`];
 //! - `replica` is one owner task (and its standby keeper) with its socket; [`Supervisor`]
 //!   runs [`SupervisorConfig::replicas`] of them, each with its own restart policy, health
@@ -26,6 +27,7 @@ mod events;
 mod liveness;
 mod logs;
 mod owner;
+mod priority;
 mod process;
 mod replica;
 mod restart;

@@ -28,7 +28,7 @@ use tokio::{
 use super::{
     command::SharedSlot,
     events::{self, LifecycleEvent},
-    liveness,
+    liveness, priority,
     process::Worker,
     restart::{Decision, RestartTracker},
     socket::SocketPlace,
@@ -320,6 +320,11 @@ impl Owner {
     /// soon as it serves (at once, if it already does).
     fn promote(&mut self, handover: Handover, attempt: u32) -> Phase {
         let Handover { worker, ready } = handover;
+        if worker.lowered
+            && let Err(e) = priority::restore(worker.pid)
+        {
+            tracing::warn!(pid = worker.pid, error = %e, "cannot restore the promoted worker's CPU priority");
+        }
         self.generation += 1;
         let generation = self.generation;
         self.active_socket = worker.socket.clone();

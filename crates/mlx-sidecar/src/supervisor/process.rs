@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     /// Its exit status once reaped.
     exited: Option<ExitStatusInfo>,
     slot: SharedSlot,
+    /// Started at a lower CPU priority (a standby): restored at its promotion.
+    pub(crate) lowered: bool,
 }
 
 impl Worker {
@@ -57,7 +59,21 @@ impl Worker {
         socket: &std::path::Path,
         slot: SharedSlot,
     ) -> Result<Worker, Error> {
-        let cmd = command::build(&config.worker, socket);
+        Self::spawn_at(config, socket, slot, None).await
+    }
+
+    /// Spawns a worker on the socket `socket`, at the nice value `nice` when given (a
+    /// standby; see `priority`).
+    pub(crate) async fn spawn_at(
+        config: &SupervisorConfig,
+        socket: &std::path::Path,
+        slot: SharedSlot,
+        nice: Option<i32>,
+    ) -> Result<Worker, Error> {
+        let mut cmd = command::build(&config.worker, socket);
+        if let Some(nice) = nice {
+            command::lower_priority(&mut cmd, nice);
+        }
         let mut child = command::spawn(cmd, config.worker.python.clone(), slot.clone()).await?;
         let pid = child.id().unwrap_or_default();
         let log = LogTail::new(config.log_tail_lines);
@@ -82,6 +98,7 @@ impl Worker {
             health: transport::uds_channel(socket.to_path_buf()),
             exited: None,
             slot,
+            lowered: nice.is_some(),
         })
     }
 

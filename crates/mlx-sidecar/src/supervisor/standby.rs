@@ -30,7 +30,7 @@ use tokio::{
 use super::{
     command::SharedSlot,
     events::{self, LifecycleEvent},
-    liveness,
+    liveness, priority,
     process::Worker,
     restart::{Decision, RestartTracker},
     socket,
@@ -142,7 +142,10 @@ impl Keeper {
     /// Spawns a standby on `socket`.
     async fn start(&mut self, attempt: u32, socket: PathBuf) -> Phase {
         let spawned = match socket::claim(&socket) {
-            Ok(()) => Worker::spawn(&self.config, &socket, self.slot.clone()).await,
+            Ok(()) => {
+                let nice = priority::standby_nice();
+                Worker::spawn_at(&self.config, &socket, self.slot.clone(), nice).await
+            }
             Err(e) => Err(e),
         };
         match spawned {

@@ -44,6 +44,26 @@ async fn wait_standby_ready(events: &mut broadcast::Receiver<LifecycleEvent>, no
     pid
 }
 
+/// The nice value of each thread of `pid` (field 19 of its tasks' `stat`).
+fn thread_nices(pid: u32) -> Vec<i32> {
+    let nice = |path: std::path::PathBuf| -> Option<i32> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(16)?
+            .parse()
+            .ok()
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| nice(t.ok()?.path().join("stat")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every process gone, the socket files and the private directory removed.
 async fn assert_nothing_left(pids: &[u32], dir: &Path) {
     support::wait_until(Duration::from_secs(5), "every worker to exit", || async {
@@ -94,7 +114,9 @@ async fn first_restart_after_serving_is_immediate_then_backs_off() {
 /// With a standby: two distinct live workers once settled; SIGKILL of the active one makes
 /// the standby serve at once (the same process: calls go to the former standby's pid), and
 /// a new standby comes; SIGKILL of the standby replaces it without disturbing calls to the
-/// active worker; shutdown leaves no process, socket file or directory.
+/// active worker; shutdown leaves no process, socket file or directory. The standby runs at
+/// nice +10 where its priority can be given back (here: as root), and every thread of the
+/// promoted worker has the supervisor's priority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_at_once_and_is_replaced() {
     let sandbox = tempfile::tempdir().expect("tempdir");
@@ -107,6 +129,16 @@ async fn standby_takes_over_at_once_and_is_replaced() {
     let dir = supervisor.socket_dir();
     let first_socket = supervisor.socket_path();
     assert!(first_socket.starts_with(&dir));
+    let base = thread_nices(std::process::id())[0];
+    let active_nices = thread_nices(active);
+    assert!(active_nices.iter().all(|&n| n == base), "{active_nices:?}");
+    let standby_nices = thread_nices(standby);
+    let lowered = (base + 10).min(19); // 19: the lowest priority
+    assert!(
+        standby_nices.iter().all(|&n| n == lowered)
+            || (!nix::unistd::geteuid().is_root() && standby_nices.iter().all(|&n| n == base)),
+        "the standby's threads: {standby_nices:?}, ours {base}"
+    );
 
     // The active worker dies: the standby takes over, with no start-up and no backoff.
     let killed_at = Instant::now();
@@ -151,6 +183,11 @@ async fn standby_takes_over_at_once_and_is_replaced() {
     );
     let info = client.model_info().await.expect("model_info");
     assert_eq!(info.worker_pid, standby);
+    let promoted_nices = thread_nices(standby);
+    assert!(
+        !promoted_nices.is_empty() && promoted_nices.iter().all(|&n| n == base),
+        "the promoted worker's threads have our priority back: {promoted_nices:?}"
+    );
     assert_ne!(
         supervisor.socket_path(),
         first_socket,
