@@ -5,7 +5,9 @@
 //! A source directory a running worker uses is never removed: the worker holds a shared
 //! lock on its `.in-use` file (see `crate::cache`). A directory without that file was made
 //! by a version that did not mark its use and is left alone; so are leftovers of an
-//! extraction that is less than an hour old (it may still be running).
+//! extraction that is less than an hour old (it may still be running), and a source whose
+//! `.in-use` file was touched within the hour (each worker touches it when it starts, so a
+//! supervisor between two workers, or one about to start its first, keeps its source).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +36,10 @@ pub(crate) fn prune_other_sources(root: &Path, keep: &Path) -> Vec<PathBuf> {
                 continue;
             }
             std::fs::remove_dir_all(&path).map_err(|e| e.to_string())
+        } else if !is_older_than(&path.join(".in-use"), ABANDONED_AFTER) {
+            // Used (or extracted) within the hour: another version's supervisor may be
+            // between two of its workers, or about to start its first.
+            continue;
         } else {
             match lock_if_unused(&path, false) {
                 Ok(Some(_lock)) => discard_dir(&path).map_err(|e| e.to_string()),

@@ -60,6 +60,16 @@ async fn other_versions_sources_are_pruned_unless_a_worker_runs_from_them() {
     assert!(unmarked.is_dir());
 
     supervisor.shutdown().await.expect("shutdown");
+    // Unused, but its worker started within the hour (a supervisor may be between workers).
+    env::ensure(&opts, &NoProgress).await.expect("ensure");
+    assert!(other.is_dir(), "a source used within the hour was removed");
+    // Its last worker started two hours ago: it goes.
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(other.join(".in-use"))
+        .and_then(|f| f.set_modified(two_hours_ago))
+        .expect("age the in-use mark");
     env::ensure(&opts, &NoProgress).await.expect("ensure");
     assert!(!other.exists(), "an unused old source was kept");
     assert!(unmarked.is_dir(), "an unmarked source was removed");
