@@ -18,6 +18,9 @@ struct Daemon {
     /// The daemon's stderr lines, as they come.
     stderr: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
+    // Its environment directory holds the worker's source (imported lazily, and by every
+    // restarted worker): kept while the daemon runs.
+    _cli: Cli,
 }
 
 impl Daemon {
@@ -49,6 +52,7 @@ impl Daemon {
             socket,
             stderr,
             _dir: dir,
+            _cli: cli,
         };
         let listening = daemon.line_with("listening on");
         assert!(

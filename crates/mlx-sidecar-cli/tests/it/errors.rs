@@ -43,7 +43,9 @@ fn sigkill(pid: u32) {
 }
 
 /// Starts `cli` with stdout and stderr piped and waits until some output arrived.
-fn start_streaming(mut cli: Cli) -> (Child, mpsc::Receiver<Vec<u8>>) {
+/// The `Cli` comes back too: its environment directory holds the worker's source, which a
+/// restarted worker imports, so it must outlive the command.
+fn start_streaming(mut cli: Cli) -> (Child, mpsc::Receiver<Vec<u8>>, Cli) {
     let mut child = cli
         .cmd
         .stdin(Stdio::null())
@@ -62,7 +64,7 @@ fn start_streaming(mut cli: Cli) -> (Child, mpsc::Receiver<Vec<u8>>) {
         }
     });
     rx.recv_timeout(DEADLINE).expect("output began");
-    (child, rx)
+    (child, rx, cli)
 }
 
 /// Waits for `child` to end (within the deadline) and returns its output.
@@ -93,10 +95,12 @@ fn assert_plain(stderr: &str) {
 
 #[test]
 fn a_worker_killed_mid_answer_is_named_with_its_signal() {
-    let (child, _out) = start_streaming(Cli::new().args([
+    let (child, _out, _cli) = start_streaming(Cli::new().args([
         "--test-model",
         "generate",
         "--no-daemon",
+        // The stream would resume on the next worker: this is about the message when it ends.
+        "--no-resume",
         "--max-tokens",
         "1900",
         "hi",
@@ -146,6 +150,7 @@ struct KeyedDaemon {
     tcp: String,
     key_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
+    _cli: Cli,
 }
 
 impl KeyedDaemon {
@@ -154,7 +159,9 @@ impl KeyedDaemon {
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, "right-key\n").expect("key");
         let socket = dir.path().join("d.sock");
-        let mut child = Cli::new()
+        // Kept while the daemon runs: its environment directory holds the worker's source,
+        // which each restarted worker imports.
+        let mut cli = Cli::new()
             .args([
                 "--test-model",
                 "serve",
@@ -164,7 +171,8 @@ impl KeyedDaemon {
             ])
             .arg(&socket)
             .arg("--api-key-file")
-            .arg(&key_file)
+            .arg(&key_file);
+        let mut child = cli
             .cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -193,6 +201,7 @@ impl KeyedDaemon {
             tcp,
             key_file,
             _dir: dir,
+            _cli: cli,
         };
         daemon.wait_ready();
         daemon
@@ -249,12 +258,14 @@ fn daemon_clients_hear_what_happened_in_plain_words() {
             "generate",
             "--connect",
             &daemon.socket,
+            // The daemon would resume the stream: this is about the message when it ends.
+            "--no-resume",
             "--max-tokens",
             "1900",
             "hi",
         ])
     };
-    let (client, _out) = start_streaming(generate());
+    let (client, _out, _cli) = start_streaming(generate());
     let workers = children(daemon.child.id());
     assert!(!workers.is_empty());
     workers.iter().for_each(|&pid| sigkill(pid));
@@ -269,7 +280,7 @@ fn daemon_clients_hear_what_happened_in_plain_words() {
 
     // The daemon itself killed mid-answer.
     daemon.wait_ready();
-    let (client, _out) = start_streaming(generate());
+    let (client, _out, _cli) = start_streaming(generate());
     sigkill(daemon.child.id());
     let out = finish(client);
     let stderr = text(&out.stderr);
