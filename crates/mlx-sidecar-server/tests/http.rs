@@ -872,7 +872,12 @@ async fn a_generation_the_worker_cancels_is_an_openai_error_not_a_finish_reason(
     let own = Daemon::start(with_tcp(config_for(worker, dir.path()))).await;
     let base = own.base().await;
     // 2000 tokens take about 3 s here: longer than the grace.
-    let long = |stream: bool| json!({"prompt": "Long", "max_tokens": 2000, "ignore_eos": true, "stream": stream});
+    // Not resumed on the next worker (the extension `max_resumes: 0`): this is about the end
+    // an OpenAI client sees when a generation cannot go on.
+    let long = |stream: bool| {
+        json!({"prompt": "Long", "max_tokens": 2000, "ignore_eos": true, "stream": stream,
+            "max_resumes": 0})
+    };
     let streamed = http()
         .post(format!("{base}/v1/completions"))
         .json(&long(true))

@@ -112,6 +112,8 @@ pub(crate) struct ChatCompletionRequest {
     pub(crate) stop_token_ids: Option<Vec<i64>>,
     /// Keep generating past end-of-sequence tokens (vLLM's extension).
     pub(crate) ignore_eos: Option<bool>,
+    /// How many times a stream cut by a worker's death may resume (our extension; 0 opts out).
+    pub(crate) max_resumes: Option<u32>,
     /// Number of choices: only 1.
     pub(crate) n: Option<i64>,
     /// Stream the answer as server-sent events.
@@ -173,6 +175,8 @@ pub(crate) struct CompletionRequest {
     pub(crate) stop_token_ids: Option<Vec<i64>>,
     /// Keep generating past end-of-sequence tokens (vLLM's extension).
     pub(crate) ignore_eos: Option<bool>,
+    /// How many times a stream cut by a worker's death may resume (our extension; 0 opts out).
+    pub(crate) max_resumes: Option<u32>,
     /// Number of choices: only 1.
     pub(crate) n: Option<i64>,
     /// Server-side candidates: only 1.

@@ -103,6 +103,7 @@ pub(crate) fn chat(
             stop: body.stop,
             stop_token_ids: body.stop_token_ids,
             ignore_eos: body.ignore_eos,
+            max_resumes: body.max_resumes,
         },
     )?;
     let logprobs = body.logprobs.unwrap_or(false);
@@ -194,6 +195,7 @@ pub(crate) fn completion(
             stop: body.stop,
             stop_token_ids: body.stop_token_ids,
             ignore_eos: body.ignore_eos,
+            max_resumes: body.max_resumes,
         },
     )?;
     if let Some(top) = body.logprobs {
@@ -300,6 +302,7 @@ struct Sampling {
     stop: Option<Stop>,
     stop_token_ids: Option<Vec<i64>>,
     ignore_eos: Option<bool>,
+    max_resumes: Option<u32>,
 }
 
 fn sampling(mut request: GenerateRequest, s: Sampling) -> Result<GenerateRequest, ApiError> {
@@ -374,6 +377,9 @@ fn sampling(mut request: GenerateRequest, s: Sampling) -> Result<GenerateRequest
     }
     if let Some(ignore) = s.ignore_eos {
         request = request.ignore_eos(ignore);
+    }
+    if let Some(n) = s.max_resumes {
+        request = request.max_resumes(n);
     }
     Ok(request)
 }
