@@ -24,30 +24,19 @@ async fn json_schema_and_json_object_constrain_the_output() {
         "additionalProperties": false
     });
     for temperature in [0.0, 1.0] {
-        let done = client
-            .generate(
-                GenerateRequest::text("JSON:")
-                    .json_schema(&schema)
-                    .temperature(temperature)
-                    .seed(5)
-                    .max_tokens(1000),
-            )
-            .await
-            .expect("generate")
-            .collect()
-            .await
-            .expect("collect");
-        assert_eq!(
-            done.finished.finish_reason,
-            FinishReason::Stop,
-            "{}",
-            done.text
-        );
-        let value: serde_json::Value = serde_json::from_str(&done.text).expect("JSON");
+        let (value, text) = complete_json(
+            &client,
+            GenerateRequest::text("JSON:")
+                .json_schema(&schema)
+                .temperature(temperature)
+                .seed(5)
+                .max_tokens(1000),
+        )
+        .await;
         let object = value.as_object().expect("an object");
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["age", "color", "name"], "{}", done.text);
+        assert_eq!(keys, ["age", "color", "name"], "{text}");
         let age = object["age"].as_i64().expect("an integer age");
         assert!((0..=120).contains(&age), "{age}");
         assert!(["red", "green", "blue"].contains(&object["color"].as_str().unwrap_or("")));
@@ -61,25 +50,14 @@ async fn json_schema_and_json_object_constrain_the_output() {
         );
     }
 
-    let done = client
-        .generate(
-            GenerateRequest::text("JSON:")
-                .json_object()
-                .max_tokens(1000),
-        )
-        .await
-        .expect("generate")
-        .collect()
-        .await
-        .expect("collect");
-    assert_eq!(
-        done.finished.finish_reason,
-        FinishReason::Stop,
-        "{}",
-        done.text
-    );
-    let value: serde_json::Value = serde_json::from_str(&done.text).expect("JSON");
-    assert!(value.is_object(), "{}", done.text);
+    let (value, text) = complete_json(
+        &client,
+        GenerateRequest::text("JSON:")
+            .json_object()
+            .max_tokens(1000),
+    )
+    .await;
+    assert!(value.is_object(), "{text}");
     supervisor.shutdown().await.expect("shutdown");
 }
 
@@ -109,4 +87,26 @@ async fn a_refused_schema_is_invalid_argument_naming_it() {
         }
     }
     supervisor.shutdown().await.expect("shutdown");
+}
+
+/// Generates `request` to its end: it must finish with STOP (the JSON complete) and parse.
+async fn complete_json(
+    client: &mlx_sidecar::Client,
+    request: GenerateRequest,
+) -> (serde_json::Value, String) {
+    let done = client
+        .generate(request)
+        .await
+        .expect("generate")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(
+        done.finished.finish_reason,
+        FinishReason::Stop,
+        "{}",
+        done.text
+    );
+    let value = serde_json::from_str(&done.text).expect("JSON");
+    (value, done.text)
 }
