@@ -118,6 +118,18 @@ pub(crate) struct RequestRecord {
     pub(crate) outcome: Outcome,
     /// For failures: whether the error said a retry is safe.
     pub(crate) retry_safe: Option<bool>,
+    /// For a resumed stream that finished: the last worker's queue wait and prefill, where
+    /// most of the resume stall goes (`None` otherwise).
+    pub(crate) resumed_segment: Option<ResumedSegment>,
+}
+
+/// Where a resumed stream's last worker spent the time before its first new token.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct ResumedSegment {
+    /// From the continuation's arrival to the start of its prefill.
+    pub(crate) queue_wait_ms: f64,
+    /// Prefill of the prompt and the delivered tokens, until the first new token.
+    pub(crate) prefill_ms: f64,
 }
 
 /// Runs client `id` until `stop` is set or the request budget in `issued` is spent.
@@ -155,6 +167,7 @@ struct Progress {
     first_token: Option<f64>,
     attempts: u32,
     resumes: u32,
+    resumed_segment: Option<ResumedSegment>,
 }
 
 /// Sends request `n` of client `id`; returns its record and the token ids it received.
@@ -187,6 +200,7 @@ async fn one_request(
         first_token: None,
         attempts: 1,
         resumes: 0,
+        resumed_segment: None,
     };
     let run = run_stream(client, request, load.max_tokens, timeline, &mut progress);
     let (outcome, retry_safe) = match tokio::time::timeout(load.timeout + HANG_MARGIN, run).await {
@@ -213,6 +227,7 @@ async fn one_request(
         resumes: progress.resumes,
         outcome,
         retry_safe,
+        resumed_segment: progress.resumed_segment,
     };
     (record, progress.token_ids)
 }
@@ -265,6 +280,12 @@ async fn run_stream(
             }
             Some(Ok(GenerateEvent::Finished(finished))) => {
                 progress.resumes = finished.usage.resumes;
+                if finished.usage.resumes > 0 {
+                    progress.resumed_segment = Some(ResumedSegment {
+                        queue_wait_ms: finished.timings.queue_wait_ms,
+                        prefill_ms: finished.timings.prefill_ms,
+                    });
+                }
                 let reported = finished.usage.completion_tokens;
                 let outcome = if reported != progress.tokens {
                     Outcome::Lost(format!(

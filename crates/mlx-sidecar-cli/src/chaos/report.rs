@@ -107,6 +107,10 @@ pub(crate) struct Requests {
     /// Per resume: from noticing the worker's death to the continuation's first message
     /// (the `Resumed` events' stall).
     pub(crate) resume_stall_ms: Stats,
+    /// Per resumed stream that finished, at its last worker: the continuation's queue wait
+    /// and its prefill (the prompt and the delivered tokens), parts of the stall.
+    pub(crate) resume_queue_wait_ms: Stats,
+    pub(crate) resume_prefill_ms: Stats,
 }
 
 /// The same load without faults: how often streams differ from their reference when
@@ -333,6 +337,16 @@ pub(crate) fn build(
                 mlx_sidecar::LifecycleEvent::Resumed { stall, .. } => Some(stall.as_secs_f64()),
                 _ => None,
             })),
+            resume_queue_wait_ms: Stats::of_secs(
+                requests
+                    .iter()
+                    .filter_map(|r| Some(r.resumed_segment?.queue_wait_ms / 1e3)),
+            ),
+            resume_prefill_ms: Stats::of_secs(
+                requests
+                    .iter()
+                    .filter_map(|r| Some(r.resumed_segment?.prefill_ms / 1e3)),
+            ),
         },
         faults: Faults {
             injected: faults.len(),
@@ -490,6 +504,20 @@ pub(crate) fn render(r: &Report) -> String {
             &q.resume_stall_ms
         )
     );
+    if q.resume_prefill_ms.n > 0 {
+        for (name, stats) in [
+            (
+                "  of which queue wait at the next worker",
+                &q.resume_queue_wait_ms,
+            ),
+            (
+                "  of which prefill there (prompt + delivered)",
+                &q.resume_prefill_ms,
+            ),
+        ] {
+            let _ = writeln!(out, "{}", stats_row(name, stats));
+        }
+    }
     if r.restart_breakdown_ms.values().any(|s| s.n > 0) {
         let _ = writeln!(out, "\nafter SIGKILL, where the time to serve again goes");
         let _ = writeln!(out, "{header}");
@@ -557,6 +585,7 @@ mod tests {
             resumes: 0,
             outcome,
             retry_safe: Some(false),
+            resumed_segment: None,
         }
     }
 
