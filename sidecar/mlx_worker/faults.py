@@ -9,6 +9,9 @@ Never on unless the variable is set. A comma-separated list of::
     ignore_sigterm              SIGTERM is logged and otherwise ignored
     engine_stall_after_steps=N  the engine thread blocks forever after N steps
     engine_crash_after_steps=N  the engine thread raises and dies after N steps
+    sigkill_after_steps=N       the worker SIGKILLs itself when step N+1 begins
+    sigkill_at_hand_over        the worker SIGKILLs itself once a request running alone has
+                                been moved into the batch (a second request came)
 
 MLX_WORKER_FAULTS_FILE=PATH adds the faults written in that file (same syntax; newlines
 separate entries too), read once at start-up when the file exists: a test or the ``chaos``
@@ -37,6 +40,8 @@ class Faults:
     ignore_sigterm: bool = False
     engine_stall_after_steps: int | None = None
     engine_crash_after_steps: int | None = None
+    sigkill_after_steps: int | None = None
+    sigkill_at_hand_over: bool = False
 
     @property
     def any(self) -> bool:
@@ -44,12 +49,13 @@ class Faults:
         return self != Faults()
 
 
-_FLAGS = {"startup_hang", "load_error", "ignore_sigterm"}
+_FLAGS = {"startup_hang", "load_error", "ignore_sigterm", "sigkill_at_hand_over"}
 _VALUED = {
     "startup_delay",
     "startup_exit",
     "engine_stall_after_steps",
     "engine_crash_after_steps",
+    "sigkill_after_steps",
 }
 
 

@@ -36,3 +36,10 @@ def test_bad_entry_in_file_is_named(tmp_path: Path) -> None:
 def test_unreadable_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=FILE_ENV_VAR):
         load_faults({FILE_ENV_VAR: str(tmp_path)})  # a directory
+
+
+def test_sigkill_faults_parse() -> None:
+    faults = load_faults({ENV_VAR: "sigkill_after_steps=2,sigkill_at_hand_over"})
+    assert faults == Faults(sigkill_after_steps=2, sigkill_at_hand_over=True)
+    with pytest.raises(ValueError, match="sigkill_at_hand_over takes no value"):
+        load_faults({ENV_VAR: "sigkill_at_hand_over=1"})

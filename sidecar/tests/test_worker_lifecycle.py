@@ -90,6 +90,15 @@ def test_engine_crash_turns_health_not_serving(spawn_worker: SpawnWorker) -> Non
     assert w.proc.poll() is None  # the process lives on; the supervisor decides
 
 
+def test_sigkill_fault_kills_the_worker_mid_request(spawn_worker: SpawnWorker) -> None:
+    w = spawn_worker(faults="sigkill_after_steps=5").wait_serving()
+    with pytest.raises(grpc.RpcError) as e:
+        w.generate(prompt=PROMPT, max_tokens=100)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # the connection broke
+    assert w.wait_exit() == -signal.SIGKILL
+    assert w.find_log("fault injection: the worker kills itself", fault="sigkill_after_steps")
+
+
 def test_load_failure_exits_non_zero(spawn_worker: SpawnWorker) -> None:
     w = spawn_worker(faults="load_error")
     assert w.wait_exit() == 1

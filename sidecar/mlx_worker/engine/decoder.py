@@ -82,6 +82,7 @@ class Decoder:
         # Requests bound for the batch, inserted at the next step (with the hit found when
         # they arrived, if any).
         self._waiting: list[tuple[Job, Hit | None]] = []
+        self.hand_overs = 0  # solo sequences moved into the batch so far
 
     @property
     def running(self) -> int:
@@ -383,6 +384,7 @@ class Decoder:
             return
         request.placement, request.uid = Placement.BATCH, uid
         self._book(request)
+        self.hand_overs += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request joins the batch",

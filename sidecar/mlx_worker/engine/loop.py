@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -157,8 +159,11 @@ class Engine:
         while True:
             match command:
                 case Submit(job):
+                    hand_overs = decoder.hand_overs
                     decoder.start(job)
                     gathering.gathered += 1
+                    if self._faults.sigkill_at_hand_over and decoder.hand_overs > hand_overs:
+                        _sigkill_self("sigkill_at_hand_over")
                 case Cancel(job):
                     decoder.cancel(job)
                 case CancelAll():
@@ -190,6 +195,8 @@ class Engine:
             and self.steps > faults.engine_crash_after_steps
         ):
             raise RuntimeError(f"fault injection: engine crash after {self.steps - 1} steps")
+        if faults.sigkill_after_steps is not None and self.steps > faults.sigkill_after_steps:
+            _sigkill_self("sigkill_after_steps")
 
     def _die(self) -> None:
         """The thread is ending: fail everything it holds or was sent, tell the loop."""
@@ -209,3 +216,10 @@ class Engine:
                 )
         self._output.hand_off()
         self._output.post(self._on_died)
+
+
+def _sigkill_self(fault: str) -> None:
+    """Fault injection: the worker dies at once, as if killed from outside (no clean-up)."""
+    log.warning("fault injection: the worker kills itself", extra={"fields": {"fault": fault}})
+    logging.shutdown()  # the line above reaches the supervisor first
+    os.kill(os.getpid(), signal.SIGKILL)

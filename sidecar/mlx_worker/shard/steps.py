@@ -98,6 +98,10 @@ class LeaderDecoder:
     def running(self) -> int:
         return self._decoder.running
 
+    @property
+    def hand_overs(self) -> int:
+        return self._decoder.hand_overs
+
     def start(self, job: Job) -> None:
         job.params = _with_fixed_seed(job.params)
         self._next_id += 1

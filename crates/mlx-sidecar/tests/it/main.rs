@@ -18,6 +18,7 @@ mod lifetime;
 mod readme;
 mod replicas;
 mod resume;
+mod resume_points;
 mod serving;
 mod shard;
 mod standby;

@@ -3,7 +3,9 @@
 //! hung and found by the health probes, its engine crashed at a chosen step by fault
 //! injection, with a standby taking over) and every resumed
 //! stream must give, token id by token id, what an uninterrupted run of the same request
-//! gives; the resume limit and the opt-out end the stream with `WorkerDied`.
+//! gives; the resume limit and the opt-out end the stream with `WorkerDied`. The points of
+//! `resume_points` use the helpers here: during prefill, with a stop string half matched
+//! at the seam, with penalties, during the solo-to-batch hand-over.
 
 use std::time::Duration;
 
@@ -18,18 +20,58 @@ use crate::support::{self, READY};
 
 /// What a caller received from one stream.
 #[derive(Debug, Default)]
-struct Received {
-    ids: Vec<u32>,
-    text: String,
-    logprobs: Vec<TokenLogprob>,
-    finished: Option<Finished>,
-    error: Option<Error>,
+pub(super) struct Received {
+    pub(super) ids: Vec<u32>,
+    pub(super) text: String,
+    pub(super) logprobs: Vec<TokenLogprob>,
+    pub(super) finished: Option<Finished>,
+    pub(super) error: Option<Error>,
+    /// After each token event: the token ids and text bytes received so far.
+    pub(super) seen: Vec<(usize, usize)>,
+}
+
+impl Received {
+    /// Adds one event of the stream.
+    pub(super) fn add(&mut self, event: Result<GenerateEvent, Error>) {
+        match event {
+            Ok(GenerateEvent::Token {
+                text,
+                token_ids,
+                logprobs,
+            }) => {
+                self.text.push_str(&text);
+                self.ids.extend(token_ids);
+                self.logprobs.extend(logprobs);
+                self.seen.push((self.ids.len(), self.text.len()));
+            }
+            Ok(GenerateEvent::Finished(f)) => self.finished = Some(f),
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+/// Reads `stream` into `got` until `enough` holds for what was received, or to its end.
+pub(super) async fn read_until(
+    stream: &mut GenerateStream,
+    got: &mut Received,
+    enough: impl Fn(&Received) -> bool,
+) {
+    let read = async {
+        while !enough(got)
+            && let Some(event) = stream.next_event().await
+        {
+            got.add(event);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("the stream goes on");
 }
 
 /// Reads `stream` to its end. Each time the tokens received reach the next of `cuts`, the
 /// worker serving the stream then gets `signal` (once per worker: a cut waits until the
 /// stream runs on a worker not signalled yet).
-async fn read_cutting(
+pub(super) async fn read_cutting(
     supervisor: &Supervisor,
     mut stream: GenerateStream,
     cuts: &[usize],
@@ -40,19 +82,7 @@ async fn read_cutting(
     let mut cuts = cuts.iter().copied().peekable();
     let read = async {
         while let Some(event) = stream.next_event().await {
-            match event {
-                Ok(GenerateEvent::Token {
-                    text,
-                    token_ids,
-                    logprobs,
-                }) => {
-                    got.text.push_str(&text);
-                    got.ids.extend(token_ids);
-                    got.logprobs.extend(logprobs);
-                }
-                Ok(GenerateEvent::Finished(f)) => got.finished = Some(f),
-                Err(e) => got.error = Some(e),
-            }
+            got.add(event);
             if let Some(&cut) = cuts.peek()
                 && got.ids.len() >= cut
                 && let Some(pid) = supervisor.worker_pid()
@@ -72,7 +102,7 @@ async fn read_cutting(
 }
 
 /// The uninterrupted run of `request`.
-async fn reference(supervisor: &Supervisor, request: GenerateRequest) -> Received {
+pub(super) async fn reference(supervisor: &Supervisor, request: GenerateRequest) -> Received {
     let stream = supervisor
         .client()
         .generate(request)
@@ -84,7 +114,7 @@ async fn reference(supervisor: &Supervisor, request: GenerateRequest) -> Receive
 }
 
 /// `got` is `want`, token by token (and text, logprobs, finish), resumed `resumes` times.
-fn assert_same_stream(got: &Received, want: &Received, resumes: u32, what: &str) {
+pub(super) fn assert_same_stream(got: &Received, want: &Received, resumes: u32, what: &str) {
     assert!(got.error.is_none(), "{what}: {:?}", got.error);
     assert_eq!(
         got.ids.len(),
@@ -100,6 +130,7 @@ fn assert_same_stream(got: &Received, want: &Received, resumes: u32, what: &str)
         want.finished.as_ref().expect("finished"),
     );
     assert_eq!(g.finish_reason, w.finish_reason, "{what}");
+    assert_eq!(g.matched_stop, w.matched_stop, "{what}");
     assert_eq!(
         g.usage.completion_tokens, w.usage.completion_tokens,
         "{what}"
@@ -118,7 +149,8 @@ fn assert_same_stream(got: &Received, want: &Received, resumes: u32, what: &str)
     }
 }
 
-fn long(prompt: &str, tokens: u32) -> GenerateRequest {
+/// A greedy request that generates exactly `tokens` tokens.
+pub(super) fn long(prompt: &str, tokens: u32) -> GenerateRequest {
     GenerateRequest::text(prompt)
         .max_tokens(tokens)
         .ignore_eos(true)
