@@ -55,12 +55,22 @@ fn lines(s: &DaemonStatus) -> String {
             format!("{}:{}{key}", l.kind, l.address)
         })
         .collect();
-    let rows = [
-        ("model", format!("{} ({})", s.model_id, s.model_path)),
+    // Before a worker has described its model: the configured one, and what the worker does.
+    let (model, device) = if s.model_id.is_empty() {
+        let configured = s.configured_model.as_deref().unwrap_or("-");
         (
-            "device",
+            format!("{configured} ({})", s.worker_state),
+            "- (known once a worker is ready)".to_owned(),
+        )
+    } else {
+        (
+            format!("{} ({})", s.model_id, s.model_path),
             format!("{} ({}, {})", s.device, s.backend, s.device_name),
-        ),
+        )
+    };
+    let rows = [
+        ("model", model),
+        ("device", device),
         (
             "worker",
             format!(
@@ -157,7 +167,60 @@ mod tests {
                     device: if i == 0 { String::new() } else { "1".into() },
                 })
                 .collect(),
+            configured_model: Some("/m".into()),
         }
+    }
+
+    /// A daemon whose workers are still loading: no worker has described the model yet.
+    fn starting(replicas: usize) -> DaemonStatus {
+        let mut s = status(replicas);
+        s.worker_state = "starting".into();
+        s.model_id = String::new();
+        s.model_path = String::new();
+        s.device = "unspecified".into();
+        s.backend = "unspecified".into();
+        s.device_name = String::new();
+        s.worker_pid = None;
+        s.worker_uptime = Duration::ZERO;
+        s.listeners.push(mlx_sidecar::DaemonListener {
+            kind: "unix".into(),
+            address: "/d.sock".into(),
+            requires_api_key: false,
+            activated: false,
+        });
+        for r in &mut s.replicas {
+            r.state = "starting".into();
+            r.worker_pid = None;
+        }
+        s
+    }
+
+    #[test]
+    fn a_starting_daemon_names_the_configured_model_and_leaves_no_field_empty() {
+        for replicas in [1, 2] {
+            let text = lines(&starting(replicas));
+            assert!(text.contains("model      /m (starting)\n"), "{text}");
+            assert!(
+                text.contains("device     - (known once a worker is ready)\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("worker     starting, pid -, up 0s\n"),
+                "{text}"
+            );
+            for line in text.lines() {
+                assert!(!line.contains("()") && !line.contains(", )"), "{line}");
+                assert!(line.len() > 11 && !line.ends_with(' '), "{line}");
+            }
+        }
+        assert!(
+            lines(&starting(2))
+                .contains("replica 1  starting, pid -, 2 in flight, 1 restarts, device 1\n")
+        );
+        // A daemon older than `configured_model` still shows something.
+        let mut old = starting(1);
+        old.configured_model = None;
+        assert!(lines(&old).contains("model      - (starting)\n"));
     }
 
     #[test]

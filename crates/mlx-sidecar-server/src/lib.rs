@@ -147,6 +147,7 @@ pub async fn run(
     let daemon = DaemonService {
         state: state.clone(),
         listeners: Arc::new(listeners.clone()),
+        configured_model: grpc::daemon::configured_model(&config.supervisor.worker).into(),
     };
     let grpc = grpc::routes(relay, daemon, health_service)?;
     let http = http::router(state.clone());

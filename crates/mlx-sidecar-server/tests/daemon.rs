@@ -120,6 +120,8 @@ async fn serves_every_service_on_the_unix_socket_and_refuses_a_second_daemon() {
     assert_eq!(library.listeners[0].address, socket.display().to_string());
     assert_eq!(status.model_id, info.model_id);
     assert_eq!(status.model_path, info.model_path);
+    let tiny = mlx_sidecar_testkit::tiny_model().display().to_string();
+    assert_eq!(status.configured_model.as_deref(), Some(tiny.as_str()));
     assert_eq!(status.listeners.len(), 1);
     assert_eq!(status.listeners[0].kind, "unix");
     assert_eq!(status.listeners[0].address, socket.display().to_string());
@@ -841,4 +843,39 @@ async fn health_and_ready_stay_down_after_the_supervisor_gives_up() {
         asked.elapsed()
     );
     let _ = daemon.stop().await;
+}
+
+/// While its workers are still loading, `Status` names the configured model and says that
+/// every replica is starting; once one is ready, the model it loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_configured_model_while_the_workers_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The workers never finish starting: the daemon stays in its starting state.
+    let worker = support::tiny_worker_with(&[]).with_env("MLX_WORKER_FAULTS", "startup_hang");
+    let mut config = support::config_for(worker, dir.path());
+    config.supervisor = config.supervisor.with_replicas(2);
+    let daemon = Daemon::start_without_waiting(config);
+    let first = daemon.wait_status().await;
+    let tiny = mlx_sidecar_testkit::tiny_model().display().to_string();
+    assert_eq!(first.configured_model.as_deref(), Some(tiny.as_str()));
+    // Both replicas' workers run (they have pids) and load.
+    mlx_sidecar_testkit::wait_until(READY, "both replicas' workers to run", || async {
+        let status = daemon.status().await;
+        status.replicas.len() == 2 && status.replicas.iter().all(|r| r.worker_pid.is_some())
+    })
+    .await;
+    let status = daemon.status().await;
+    assert_eq!(status.worker_state(), WorkerState::Starting, "{status:?}");
+    for replica in &status.replicas {
+        assert_eq!(replica.state(), WorkerState::Starting, "{replica:?}");
+    }
+    assert_eq!(status.model_id, "", "no worker has described its model");
+    assert_eq!(status.configured_model.as_deref(), Some(tiny.as_str()));
+    // The library's DaemonStatus (what `mlx-sidecar status` prints) carries it too.
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let library = client.daemon_status().await.expect("daemon_status");
+    assert_eq!(library.worker_state, "starting");
+    assert_eq!(library.configured_model.as_deref(), Some(tiny.as_str()));
+    assert!(library.replicas.iter().all(|r| r.state == "starting"));
+    daemon.stop().await.expect("clean stop");
 }

@@ -53,6 +53,10 @@ pub struct DaemonStatus {
     /// daemon older than replicas). The fields above describe the pool: its best state,
     /// the first replica's worker and standby, restarts summed over replicas.
     pub replicas: Vec<DaemonReplica>,
+    /// The model the daemon was told to serve: the path it was given, "test model" or
+    /// "default model"; set also before a worker has described its model (`None` from a
+    /// daemon older than this field).
+    pub configured_model: Option<String>,
 }
 
 /// One replica of a daemon's workers.
@@ -149,6 +153,7 @@ impl From<pb::StatusResponse> for DaemonStatus {
                     device: r.device,
                 })
                 .collect(),
+            configured_model: s.configured_model,
         }
     }
 }
