@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mlx_sidecar::{Client, DaemonStatus, Endpoint};
+use mlx_sidecar::{Client, DaemonStatus, Endpoint, ShardInfo};
 
 use super::args::StatusArgs;
 use super::exit::UsageError;
@@ -105,6 +105,9 @@ fn lines(s: &DaemonStatus) -> String {
         .iter()
         .map(|(name, value)| format!("{name:<10} {value}\n"))
         .collect();
+    if let Some(shard) = &s.shard {
+        text.push_str(&format!("{:<10} {}\n", "shard", shard_line(shard)));
+    }
     // One line per replica, when the daemon runs several (`serve --workers N`).
     if s.replicas.len() > 1 {
         for r in &s.replicas {
@@ -124,6 +127,22 @@ fn lines(s: &DaemonStatus) -> String {
         }
     }
     text
+}
+
+/// A sharded model's group: "2 ranks (ring), pids 10, 11".
+fn shard_line(shard: &ShardInfo) -> String {
+    let ranks = match shard.ranks {
+        0 => "ranks from the hostfile".to_owned(),
+        1 => "1 rank".to_owned(),
+        n => format!("{n} ranks"),
+    };
+    let pids = if shard.pids.is_empty() {
+        "pids once the group is ready".to_owned()
+    } else {
+        let pids: Vec<String> = shard.pids.iter().map(u32::to_string).collect();
+        format!("pids {}", pids.join(", "))
+    };
+    format!("{ranks} ({}), {pids}", shard.backend)
 }
 
 fn secs(d: Duration) -> String {
@@ -168,6 +187,7 @@ mod tests {
                 })
                 .collect(),
             configured_model: Some("/m".into()),
+            shard: None,
         }
     }
 
@@ -221,6 +241,35 @@ mod tests {
         let mut old = starting(1);
         old.configured_model = None;
         assert!(lines(&old).contains("model      - (starting)\n"));
+    }
+
+    #[test]
+    fn a_sharded_model_shows_its_ranks_backend_and_pids() {
+        assert!(!lines(&status(1)).contains("shard"));
+        let mut s = status(1);
+        s.shard = Some(ShardInfo {
+            ranks: 2,
+            backend: "ring".into(),
+            pids: vec![10, 11],
+        });
+        let text = lines(&s);
+        assert!(
+            text.contains("shard      2 ranks (ring), pids 10, 11\n"),
+            "{text}"
+        );
+        let mut s = starting(1);
+        s.shard = Some(ShardInfo {
+            ranks: 0,
+            backend: "nccl".into(),
+            pids: Vec::new(),
+        });
+        let text = lines(&s);
+        assert!(
+            text.contains(
+                "shard      ranks from the hostfile (nccl), pids once the group is ready\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -131,7 +131,11 @@ pub async fn run(
 
     let drain = Arc::new(Drain::default());
     let metrics = Metrics::new();
-    let (view, worker) = watch::channel(WorkerView::initial(config.supervisor.standby));
+    let configured_shard = worker::configured_shard(&config.supervisor.worker);
+    let (view, worker) = watch::channel(WorkerView::initial(
+        config.supervisor.standby,
+        configured_shard.clone(),
+    ));
     let state = AppState::new(
         client.clone(),
         metrics.clone(),
@@ -169,7 +173,14 @@ pub async fn run(
     let names: Vec<String> = listeners.iter().map(ToString::to_string).collect();
     tracing::info!(listeners = ?names, "mlx-sidecar daemon listening");
 
-    let follower = Follower::new(view, health.clone(), drain.clone(), metrics, client);
+    let follower = Follower::new(
+        view,
+        health.clone(),
+        drain.clone(),
+        metrics,
+        client,
+        configured_shard,
+    );
     let mut follower = Box::pin(follower.run(&supervisor, events));
     let mut follower_done = false;
     tokio::pin!(shutdown);

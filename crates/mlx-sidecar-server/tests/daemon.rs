@@ -879,3 +879,66 @@ async fn status_names_the_configured_model_while_the_workers_start() {
     assert!(library.replicas.iter().all(|r| r.state == "starting"));
     daemon.stop().await.expect("clean stop");
 }
+
+/// `serve --shard-ranks 2`: `Status` and the metrics name the group's size and backend from
+/// the start, and each rank's pid while the group runs, also after it was restarted whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_show_a_sharded_groups_ranks() {
+    use mlx_sidecar_testkit::procfs::children_running;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = support::tiny_worker_with(&[]).with_shard(mlx_sidecar::ShardGroup::new(2));
+    let daemon =
+        Daemon::start_without_waiting(support::with_tcp(support::config_for(worker, dir.path())));
+    let first = daemon
+        .wait_status()
+        .await
+        .shard
+        .expect("a shard from the start");
+    assert_eq!((first.ranks, first.backend.as_str()), (2, "ring"));
+    assert!(first.pids.is_empty() || first.pids.len() == 2, "{first:?}");
+    daemon.wait_health(ServingStatus::Serving).await;
+    let base = daemon.base().await;
+
+    // The group's pids, rank 0 (the worker) first, in Status, the library's view and metrics.
+    let group = |rank0: u32| {
+        let followers = children_running(rank0, "mlx_worker.shard.follower");
+        assert_eq!(followers.len(), 1, "one follower of rank 0 ({rank0})");
+        vec![rank0, followers[0]]
+    };
+    let status = daemon.status().await;
+    let pids = group(status.worker_pid.expect("worker pid"));
+    assert_eq!(status.shard.expect("shard").pids, pids);
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let library = client.daemon_status().await.expect("daemon_status");
+    let shard = library.shard.expect("shard");
+    assert_eq!((shard.ranks, shard.backend.as_str()), (2, "ring"));
+    assert_eq!(shard.pids, pids);
+    let assert_metrics = |metrics: String, pids: &[u32]| {
+        assert_eq!(
+            support::sample(&metrics, "mlx_sidecar_shard_ranks{backend=\"ring\"}"),
+            2.0,
+            "{metrics}"
+        );
+        for (rank, pid) in pids.iter().enumerate() {
+            let series = format!("mlx_sidecar_shard_rank_pid{{rank=\"{rank}\"}}");
+            assert_eq!(support::sample(&metrics, &series), f64::from(*pid));
+        }
+    };
+    assert_metrics(support::metrics_text(&base).await, &pids);
+
+    // A rank dies: the group restarts whole, and the new ranks' pids replace the old.
+    mlx_sidecar_testkit::signal(pids[1], nix::sys::signal::Signal::SIGKILL);
+    mlx_sidecar_testkit::wait_until(READY, "a new group, ready", || async {
+        let status = daemon.status().await;
+        status.worker_state() == WorkerState::Ready
+            && status
+                .shard
+                .is_some_and(|s| s.pids.len() == 2 && s.pids[0] != pids[0])
+    })
+    .await;
+    let status = daemon.status().await;
+    let restarted = group(status.worker_pid.expect("worker pid"));
+    assert_eq!(status.shard.expect("shard").pids, restarted);
+    assert_metrics(support::metrics_text(&base).await, &restarted);
+    daemon.stop().await.expect("clean stop");
+}

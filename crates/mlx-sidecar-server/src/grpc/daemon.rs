@@ -1,7 +1,7 @@
 //! `mlx_sidecar.v1.Daemon`: the `Status` rpc, answered from the daemon's own view of its
 //! worker (`crate::worker::WorkerView`), its load (the metrics' running and waiting
 //! gauges, which both fronts feed), each replica (read live from the supervisor) and its
-//! listeners, without calling the worker. Until a worker has described its model, the
+//! listeners and, for a sharded model, its group's ranks, without calling the worker. Until a worker has described its model, the
 //! configured one (`configured_model`) is what says which model is loading.
 
 use std::sync::Arc;
@@ -100,6 +100,7 @@ impl DaemonService {
                 })
                 .collect(),
             configured_model: Some(self.configured_model.to_string()),
+            shard: worker.shard.as_ref().map(convert::shard_info),
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use mlx_sidecar_proto::v1 as pb;
 use serde::{Serialize, Serializer};
 
+use super::types::ShardInfo;
+
 /// A daemon's state: what it runs, its worker and standby, its load and its listeners.
 /// Serializes (serde) with the durations as `*_seconds` numbers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +59,11 @@ pub struct DaemonStatus {
     /// "default model"; set also before a worker has described its model (`None` from a
     /// daemon older than this field).
     pub configured_model: Option<String>,
+    /// The sharded group (`serve --shard-ranks N`): its ranks and backend, and each rank's
+    /// pid while the group of the worker that last described the model runs (with several
+    /// replicas, one replica's group: its worker's pid comes first); `None` when one
+    /// process holds the model.
+    pub shard: Option<ShardInfo>,
 }
 
 /// One replica of a daemon's workers.
@@ -154,6 +161,7 @@ impl From<pb::StatusResponse> for DaemonStatus {
                 })
                 .collect(),
             configured_model: s.configured_model,
+            shard: s.shard.map(ShardInfo::from),
         }
     }
 }
