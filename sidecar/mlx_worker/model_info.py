@@ -14,6 +14,7 @@ from typing import Any
 from mlx_sidecar.v1 import inference_pb2 as pb
 
 from . import __version__
+from .shard.options import ShardOptions
 
 
 def _version(dist: str) -> str:
@@ -44,12 +45,22 @@ def _device() -> tuple[int, int, str]:
     return kind, backend, name or ("cpu" if kind == pb.DEVICE_KIND_CPU else "gpu")
 
 
-def static_model_info(loaded: Any, max_batch: int, load_seconds: float) -> pb.ModelInfoResponse:
-    """Everything ModelInfo tells but the memory figures (which are read at each call)."""
+def shard_info(options: ShardOptions) -> pb.ShardInfo:
+    """The sharded group this worker is rank 0 of: its size, backend and each rank's pid."""
+    from .shard.ranks import rank_pids
+
+    return pb.ShardInfo(ranks=options.ranks, backend=options.backend, pids=rank_pids())
+
+
+def static_model_info(
+    loaded: Any, max_batch: int, load_seconds: float, shard: ShardOptions | None = None
+) -> pb.ModelInfoResponse:
+    """Everything ModelInfo tells but the memory figures (which are read at each call);
+    ``shard``: the worker's sharding options, when it is rank 0 of a group."""
     d = loaded.description
     tok = loaded.tokenizer
     kind, backend, device_name = _device()
-    return pb.ModelInfoResponse(
+    info = pb.ModelInfoResponse(
         model_id=d.model_id,
         model_path=str(d.model_path),
         architecture=d.architecture,
@@ -78,3 +89,6 @@ def static_model_info(loaded: Any, max_batch: int, load_seconds: float) -> pb.Mo
         parameter_count=d.parameter_count,
         cpu_blas=d.cpu_blas if kind == pb.DEVICE_KIND_CPU else "",
     )
+    if shard is not None:
+        info.shard.CopyFrom(shard_info(shard))
+    return info

@@ -153,7 +153,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             eos_token_ids=frozenset(tok.eos_token_ids),
             default_max_tokens=self._config.default_max_tokens,
         )
-        self._info = static_model_info(loaded, self._config.max_batch, load_seconds)
+        self._info = static_model_info(
+            loaded, self._config.max_batch, load_seconds, self._config.shard
+        )
 
     async def wait_idle(self) -> None:
         """Returns once no Generate call is in flight."""

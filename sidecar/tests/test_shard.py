@@ -122,6 +122,7 @@ def test_remote_script_exports_rank_and_writes_the_ring_file() -> None:
 def test_sharded_greedy_ids_equal_unsharded(spawn_worker: SpawnWorker) -> None:
     plain = spawn_worker("--log-level", "debug").wait_serving()
     sharded = spawn_worker("--log-level", "debug", "--shard-ranks", "2").wait_serving()
+    assert not plain.stub.ModelInfo(pb.ModelInfoRequest(), timeout=30).HasField("shard")
     for prompt in PROMPTS:  # one at a time: the solo path
         assert _ids(sharded, prompt) == _ids(plain, prompt), prompt
     # Together: the BatchGenerator, with prefill and decode steps mixed.
@@ -148,6 +149,9 @@ def test_killing_a_follower_ends_the_whole_group(spawn_worker: SpawnWorker) -> N
     w = spawn_worker("--shard-ranks", "2").wait_serving()
     (follower,) = _follower_pids(w)
     ports = _ring_ports(w)
+    # ModelInfo names the group: its size, backend and each rank's process, rank 0 first.
+    shard = w.stub.ModelInfo(pb.ModelInfoRequest(), timeout=30).shard
+    assert (shard.ranks, shard.backend, list(shard.pids)) == (2, "ring", [w.proc.pid, follower])
     os.kill(follower, signal.SIGKILL)
     assert w.wait_exit(30) == EXIT_RANK_DIED
     assert w.find_log("a rank of the shard group ended: stopping the whole group", rank=1)

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mlx_sidecar::{Client, DaemonStatus, Endpoint};
+use mlx_sidecar::{Client, DaemonStatus, Endpoint, ShardInfo};
 
 use super::args::StatusArgs;
 use super::exit::UsageError;
@@ -55,12 +55,22 @@ fn lines(s: &DaemonStatus) -> String {
             format!("{}:{}{key}", l.kind, l.address)
         })
         .collect();
-    let rows = [
-        ("model", format!("{} ({})", s.model_id, s.model_path)),
+    // Before a worker has described its model: the configured one, and what the worker does.
+    let (model, device) = if s.model_id.is_empty() {
+        let configured = s.configured_model.as_deref().unwrap_or("-");
         (
-            "device",
+            format!("{configured} ({})", s.worker_state),
+            "- (known once a worker is ready)".to_owned(),
+        )
+    } else {
+        (
+            format!("{} ({})", s.model_id, s.model_path),
             format!("{} ({}, {})", s.device, s.backend, s.device_name),
-        ),
+        )
+    };
+    let rows = [
+        ("model", model),
+        ("device", device),
         (
             "worker",
             format!(
@@ -95,6 +105,9 @@ fn lines(s: &DaemonStatus) -> String {
         .iter()
         .map(|(name, value)| format!("{name:<10} {value}\n"))
         .collect();
+    if let Some(shard) = &s.shard {
+        text.push_str(&format!("{:<10} {}\n", "shard", shard_line(shard)));
+    }
     // One line per replica, when the daemon runs several (`serve --workers N`).
     if s.replicas.len() > 1 {
         for r in &s.replicas {
@@ -114,6 +127,22 @@ fn lines(s: &DaemonStatus) -> String {
         }
     }
     text
+}
+
+/// A sharded model's group: "2 ranks (ring), pids 10, 11".
+fn shard_line(shard: &ShardInfo) -> String {
+    let ranks = match shard.ranks {
+        0 => "ranks from the hostfile".to_owned(),
+        1 => "1 rank".to_owned(),
+        n => format!("{n} ranks"),
+    };
+    let pids = if shard.pids.is_empty() {
+        "pids once the group is ready".to_owned()
+    } else {
+        let pids: Vec<String> = shard.pids.iter().map(u32::to_string).collect();
+        format!("pids {}", pids.join(", "))
+    };
+    format!("{ranks} ({}), {pids}", shard.backend)
 }
 
 fn secs(d: Duration) -> String {
@@ -157,7 +186,90 @@ mod tests {
                     device: if i == 0 { String::new() } else { "1".into() },
                 })
                 .collect(),
+            configured_model: Some("/m".into()),
+            shard: None,
         }
+    }
+
+    /// A daemon whose workers are still loading: no worker has described the model yet.
+    fn starting(replicas: usize) -> DaemonStatus {
+        let mut s = status(replicas);
+        s.worker_state = "starting".into();
+        s.model_id = String::new();
+        s.model_path = String::new();
+        s.device = "unspecified".into();
+        s.backend = "unspecified".into();
+        s.device_name = String::new();
+        s.worker_pid = None;
+        s.worker_uptime = Duration::ZERO;
+        s.listeners.push(mlx_sidecar::DaemonListener {
+            kind: "unix".into(),
+            address: "/d.sock".into(),
+            requires_api_key: false,
+            activated: false,
+        });
+        for r in &mut s.replicas {
+            r.state = "starting".into();
+            r.worker_pid = None;
+        }
+        s
+    }
+
+    #[test]
+    fn a_starting_daemon_names_the_configured_model_and_leaves_no_field_empty() {
+        for replicas in [1, 2] {
+            let text = lines(&starting(replicas));
+            assert!(text.contains("model      /m (starting)\n"), "{text}");
+            assert!(
+                text.contains("device     - (known once a worker is ready)\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("worker     starting, pid -, up 0s\n"),
+                "{text}"
+            );
+            for line in text.lines() {
+                assert!(!line.contains("()") && !line.contains(", )"), "{line}");
+                assert!(line.len() > 11 && !line.ends_with(' '), "{line}");
+            }
+        }
+        assert!(
+            lines(&starting(2))
+                .contains("replica 1  starting, pid -, 2 in flight, 1 restarts, device 1\n")
+        );
+        // A daemon older than `configured_model` still shows something.
+        let mut old = starting(1);
+        old.configured_model = None;
+        assert!(lines(&old).contains("model      - (starting)\n"));
+    }
+
+    #[test]
+    fn a_sharded_model_shows_its_ranks_backend_and_pids() {
+        assert!(!lines(&status(1)).contains("shard"));
+        let mut s = status(1);
+        s.shard = Some(ShardInfo {
+            ranks: 2,
+            backend: "ring".into(),
+            pids: vec![10, 11],
+        });
+        let text = lines(&s);
+        assert!(
+            text.contains("shard      2 ranks (ring), pids 10, 11\n"),
+            "{text}"
+        );
+        let mut s = starting(1);
+        s.shard = Some(ShardInfo {
+            ranks: 0,
+            backend: "nccl".into(),
+            pids: Vec::new(),
+        });
+        let text = lines(&s);
+        assert!(
+            text.contains(
+                "shard      ranks from the hostfile (nccl), pids once the group is ready\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

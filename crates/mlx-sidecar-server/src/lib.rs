@@ -131,7 +131,11 @@ pub async fn run(
 
     let drain = Arc::new(Drain::default());
     let metrics = Metrics::new();
-    let (view, worker) = watch::channel(WorkerView::initial(config.supervisor.standby));
+    let configured_shard = worker::configured_shard(&config.supervisor.worker);
+    let (view, worker) = watch::channel(WorkerView::initial(
+        config.supervisor.standby,
+        configured_shard.clone(),
+    ));
     let state = AppState::new(
         client.clone(),
         metrics.clone(),
@@ -147,6 +151,7 @@ pub async fn run(
     let daemon = DaemonService {
         state: state.clone(),
         listeners: Arc::new(listeners.clone()),
+        configured_model: grpc::daemon::configured_model(&config.supervisor.worker).into(),
     };
     let grpc = grpc::routes(relay, daemon, health_service)?;
     let http = http::router(state.clone());
@@ -168,7 +173,14 @@ pub async fn run(
     let names: Vec<String> = listeners.iter().map(ToString::to_string).collect();
     tracing::info!(listeners = ?names, "mlx-sidecar daemon listening");
 
-    let follower = Follower::new(view, health.clone(), drain.clone(), metrics, client);
+    let follower = Follower::new(
+        view,
+        health.clone(),
+        drain.clone(),
+        metrics,
+        client,
+        configured_shard,
+    );
     let mut follower = Box::pin(follower.run(&supervisor, events));
     let mut follower_done = false;
     tokio::pin!(shutdown);

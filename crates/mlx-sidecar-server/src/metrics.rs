@@ -26,9 +26,12 @@
 //! | `mlx_sidecar_replica_requests_in_flight` | gauge | replica | requests on that replica |
 //! | `mlx_sidecar_replica_restarts_total` | counter | replica | workers started in its place after the first |
 //! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
+//! | `mlx_sidecar_shard_ranks` | gauge | backend | processes of a sharded model's group (0 until a hostfile is read) |
+//! | `mlx_sidecar_shard_rank_pid` | gauge | rank | each rank's process id while the group runs |
 //!
 //! The `replica` series (index from 0; one replica without `serve --workers`) are read
-//! from the supervisor when the metrics are served, and at each lifecycle event.
+//! from the supervisor when the metrics are served, and at each lifecycle event. The
+//! `shard_*` series exist only for a sharded model (`serve --shard-ranks N`).
 
 mod observer;
 
@@ -138,6 +141,16 @@ struct ReplicaLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ShardLabels {
+    backend: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RankLabels {
+    rank: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RestartLabels {
     cause: RestartCause,
     worker: WorkerRole,
@@ -201,6 +214,8 @@ struct Inner {
     replica_in_flight: Family<ReplicaLabels, Gauge>,
     replica_restarts: Family<ReplicaLabels, Counter>,
     resumes: Counter,
+    shard_ranks: Family<ShardLabels, Gauge>,
+    shard_rank_pid: Family<RankLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -232,6 +247,8 @@ impl Metrics {
             replica_in_flight: Family::default(),
             replica_restarts: Family::default(),
             resumes: Counter::default(),
+            shard_ranks: Family::default(),
+            shard_rank_pid: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -323,6 +340,16 @@ impl Metrics {
             "stream_resumes",
             "Generation streams resumed on the next worker after their worker died",
             inner.resumes.clone(),
+        );
+        r.register(
+            "shard_ranks",
+            "Processes of the sharded model's mx.distributed group, by backend",
+            inner.shard_ranks.clone(),
+        );
+        r.register(
+            "shard_rank_pid",
+            "Process id of each rank of the sharded model's group while it runs",
+            inner.shard_rank_pid.clone(),
         );
         for api in [Api::Http, Api::Grpc] {
             let labels = ApiLabels { api };
@@ -480,6 +507,35 @@ impl Metrics {
             let behind = replica.restarts.saturating_sub(restarts.get());
             if behind > 0 {
                 restarts.inc_by(behind);
+            }
+        }
+    }
+
+    /// Sets the `shard_*` series from the group the daemon shows (nothing when not sharded):
+    /// a rank whose pid is not known now loses its `shard_rank_pid` series.
+    pub(crate) fn set_shard(&self, shard: Option<&mlx_sidecar::ShardInfo>) {
+        let Some(shard) = shard else { return };
+        self.inner
+            .shard_ranks
+            .get_or_create(&ShardLabels {
+                backend: shard.backend.clone(),
+            })
+            .set(i64::from(shard.ranks));
+        let ranks = usize::try_from(shard.ranks).unwrap_or(usize::MAX);
+        for rank in 0..ranks.max(shard.pids.len()) {
+            let labels = RankLabels {
+                rank: rank.to_string(),
+            };
+            match shard.pids.get(rank) {
+                Some(pid) => {
+                    self.inner
+                        .shard_rank_pid
+                        .get_or_create(&labels)
+                        .set(i64::from(*pid));
+                }
+                None => {
+                    self.inner.shard_rank_pid.remove(&labels);
+                }
             }
         }
     }

@@ -4,7 +4,9 @@
 //! the daemon is not draining), sets the worker metrics (`worker_up`, `standby_ready`,
 //! `worker_restarts_total{cause,worker}`, and `stream_resumes_total` from the clients'
 //! `Resumed` events), and tells systemd `READY=1` when the first worker is
-//! ready (`sd-notify`; nothing happens without `NOTIFY_SOCKET`).
+//! ready (`sd-notify`; nothing happens without `NOTIFY_SOCKET`). For a sharded worker it
+//! also keeps the group's ranks, backend and rank pids (`Status`'s `shard`, the `shard_*`
+//! metrics): configured from the start, with the pids its rank 0 reports while it runs.
 //!
 //! Each event only says *that* something changed; the state, pids and standby come from the
 //! supervisor itself (its view is updated before the event is sent), so a lagging receiver
@@ -21,7 +23,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use mlx_sidecar::{Client, LifecycleEvent, ModelInfo, Supervisor, WorkerState};
+use mlx_sidecar::{
+    Client, LifecycleEvent, ModelInfo, ShardInfo, Supervisor, WorkerCommand, WorkerState,
+};
 use tokio::{
     sync::{broadcast, watch},
     time::Instant,
@@ -66,11 +70,13 @@ pub(crate) struct WorkerView {
     pub(crate) standby_pid: Option<u32>,
     /// The model, as the last ready worker described it.
     pub(crate) model: Option<ModelInfo>,
+    /// The sharded group, if the model is sharded (see [`current_shard`]).
+    pub(crate) shard: Option<ShardInfo>,
 }
 
 impl WorkerView {
-    /// Before the first event.
-    pub(crate) fn initial(standby: bool) -> Self {
+    /// Before the first event; `shard` is the configured group ([`configured_shard`]).
+    pub(crate) fn initial(standby: bool, shard: Option<ShardInfo>) -> Self {
         WorkerView {
             state: WorkerState::Starting,
             pid: None,
@@ -79,6 +85,7 @@ impl WorkerView {
             standby: if standby { Standby::None } else { Standby::Off },
             standby_pid: None,
             model: None,
+            shard,
         }
     }
 
@@ -86,6 +93,36 @@ impl WorkerView {
     pub(crate) fn is_ready(&self) -> bool {
         matches!(self.state, WorkerState::Ready | WorkerState::Unhealthy) && self.pid.is_some()
     }
+}
+
+/// The sharded group `worker` asks for, as known before a worker describes it: its ranks
+/// (0 when they come from a hostfile) and backend, no pids; `None` when not sharded.
+pub(crate) fn configured_shard(worker: &WorkerCommand) -> Option<ShardInfo> {
+    worker.shard.as_ref().map(|group| ShardInfo {
+        ranks: group.ranks.unwrap_or(0),
+        backend: group.backend.as_str().to_owned(),
+        pids: Vec::new(),
+    })
+}
+
+/// The sharded group to show: the one `model` reported while its rank 0 is one of the
+/// `running` workers; else what is known without it (the last report's or the configured
+/// ranks and backend), without pids, which would name processes that are gone.
+fn current_shard(
+    configured: Option<&ShardInfo>,
+    model: Option<&ModelInfo>,
+    running: &[u32],
+) -> Option<ShardInfo> {
+    let reported = model.and_then(|m| m.shard.as_ref());
+    if let Some(shard) = reported {
+        if shard.pids.first().is_some_and(|pid| running.contains(pid)) {
+            return Some(shard.clone());
+        }
+    }
+    reported.or(configured).map(|shard| ShardInfo {
+        pids: Vec::new(),
+        ..shard.clone()
+    })
 }
 
 /// Follows `supervisor` until its events end; see the [module docs](self).
@@ -97,6 +134,8 @@ pub(crate) struct Follower {
     pub(crate) client: Client,
     pub(crate) restarts: RestartCauses,
     pub(crate) notified_ready: bool,
+    /// The configured sharded group ([`configured_shard`]).
+    pub(crate) configured_shard: Option<ShardInfo>,
 }
 
 impl Follower {
@@ -107,6 +146,7 @@ impl Follower {
         drain: Arc<Drain>,
         metrics: Metrics,
         client: Client,
+        configured_shard: Option<ShardInfo>,
     ) -> Self {
         Follower {
             view,
@@ -116,6 +156,7 @@ impl Follower {
             client,
             restarts: RestartCauses::default(),
             notified_ready: false,
+            configured_shard,
         }
     }
 
@@ -190,8 +231,17 @@ impl Follower {
         if ready && (fetch_model || !has_model) {
             self.fetch_model_info().await;
         }
+        let replicas = supervisor.replicas();
+        let running: Vec<u32> = replicas.iter().filter_map(|r| r.pid).chain(pid).collect();
+        let shard = current_shard(
+            self.configured_shard.as_ref(),
+            self.view.borrow().model.as_ref(),
+            &running,
+        );
+        self.metrics.set_shard(shard.as_ref());
+        self.view.send_modify(|v| v.shard = shard);
         self.metrics.set_worker_up(ready);
-        self.metrics.set_replicas(&supervisor.replicas());
+        self.metrics.set_replicas(&replicas);
         self.metrics.set_standby_ready(standby_ready);
         self.health.set(ready && !self.drain.is_draining()).await;
         if ready && !self.notified_ready {
@@ -289,6 +339,42 @@ mod tests {
             attempt: 1,
             delay: Duration::ZERO,
         }
+    }
+
+    fn shard(ranks: u32, pids: &[u32]) -> ShardInfo {
+        ShardInfo {
+            ranks,
+            backend: "ring".into(),
+            pids: pids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_shard_pids_show_only_while_its_rank_0_runs() {
+        let configured = shard(2, &[]);
+        assert_eq!(
+            current_shard(Some(&configured), None, &[10]),
+            Some(shard(2, &[]))
+        );
+        assert_eq!(current_shard(None, None, &[10]), None);
+        let info = |shard: Option<ShardInfo>| {
+            let mut info = ModelInfo::from(mlx_sidecar_proto::v1::ModelInfoResponse::default());
+            info.shard = shard;
+            info
+        };
+        // From a hostfile: the count is known once a worker has described its group.
+        let from_hostfile = shard(0, &[]);
+        let reported = info(Some(shard(3, &[10, 11, 12])));
+        assert_eq!(
+            current_shard(Some(&from_hostfile), Some(&reported), &[10]),
+            Some(shard(3, &[10, 11, 12]))
+        );
+        // Its rank 0 died: the ranks stay, the pids go.
+        assert_eq!(
+            current_shard(Some(&from_hostfile), Some(&reported), &[20]),
+            Some(shard(3, &[]))
+        );
+        assert_eq!(current_shard(None, Some(&info(None)), &[10]), None);
     }
 
     #[test]

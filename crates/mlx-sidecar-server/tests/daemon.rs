@@ -120,6 +120,8 @@ async fn serves_every_service_on_the_unix_socket_and_refuses_a_second_daemon() {
     assert_eq!(library.listeners[0].address, socket.display().to_string());
     assert_eq!(status.model_id, info.model_id);
     assert_eq!(status.model_path, info.model_path);
+    let tiny = mlx_sidecar_testkit::tiny_model().display().to_string();
+    assert_eq!(status.configured_model.as_deref(), Some(tiny.as_str()));
     assert_eq!(status.listeners.len(), 1);
     assert_eq!(status.listeners[0].kind, "unix");
     assert_eq!(status.listeners[0].address, socket.display().to_string());
@@ -841,4 +843,102 @@ async fn health_and_ready_stay_down_after_the_supervisor_gives_up() {
         asked.elapsed()
     );
     let _ = daemon.stop().await;
+}
+
+/// While its workers are still loading, `Status` names the configured model and says that
+/// every replica is starting; once one is ready, the model it loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_configured_model_while_the_workers_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The workers never finish starting: the daemon stays in its starting state.
+    let worker = support::tiny_worker_with(&[]).with_env("MLX_WORKER_FAULTS", "startup_hang");
+    let mut config = support::config_for(worker, dir.path());
+    config.supervisor = config.supervisor.with_replicas(2);
+    let daemon = Daemon::start_without_waiting(config);
+    let first = daemon.wait_status().await;
+    let tiny = mlx_sidecar_testkit::tiny_model().display().to_string();
+    assert_eq!(first.configured_model.as_deref(), Some(tiny.as_str()));
+    // Both replicas' workers run (they have pids) and load.
+    mlx_sidecar_testkit::wait_until(READY, "both replicas' workers to run", || async {
+        let status = daemon.status().await;
+        status.replicas.len() == 2 && status.replicas.iter().all(|r| r.worker_pid.is_some())
+    })
+    .await;
+    let status = daemon.status().await;
+    assert_eq!(status.worker_state(), WorkerState::Starting, "{status:?}");
+    for replica in &status.replicas {
+        assert_eq!(replica.state(), WorkerState::Starting, "{replica:?}");
+    }
+    assert_eq!(status.model_id, "", "no worker has described its model");
+    assert_eq!(status.configured_model.as_deref(), Some(tiny.as_str()));
+    // The library's DaemonStatus (what `mlx-sidecar status` prints) carries it too.
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let library = client.daemon_status().await.expect("daemon_status");
+    assert_eq!(library.worker_state, "starting");
+    assert_eq!(library.configured_model.as_deref(), Some(tiny.as_str()));
+    assert!(library.replicas.iter().all(|r| r.state == "starting"));
+    daemon.stop().await.expect("clean stop");
+}
+
+/// `serve --shard-ranks 2`: `Status` and the metrics name the group's size and backend from
+/// the start, and each rank's pid while the group runs, also after it was restarted whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_show_a_sharded_groups_ranks() {
+    use mlx_sidecar_testkit::procfs::children_running;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = support::tiny_worker_with(&[]).with_shard(mlx_sidecar::ShardGroup::new(2));
+    let daemon =
+        Daemon::start_without_waiting(support::with_tcp(support::config_for(worker, dir.path())));
+    let first = daemon
+        .wait_status()
+        .await
+        .shard
+        .expect("a shard from the start");
+    assert_eq!((first.ranks, first.backend.as_str()), (2, "ring"));
+    assert!(first.pids.is_empty() || first.pids.len() == 2, "{first:?}");
+    daemon.wait_health(ServingStatus::Serving).await;
+    let base = daemon.base().await;
+
+    // The group's pids, rank 0 (the worker) first, in Status, the library's view and metrics.
+    let group = |rank0: u32| {
+        let followers = children_running(rank0, "mlx_worker.shard.follower");
+        assert_eq!(followers.len(), 1, "one follower of rank 0 ({rank0})");
+        vec![rank0, followers[0]]
+    };
+    let status = daemon.status().await;
+    let pids = group(status.worker_pid.expect("worker pid"));
+    assert_eq!(status.shard.expect("shard").pids, pids);
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let library = client.daemon_status().await.expect("daemon_status");
+    let shard = library.shard.expect("shard");
+    assert_eq!((shard.ranks, shard.backend.as_str()), (2, "ring"));
+    assert_eq!(shard.pids, pids);
+    let assert_metrics = |metrics: String, pids: &[u32]| {
+        assert_eq!(
+            support::sample(&metrics, "mlx_sidecar_shard_ranks{backend=\"ring\"}"),
+            2.0,
+            "{metrics}"
+        );
+        for (rank, pid) in pids.iter().enumerate() {
+            let series = format!("mlx_sidecar_shard_rank_pid{{rank=\"{rank}\"}}");
+            assert_eq!(support::sample(&metrics, &series), f64::from(*pid));
+        }
+    };
+    assert_metrics(support::metrics_text(&base).await, &pids);
+
+    // A rank dies: the group restarts whole, and the new ranks' pids replace the old.
+    mlx_sidecar_testkit::signal(pids[1], nix::sys::signal::Signal::SIGKILL);
+    mlx_sidecar_testkit::wait_until(READY, "a new group, ready", || async {
+        let status = daemon.status().await;
+        status.worker_state() == WorkerState::Ready
+            && status
+                .shard
+                .is_some_and(|s| s.pids.len() == 2 && s.pids[0] != pids[0])
+    })
+    .await;
+    let status = daemon.status().await;
+    let restarted = group(status.worker_pid.expect("worker pid"));
+    assert_eq!(status.shard.expect("shard").pids, restarted);
+    assert_metrics(support::metrics_text(&base).await, &restarted);
+    daemon.stop().await.expect("clean stop");
 }

@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from mlx_sidecar.v1 import inference_pb2 as mlx__sidecar_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmlx_sidecar/v1/daemon.proto\x12\x0emlx_sidecar.v1\x1a\x1emlx_sidecar/v1/inference.proto\"\x0f\n\rStatusRequest\"V\n\x08Listener\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x18\n\x10requires_api_key\x18\x03 \x01(\x08\x12\x11\n\tactivated\x18\x04 \x01(\x08\"\xf6\x04\n\x0eStatusResponse\x12\x16\n\x0e\x64\x61\x65mon_version\x18\x01 \x01(\t\x12\x12\n\ndaemon_pid\x18\x02 \x01(\r\x12\x1d\n\x15\x64\x61\x65mon_uptime_seconds\x18\x03 \x01(\x01\x12\x31\n\x0cworker_state\x18\x04 \x01(\x0e\x32\x1b.mlx_sidecar.v1.WorkerState\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x12\n\nmodel_path\x18\x06 \x01(\t\x12*\n\x06\x64\x65vice\x18\x07 \x01(\x0e\x32\x1a.mlx_sidecar.v1.DeviceKind\x12(\n\x07\x62\x61\x63kend\x18\x08 \x01(\x0e\x32\x17.mlx_sidecar.v1.Backend\x12\x13\n\x0b\x64\x65vice_name\x18\t \x01(\t\x12\x17\n\nworker_pid\x18\n \x01(\rH\x00\x88\x01\x01\x12\x1d\n\x15worker_uptime_seconds\x18\x0b \x01(\x01\x12\x17\n\x0fworker_restarts\x18\x0c \x01(\r\x12\x18\n\x10requests_running\x18\r \x01(\r\x12\x18\n\x10requests_waiting\x18\x0e \x01(\r\x12-\n\x07standby\x18\x0f \x01(\x0e\x32\x1c.mlx_sidecar.v1.StandbyState\x12\x18\n\x0bstandby_pid\x18\x10 \x01(\rH\x01\x88\x01\x01\x12+\n\tlisteners\x18\x11 \x03(\x0b\x32\x18.mlx_sidecar.v1.Listener\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12)\n\x08replicas\x18\x13 \x03(\x0b\x32\x17.mlx_sidecar.v1.ReplicaB\r\n\x0b_worker_pidB\x0e\n\x0c_standby_pid\"\xcb\x01\n\x07Replica\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.mlx_sidecar.v1.WorkerState\x12\x17\n\nworker_pid\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bstandby_pid\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x08restarts\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\tB\r\n\x0b_worker_pidB\x0e\n\x0c_standby_pid*\xe6\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x1a\n\x16WORKER_STATE_UNHEALTHY\x10\x03\x12\x1b\n\x17WORKER_STATE_RESTARTING\x10\x04\x12\x19\n\x15WORKER_STATE_STOPPING\x10\x05\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x06\x12\x18\n\x14WORKER_STATE_GAVE_UP\x10\x07*\x91\x01\n\x0cStandbyState\x12\x1d\n\x19STANDBY_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11STANDBY_STATE_OFF\x10\x01\x12\x1a\n\x16STANDBY_STATE_STARTING\x10\x02\x12\x17\n\x13STANDBY_STATE_READY\x10\x03\x12\x16\n\x12STANDBY_STATE_NONE\x10\x04\x32Q\n\x06\x44\x61\x65mon\x12G\n\x06Status\x12\x1d.mlx_sidecar.v1.StatusRequest\x1a\x1e.mlx_sidecar.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmlx_sidecar/v1/daemon.proto\x12\x0emlx_sidecar.v1\x1a\x1emlx_sidecar/v1/inference.proto\"\x0f\n\rStatusRequest\"V\n\x08Listener\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x18\n\x10requires_api_key\x18\x03 \x01(\x08\x12\x11\n\tactivated\x18\x04 \x01(\x08\"\xd4\x05\n\x0eStatusResponse\x12\x16\n\x0e\x64\x61\x65mon_version\x18\x01 \x01(\t\x12\x12\n\ndaemon_pid\x18\x02 \x01(\r\x12\x1d\n\x15\x64\x61\x65mon_uptime_seconds\x18\x03 \x01(\x01\x12\x31\n\x0cworker_state\x18\x04 \x01(\x0e\x32\x1b.mlx_sidecar.v1.WorkerState\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x12\n\nmodel_path\x18\x06 \x01(\t\x12*\n\x06\x64\x65vice\x18\x07 \x01(\x0e\x32\x1a.mlx_sidecar.v1.DeviceKind\x12(\n\x07\x62\x61\x63kend\x18\x08 \x01(\x0e\x32\x17.mlx_sidecar.v1.Backend\x12\x13\n\x0b\x64\x65vice_name\x18\t \x01(\t\x12\x17\n\nworker_pid\x18\n \x01(\rH\x00\x88\x01\x01\x12\x1d\n\x15worker_uptime_seconds\x18\x0b \x01(\x01\x12\x17\n\x0fworker_restarts\x18\x0c \x01(\r\x12\x18\n\x10requests_running\x18\r \x01(\r\x12\x18\n\x10requests_waiting\x18\x0e \x01(\r\x12-\n\x07standby\x18\x0f \x01(\x0e\x32\x1c.mlx_sidecar.v1.StandbyState\x12\x18\n\x0bstandby_pid\x18\x10 \x01(\rH\x01\x88\x01\x01\x12+\n\tlisteners\x18\x11 \x03(\x0b\x32\x18.mlx_sidecar.v1.Listener\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12)\n\x08replicas\x18\x13 \x03(\x0b\x32\x17.mlx_sidecar.v1.Replica\x12\x1d\n\x10\x63onfigured_model\x18\x14 \x01(\tH\x02\x88\x01\x01\x12(\n\x05shard\x18\x15 \x01(\x0b\x32\x19.mlx_sidecar.v1.ShardInfoB\r\n\x0b_worker_pidB\x0e\n\x0c_standby_pidB\x13\n\x11_configured_model\"\xcb\x01\n\x07Replica\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.mlx_sidecar.v1.WorkerState\x12\x17\n\nworker_pid\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bstandby_pid\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x08restarts\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\tB\r\n\x0b_worker_pidB\x0e\n\x0c_standby_pid*\xe6\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x1a\n\x16WORKER_STATE_UNHEALTHY\x10\x03\x12\x1b\n\x17WORKER_STATE_RESTARTING\x10\x04\x12\x19\n\x15WORKER_STATE_STOPPING\x10\x05\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x06\x12\x18\n\x14WORKER_STATE_GAVE_UP\x10\x07*\x91\x01\n\x0cStandbyState\x12\x1d\n\x19STANDBY_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11STANDBY_STATE_OFF\x10\x01\x12\x1a\n\x16STANDBY_STATE_STARTING\x10\x02\x12\x17\n\x13STANDBY_STATE_READY\x10\x03\x12\x16\n\x12STANDBY_STATE_NONE\x10\x04\x32Q\n\x06\x44\x61\x65mon\x12G\n\x06Status\x12\x1d.mlx_sidecar.v1.StatusRequest\x1a\x1e.mlx_sidecar.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlx_sidecar.v1.daemon_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERSTATE']._serialized_start=1024
-  _globals['_WORKERSTATE']._serialized_end=1254
-  _globals['_STANDBYSTATE']._serialized_start=1257
-  _globals['_STANDBYSTATE']._serialized_end=1402
+  _globals['_WORKERSTATE']._serialized_start=1118
+  _globals['_WORKERSTATE']._serialized_end=1348
+  _globals['_STANDBYSTATE']._serialized_start=1351
+  _globals['_STANDBYSTATE']._serialized_end=1496
   _globals['_STATUSREQUEST']._serialized_start=79
   _globals['_STATUSREQUEST']._serialized_end=94
   _globals['_LISTENER']._serialized_start=96
   _globals['_LISTENER']._serialized_end=182
   _globals['_STATUSRESPONSE']._serialized_start=185
-  _globals['_STATUSRESPONSE']._serialized_end=815
-  _globals['_REPLICA']._serialized_start=818
-  _globals['_REPLICA']._serialized_end=1021
-  _globals['_DAEMON']._serialized_start=1404
-  _globals['_DAEMON']._serialized_end=1485
+  _globals['_STATUSRESPONSE']._serialized_end=909
+  _globals['_REPLICA']._serialized_start=912
+  _globals['_REPLICA']._serialized_end=1115
+  _globals['_DAEMON']._serialized_start=1498
+  _globals['_DAEMON']._serialized_end=1579
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,7 @@ class Listener(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., address: _Optional[str] = ..., requires_api_key: _Optional[bool] = ..., activated: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("daemon_version", "daemon_pid", "daemon_uptime_seconds", "worker_state", "model_id", "model_path", "device", "backend", "device_name", "worker_pid", "worker_uptime_seconds", "worker_restarts", "requests_running", "requests_waiting", "standby", "standby_pid", "listeners", "draining", "replicas")
+    __slots__ = ("daemon_version", "daemon_pid", "daemon_uptime_seconds", "worker_state", "model_id", "model_path", "device", "backend", "device_name", "worker_pid", "worker_uptime_seconds", "worker_restarts", "requests_running", "requests_waiting", "standby", "standby_pid", "listeners", "draining", "replicas", "configured_model", "shard")
     DAEMON_VERSION_FIELD_NUMBER: _ClassVar[int]
     DAEMON_PID_FIELD_NUMBER: _ClassVar[int]
     DAEMON_UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,8 @@ class StatusResponse(_message.Message):
     LISTENERS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     daemon_version: str
     daemon_pid: int
     daemon_uptime_seconds: float
@@ -96,7 +98,9 @@ class StatusResponse(_message.Message):
     listeners: _containers.RepeatedCompositeFieldContainer[Listener]
     draining: bool
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
-    def __init__(self, daemon_version: _Optional[str] = ..., daemon_pid: _Optional[int] = ..., daemon_uptime_seconds: _Optional[float] = ..., worker_state: _Optional[_Union[WorkerState, str]] = ..., model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[_Union[_inference_pb2.DeviceKind, str]] = ..., backend: _Optional[_Union[_inference_pb2.Backend, str]] = ..., device_name: _Optional[str] = ..., worker_pid: _Optional[int] = ..., worker_uptime_seconds: _Optional[float] = ..., worker_restarts: _Optional[int] = ..., requests_running: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., standby: _Optional[_Union[StandbyState, str]] = ..., standby_pid: _Optional[int] = ..., listeners: _Optional[_Iterable[_Union[Listener, _Mapping]]] = ..., draining: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+    configured_model: str
+    shard: _inference_pb2.ShardInfo
+    def __init__(self, daemon_version: _Optional[str] = ..., daemon_pid: _Optional[int] = ..., daemon_uptime_seconds: _Optional[float] = ..., worker_state: _Optional[_Union[WorkerState, str]] = ..., model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[_Union[_inference_pb2.DeviceKind, str]] = ..., backend: _Optional[_Union[_inference_pb2.Backend, str]] = ..., device_name: _Optional[str] = ..., worker_pid: _Optional[int] = ..., worker_uptime_seconds: _Optional[float] = ..., worker_restarts: _Optional[int] = ..., requests_running: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., standby: _Optional[_Union[StandbyState, str]] = ..., standby_pid: _Optional[int] = ..., listeners: _Optional[_Iterable[_Union[Listener, _Mapping]]] = ..., draining: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., configured_model: _Optional[str] = ..., shard: _Optional[_Union[_inference_pb2.ShardInfo, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("index", "state", "worker_pid", "standby_pid", "restarts", "in_flight", "device")

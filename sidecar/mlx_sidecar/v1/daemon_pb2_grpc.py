@@ -49,7 +49,7 @@ class DaemonServicer:
     def Status(self, request, context):
         """Describes the daemon, its worker, its standby and its load. Answers at once, also
         while no worker is ready (the model fields are then those of the last ready worker,
-        or empty before the first).
+        or empty before the first; `configured_model` says what is being loaded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -300,7 +300,7 @@ class Quantization(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., bits: _Optional[int] = ..., group_size: _Optional[int] = ..., dtype: _Optional[str] = ..., source_format: _Optional[str] = ..., dequantized: _Optional[bool] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_path", "architecture", "quantization", "context_length", "vocab_size", "device", "backend", "device_name", "mlx_version", "mlx_lm_version", "active_memory_bytes", "peak_memory_bytes", "cache_memory_bytes", "worker_pid", "worker_version", "python_version", "eos_token_ids", "has_chat_template", "max_batch_size", "load_seconds", "parameter_count", "cpu_blas")
+    __slots__ = ("model_id", "model_path", "architecture", "quantization", "context_length", "vocab_size", "device", "backend", "device_name", "mlx_version", "mlx_lm_version", "active_memory_bytes", "peak_memory_bytes", "cache_memory_bytes", "worker_pid", "worker_version", "python_version", "eos_token_ids", "has_chat_template", "max_batch_size", "load_seconds", "parameter_count", "cpu_blas", "shard")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +324,7 @@ class ModelInfoResponse(_message.Message):
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
     CPU_BLAS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_path: str
     architecture: str
@@ -347,4 +348,15 @@ class ModelInfoResponse(_message.Message):
     load_seconds: float
     parameter_count: int
     cpu_blas: str
-    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., device: _Optional[_Union[DeviceKind, str]] = ..., backend: _Optional[_Union[Backend, str]] = ..., device_name: _Optional[str] = ..., mlx_version: _Optional[str] = ..., mlx_lm_version: _Optional[str] = ..., active_memory_bytes: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cache_memory_bytes: _Optional[int] = ..., worker_pid: _Optional[int] = ..., worker_version: _Optional[str] = ..., python_version: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., has_chat_template: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., load_seconds: _Optional[float] = ..., parameter_count: _Optional[int] = ..., cpu_blas: _Optional[str] = ...) -> None: ...
+    shard: ShardInfo
+    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., device: _Optional[_Union[DeviceKind, str]] = ..., backend: _Optional[_Union[Backend, str]] = ..., device_name: _Optional[str] = ..., mlx_version: _Optional[str] = ..., mlx_lm_version: _Optional[str] = ..., active_memory_bytes: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cache_memory_bytes: _Optional[int] = ..., worker_pid: _Optional[int] = ..., worker_version: _Optional[str] = ..., python_version: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., has_chat_template: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., load_seconds: _Optional[float] = ..., parameter_count: _Optional[int] = ..., cpu_blas: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
+
+class ShardInfo(_message.Message):
+    __slots__ = ("ranks", "backend", "pids")
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    ranks: int
+    backend: str
+    pids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ranks: _Optional[int] = ..., backend: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ...) -> None: ...

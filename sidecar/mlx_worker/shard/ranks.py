@@ -10,7 +10,8 @@ and ``exec``s the follower; when ssh dies, the remote rank's stdin reaches EOF a
 
 One thread per rank waits for it; when any rank ends, rank 0 kills the others, removes its
 socket and exits with :data:`EXIT_RANK_DIED`, so the supervisor sees one worker die and
-restarts the whole group (no rank left behind, its ports closed with it).
+restarts the whole group (no rank left behind, its ports closed with it). The group this
+process started is kept so that ModelInfo can name each rank's process (:func:`rank_pids`).
 """
 
 from __future__ import annotations
@@ -213,15 +214,27 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+_started: RankGroup | None = None  # the group this process is rank 0 of
+
+
 def start_rank_group(
     options: ShardOptions, socket_path: Path, argv: Sequence[str]
 ) -> RankGroup | None:
     """Starts the other ranks of a group of more than one (None for a group of one)."""
+    global _started
     if options.ranks < 2:
         return None
     group = RankGroup(options, socket_path, argv)
     group.start()
+    _started = group
     return group
+
+
+def rank_pids() -> list[int]:
+    """Each rank's process id, by rank: this process (rank 0), then the ranks it started
+    (for a remote rank: its ssh); only this process when it started none."""
+    pids = _started.pids if _started is not None else {}
+    return [os.getpid(), *(pids[rank] for rank in sorted(pids))]
 
 
 __all__ = [
@@ -229,6 +242,7 @@ __all__ = [
     "Host",
     "RankGroup",
     "follower_args",
+    "rank_pids",
     "remote_script",
     "start_rank_group",
 ]

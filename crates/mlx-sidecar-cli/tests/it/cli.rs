@@ -92,6 +92,22 @@ impl Cli {
         self.run_with_stdin("")
     }
 
+    /// Starts the command in the background (a `serve`), stdin and stdout closed, stderr as
+    /// given; see [`Running`].
+    pub(crate) fn spawn(mut self, stderr: Stdio) -> Running {
+        let child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn mlx-sidecar");
+        Running {
+            child,
+            _scratch: self._scratch,
+        }
+    }
+
     fn run_with_stdin(mut self, input: &str) -> Output {
         let mut child = self
             .cmd
@@ -104,6 +120,29 @@ impl Cli {
         stdin.write_all(input.as_bytes()).expect("write stdin");
         drop(stdin);
         wait_output(child, DEADLINE)
+    }
+}
+
+/// A background `mlx-sidecar` and its [`Cli`]'s scratch dir, whose environment directory
+/// holds the worker's source (imported lazily, and by every restarted worker): the dir
+/// lives as long as the process, which is killed and reaped when this is dropped (also
+/// when a test panics), before the dir is removed.
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    _scratch: tempfile::TempDir,
+}
+
+impl Running {
+    /// The process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -3,24 +3,21 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::{Cli, DEADLINE, json_lines, text};
+use crate::cli::{Cli, DEADLINE, Running, json_lines, text};
 
 /// A `serve` process on its own socket; killed if the test ends without stopping it.
 struct Daemon {
-    child: Child,
+    serve: Running,
     socket: PathBuf,
     /// The daemon's stderr lines, as they come.
     stderr: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
-    // Its environment directory holds the worker's source (imported lazily, and by every
-    // restarted worker): kept while the daemon runs.
-    _cli: Cli,
 }
 
 impl Daemon {
@@ -28,31 +25,24 @@ impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("d.sock");
-        let mut cli = Cli::tiny()
+        let mut serve = Cli::tiny()
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
-            .args(extra);
-        let mut child = cli
-            .cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
+            .args(extra)
+            .spawn(Stdio::piped());
         let (tx, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr");
+        let pipe = serve.child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
         let daemon = Daemon {
-            child,
+            serve,
             socket,
             stderr,
             _dir: dir,
-            _cli: cli,
         };
         let listening = daemon.line_with("listening on");
         assert!(
@@ -101,23 +91,16 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the exit code.
     fn terminate(mut self) -> Option<i32> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(self.serve.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let until = Instant::now() + DEADLINE;
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
+            if let Some(status) = self.serve.child.try_wait().expect("wait") {
                 return status.code();
             }
             assert!(Instant::now() < until, "serve did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -132,7 +115,7 @@ fn serve_status_generate_through_it_refuse_a_second_and_stop_on_sigterm() {
     assert_eq!(before["model_id"], "tiny", "{before}");
     let worker = before["worker_pid"].as_u64().expect("worker pid");
     assert!(
-        crate::support::procfs::children_running(daemon.child.id(), "mlx_worker")
+        crate::support::procfs::children_running(daemon.serve.id(), "mlx_worker")
             .contains(&(worker as u32))
     );
 
@@ -186,13 +169,7 @@ fn generate_uses_a_daemon_on_the_default_socket_unless_no_daemon() {
     let socket = runtime.path().join("mlx-sidecar").join("daemon.sock");
     let mut cli = Cli::tiny().arg("serve");
     cli.cmd.env("XDG_RUNTIME_DIR", runtime.path());
-    let mut child = cli
-        .cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
+    let mut serve = cli.spawn(Stdio::null());
     let until = Instant::now() + DEADLINE;
     let ready = || {
         let mut status = Cli::new().args(["status", "--json"]);
@@ -225,9 +202,9 @@ fn generate_uses_a_daemon_on_the_default_socket_unless_no_daemon() {
     assert!(stderr.contains("worker starting"), "{stderr}");
     assert!(!stderr.contains("using the daemon"), "{stderr}");
 
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(serve.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let status = child.wait().expect("wait");
+    let status = serve.child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
     assert!(!socket_exists(&socket));
 }

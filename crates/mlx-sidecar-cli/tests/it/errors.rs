@@ -8,7 +8,7 @@ use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{Cli, DEADLINE, text};
+use crate::cli::{Cli, DEADLINE, Running, text};
 
 /// The processes whose parent is `pid`.
 fn children(pid: u32) -> Vec<u32> {
@@ -145,12 +145,11 @@ fn a_prompt_too_long_says_so_and_the_detail_is_behind_verbose() {
 
 /// A `serve` process of the test model on a socket and a TCP port with an API key.
 struct KeyedDaemon {
-    child: Child,
+    serve: Running,
     socket: String,
     tcp: String,
     key_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
-    _cli: Cli,
 }
 
 impl KeyedDaemon {
@@ -159,9 +158,7 @@ impl KeyedDaemon {
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, "right-key\n").expect("key");
         let socket = dir.path().join("d.sock");
-        // Kept while the daemon runs: its environment directory holds the worker's source,
-        // which each restarted worker imports.
-        let mut cli = Cli::new()
+        let mut serve = Cli::new()
             .args([
                 "--test-model",
                 "serve",
@@ -171,15 +168,9 @@ impl KeyedDaemon {
             ])
             .arg(&socket)
             .arg("--api-key-file")
-            .arg(&key_file);
-        let mut child = cli
-            .cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let stderr = child.stderr.take().expect("stderr");
+            .arg(&key_file)
+            .spawn(Stdio::piped());
+        let stderr = serve.child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -196,12 +187,11 @@ impl KeyedDaemon {
             }
         };
         let daemon = KeyedDaemon {
-            child,
+            serve,
             socket: format!("unix:{}", socket.display()),
             tcp,
             key_file,
             _dir: dir,
-            _cli: cli,
         };
         daemon.wait_ready();
         daemon
@@ -220,13 +210,6 @@ impl KeyedDaemon {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for KeyedDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -266,7 +249,7 @@ fn daemon_clients_hear_what_happened_in_plain_words() {
         ])
     };
     let (client, _out, _cli) = start_streaming(generate());
-    let workers = children(daemon.child.id());
+    let workers = children(daemon.serve.id());
     assert!(!workers.is_empty());
     workers.iter().for_each(|&pid| sigkill(pid));
     let out = finish(client);
@@ -281,7 +264,7 @@ fn daemon_clients_hear_what_happened_in_plain_words() {
     // The daemon itself killed mid-answer.
     daemon.wait_ready();
     let (client, _out, _cli) = start_streaming(generate());
-    sigkill(daemon.child.id());
+    sigkill(daemon.serve.id());
     let out = finish(client);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -3,12 +3,12 @@
 //! keeps the one it serves.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::{Cli, DEADLINE, text};
+use crate::cli::{Cli, DEADLINE, Running, text};
 use crate::support;
 
 /// Writes the tiny model as a GGUF file (`seed` makes a different file).
@@ -41,32 +41,16 @@ fn named<'a>(list: &'a [Value], source: &Path) -> &'a Value {
         .unwrap_or_else(|| panic!("no model from {}: {list:?}", source.display()))
 }
 
-/// A `serve` process, killed when dropped.
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `serve` of `model` on a socket in `dir`, once its worker is ready.
-fn serve(cache: &Path, model: &Path, dir: &Path) -> Serving {
+fn serve(cache: &Path, model: &Path, dir: &Path) -> Running {
     let socket = dir.join("d.sock");
-    let child = cli(cache)
+    let serving = cli(cache)
         .arg("--model")
         .arg(model)
         .arg("serve")
         .arg("--socket")
         .arg(&socket)
-        .cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let serving = Serving(child);
+        .spawn(Stdio::null());
     let until = Instant::now() + DEADLINE;
     loop {
         let out = Cli::new()

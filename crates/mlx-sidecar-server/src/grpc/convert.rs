@@ -9,7 +9,7 @@
 
 use mlx_sidecar::{
     ChatMessage, Error, FinishReason, Finished, GenerateEvent, GenerateRequest, ModelInfo,
-    TokenizeRequest,
+    ShardInfo, TokenizeRequest,
 };
 use mlx_sidecar_proto::v1 as pb;
 use tonic::Status;
@@ -254,6 +254,16 @@ pub(crate) fn model_info(m: ModelInfo) -> pb::ModelInfoResponse {
         load_seconds: m.load_seconds,
         parameter_count: m.parameter_count,
         cpu_blas: m.cpu_blas,
+        shard: m.shard.as_ref().map(shard_info),
+    }
+}
+
+/// The wire form of a sharded model's group.
+pub(crate) fn shard_info(s: &ShardInfo) -> pb::ShardInfo {
+    pb::ShardInfo {
+        ranks: s.ranks,
+        backend: s.backend.clone(),
+        pids: s.pids.clone(),
     }
 }
 

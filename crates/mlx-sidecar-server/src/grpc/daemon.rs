@@ -1,11 +1,12 @@
 //! `mlx_sidecar.v1.Daemon`: the `Status` rpc, answered from the daemon's own view of its
 //! worker (`crate::worker::WorkerView`), its load (the metrics' running and waiting
 //! gauges, which both fronts feed), each replica (read live from the supervisor) and its
-//! listeners, without calling the worker.
+//! listeners and, for a sharded model, its group's ranks, without calling the worker. Until a worker has described its model, the
+//! configured one (`configured_model`) is what says which model is loading.
 
 use std::sync::Arc;
 
-use mlx_sidecar::WorkerState;
+use mlx_sidecar::{WorkerCommand, WorkerState};
 use mlx_sidecar_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -17,6 +18,18 @@ use crate::{listen::ListenerInfo, state::AppState, worker::Standby};
 pub(crate) struct DaemonService {
     pub(crate) state: AppState,
     pub(crate) listeners: Arc<Vec<ListenerInfo>>,
+    /// The model the daemon was told to serve, in words (see [`configured_model`]).
+    pub(crate) configured_model: Arc<str>,
+}
+
+/// The model `worker` loads, as `Status` names it before a worker has described it: the
+/// path given, or "test model" / "default model" when none was.
+pub(crate) fn configured_model(worker: &WorkerCommand) -> String {
+    match &worker.model {
+        Some(path) => path.display().to_string(),
+        None if worker.uses_test_model() => "test model".to_owned(),
+        None => "default model".to_owned(),
+    }
 }
 
 #[tonic::async_trait]
@@ -86,6 +99,8 @@ impl DaemonService {
                     device: r.device.clone().unwrap_or_default(),
                 })
                 .collect(),
+            configured_model: Some(self.configured_model.to_string()),
+            shard: worker.shard.as_ref().map(convert::shard_info),
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use mlx_sidecar_proto::v1 as pb;
 use serde::{Serialize, Serializer};
 
+use super::types::ShardInfo;
+
 /// A daemon's state: what it runs, its worker and standby, its load and its listeners.
 /// Serializes (serde) with the durations as `*_seconds` numbers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +55,15 @@ pub struct DaemonStatus {
     /// daemon older than replicas). The fields above describe the pool: its best state,
     /// the first replica's worker and standby, restarts summed over replicas.
     pub replicas: Vec<DaemonReplica>,
+    /// The model the daemon was told to serve: the path it was given, "test model" or
+    /// "default model"; set also before a worker has described its model (`None` from a
+    /// daemon older than this field).
+    pub configured_model: Option<String>,
+    /// The sharded group (`serve --shard-ranks N`): its ranks and backend, and each rank's
+    /// pid while the group of the worker that last described the model runs (with several
+    /// replicas, one replica's group: its worker's pid comes first); `None` when one
+    /// process holds the model.
+    pub shard: Option<ShardInfo>,
 }
 
 /// One replica of a daemon's workers.
@@ -149,6 +160,8 @@ impl From<pb::StatusResponse> for DaemonStatus {
                     device: r.device,
                 })
                 .collect(),
+            configured_model: s.configured_model,
+            shard: s.shard.map(ShardInfo::from),
         }
     }
 }

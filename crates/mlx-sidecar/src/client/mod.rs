@@ -56,7 +56,7 @@ pub use request::{
 };
 pub use stream::GenerateStream;
 pub use types::{
-    Completion, FinishReason, Finished, GenerateEvent, HealthStatus, ModelInfo, Timings,
+    Completion, FinishReason, Finished, GenerateEvent, HealthStatus, ModelInfo, ShardInfo, Timings,
     TokenLogprob, Tokenized, TopLogprob, Usage,
 };
 

@@ -254,6 +254,32 @@ pub struct ModelInfo {
     pub load_seconds: f64,
     /// The CPU BLAS library in use, empty on GPU.
     pub cpu_blas: String,
+    /// The sharded group this worker is rank 0 of; `None` when one process holds the model.
+    pub shard: Option<ShardInfo>,
+}
+
+/// A model split over the processes of an `mx.distributed` group (see
+/// [`ShardGroup`](crate::ShardGroup)), as a worker or a daemon describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShardInfo {
+    /// How many processes hold the model (0 while not known: a daemon whose ranks come
+    /// from a hostfile no worker has read yet).
+    pub ranks: u32,
+    /// The `mx.distributed` backend: "ring" or "nccl".
+    pub backend: String,
+    /// Each rank's process id, by rank (rank 0 is the worker; a rank on another host, the
+    /// ssh that runs it); empty while not known.
+    pub pids: Vec<u32>,
+}
+
+impl From<pb::ShardInfo> for ShardInfo {
+    fn from(s: pb::ShardInfo) -> Self {
+        ShardInfo {
+            ranks: s.ranks,
+            backend: s.backend,
+            pids: s.pids,
+        }
+    }
 }
 
 impl From<pb::ModelInfoResponse> for ModelInfo {
@@ -299,6 +325,7 @@ impl From<pb::ModelInfoResponse> for ModelInfo {
             max_batch_size: m.max_batch_size,
             load_seconds: m.load_seconds,
             cpu_blas: m.cpu_blas,
+            shard: m.shard.map(ShardInfo::from),
         }
     }
 }
