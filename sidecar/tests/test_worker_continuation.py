@@ -385,10 +385,10 @@ def test_a_continuation_in_benchmark_mode(tiny_model_dir: Path) -> None:
 
 
 def test_the_resume_method_by_device() -> None:
-    """Prefill where it is bit for bit (a CPU, measured); replay on a GPU and for synthetic
+    """Prefill where it is bit for bit (a CPU and an H200, measured); replay for synthetic
     tokens (BENCHMARKS.md, "Resuming a stream: replay vs prefill")."""
     assert continuation.resume_method(on_gpu=False, synthetic=False) == "prefill"
-    assert continuation.resume_method(on_gpu=True, synthetic=False) == "replay"
+    assert continuation.resume_method(on_gpu=True, synthetic=False) == "prefill"
     assert continuation.resume_method(on_gpu=False, synthetic=True) == "replay"
 
 
