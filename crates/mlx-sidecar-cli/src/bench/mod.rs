@@ -44,7 +44,7 @@ mod sidecar;
 mod workload;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -277,6 +277,25 @@ impl PathKind {
     }
 }
 
+/// With `--test-model`: writes the worker's tiny test model (the same weights the worker
+/// serves) into `scratch` as an mlx-lm directory, so that every path, the baselines
+/// included, loads it by `--model`.
+async fn write_test_model(py: &PythonEnv, scratch: &Path) -> anyhow::Result<PathBuf> {
+    let dir = scratch.join("test-model");
+    let status = py
+        .command([
+            "-m".as_ref(),
+            "mlx_worker.testing.tiny_model".as_ref(),
+            dir.as_os_str(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .context("writing the test model")?;
+    anyhow::ensure!(status.success(), "writing the test model failed ({status})");
+    Ok(dir)
+}
+
 /// How the model is loaded, passed the same way to the worker and the baseline script.
 #[derive(Debug, Clone)]
 pub(crate) struct ModelArgs {
@@ -470,7 +489,10 @@ async fn run_bench(
         scratch.path(),
     )?;
     let model = ModelArgs {
-        model: global.model.clone(),
+        model: match (&global.model, global.test_model) {
+            (None, true) => Some(write_test_model(&py, scratch.path()).await?),
+            (model, _) => model.clone(),
+        },
         cache_dir: global.cache_dir.clone(),
         dequantize: args.dequantize.clone(),
     };

@@ -46,6 +46,16 @@ fn check_level(path: &str, level: &Value, concurrency: u64) {
 
 /// Runs `mlx-sidecar bench ARGS` on the tiny model in `scratch`, within [`DEADLINE`].
 fn run_bench(scratch: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let model = tiny_model().display().to_string();
+    run_bench_on(scratch, &["--model", &model], args)
+}
+
+/// Runs `mlx-sidecar MODEL_ARGS bench ARGS` in `scratch`, within [`DEADLINE`].
+fn run_bench_on(
+    scratch: &std::path::Path,
+    model_args: &[&str],
+    args: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new(BIN);
     for var in [
         "MLX_SIDECAR_ENV_DIR",
@@ -59,8 +69,7 @@ fn run_bench(scratch: &std::path::Path, args: &[&str]) -> std::process::Output {
         .arg(python())
         .arg("--env-dir")
         .arg(scratch.join("env"))
-        .arg("--model")
-        .arg(tiny_model())
+        .args(model_args)
         .arg("bench")
         .args(args)
         .stdin(Stdio::null())
@@ -378,4 +387,56 @@ fn bench_paired_refuses_the_options_of_the_level_design() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("each level once"), "{stderr}");
+}
+
+/// `--test-model` reaches every path: the worker and the in-process baseline both load the
+/// worker's test model (written into the bench's scratch directory), not the default model.
+#[test]
+fn bench_with_the_test_model_runs_it_on_every_path() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let json = scratch.path().join("bench.json");
+    let json_arg = json.display().to_string();
+    let max_tokens = MAX_TOKENS.to_string();
+    let out = run_bench_on(
+        scratch.path(),
+        &["--test-model"],
+        &[
+            "--paths",
+            "sidecar,inprocess",
+            "--concurrency",
+            "1",
+            "--prompt-tokens",
+            "12",
+            "--max-tokens",
+            &max_tokens,
+            "--rounds",
+            "1",
+            "--min-requests",
+            "2",
+            "--warmup-tokens",
+            "2",
+            "--json",
+            &json_arg,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("read the JSON")).expect("JSON");
+    assert!(
+        report["model"].to_string().contains("test-model"),
+        "the test model was benchmarked: {}",
+        report["model"]
+    );
+    let paths = report["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "{report}");
+    for path in paths {
+        let name = path["path"].as_str().unwrap_or("?");
+        check_level(name, &path["levels"][0], 1);
+    }
 }
