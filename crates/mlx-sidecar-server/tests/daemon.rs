@@ -942,3 +942,56 @@ async fn status_and_metrics_show_a_sharded_groups_ranks() {
     assert_metrics(support::metrics_text(&base).await, &restarted);
     daemon.stop().await.expect("clean stop");
 }
+
+/// A remote caller's resume limit holds across the two layers that resume: the daemon's
+/// relay resumes a stream cut by a worker kill, and when a second kill passes the limit
+/// its `WorkerDied` tells the caller's library how many resumes were made
+/// (`RESUMES_METADATA`), so the library does not resume it once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resume_limit_counts_the_relays_resumes_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(config(dir.path())).await;
+    let client = Client::connect_uds(&daemon.socket).await.expect("client");
+    let mut stream = client
+        .generate(text_request(600).max_resumes(1))
+        .await
+        .expect("generate");
+    let (mut tokens, mut killed) = (0usize, Vec::<u32>::new());
+    let ended = tokio::time::timeout(READY, async {
+        while let Some(event) = stream.next_event().await {
+            match event {
+                Ok(mlx_sidecar::GenerateEvent::Token { token_ids, .. }) => {
+                    tokens += token_ids.len();
+                }
+                other => return other,
+            }
+            // Kill the worker at 40 tokens, and its successor at 80.
+            if tokens >= 40 * (killed.len() + 1) && killed.len() < 2 {
+                let pid = daemon.status().await.worker_pid.expect("worker pid");
+                if !killed.contains(&pid) {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .expect("kill the worker");
+                    killed.push(pid);
+                }
+            }
+        }
+        panic!("the stream ended without a finish or an error");
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(killed.len(), 2, "two workers killed under the stream");
+    match ended {
+        Err(mlx_sidecar::Error::WorkerDied {
+            resumes,
+            tokens_received,
+            ..
+        }) => {
+            assert_eq!(resumes, 1, "the relay's resume counts");
+            assert_eq!(tokens_received, tokens);
+        }
+        other => panic!("want WorkerDied past the limit of 1, got {other:?}"),
+    }
+}

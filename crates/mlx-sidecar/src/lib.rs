@@ -117,8 +117,8 @@ mod worker;
 pub use client::{
     ChatMessage, Client, Completion, Continuation, DEFAULT_MAX_RESUMES, DaemonListener,
     DaemonReplica, DaemonStatus, Endpoint, FinishReason, Finished, GenerateEvent, GenerateRequest,
-    GenerateStream, HealthStatus, JsonSchema, ModelInfo, Prompt, ResponseFormat, ShardInfo,
-    Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
+    GenerateStream, HealthStatus, JsonSchema, ModelInfo, Prompt, RESUMES_METADATA, ResponseFormat,
+    ShardInfo, Timings, TokenLogprob, TokenizeRequest, Tokenized, TopLogprob, Usage,
 };
 pub use config::{PrefixCacheLimits, RestartPolicy, SupervisorConfig, WorkerCommand};
 pub use error::Error;

@@ -295,6 +295,14 @@ pub(crate) fn backend(backend: &str) -> pb::Backend {
 pub(crate) fn status(error: Error) -> Status {
     match error {
         Error::Rpc { code, message } => Status::new(code, message),
+        Error::WorkerDied { resumes, .. } => {
+            // The caller's library resumes it again only within what is left of the limit.
+            let mut status = Status::new(error.code(), error.to_string());
+            status
+                .metadata_mut()
+                .insert(mlx_sidecar::RESUMES_METADATA, resumes.into());
+            status
+        }
         gave_up @ Error::GaveUp { .. } => Status::failed_precondition(gave_up.to_string()),
         other => Status::new(other.code(), other.to_string()),
     }

@@ -54,7 +54,7 @@ pub use request::{
     ChatMessage, Continuation, DEFAULT_MAX_RESUMES, GenerateRequest, JsonSchema, Prompt,
     ResponseFormat, TokenizeRequest,
 };
-pub use stream::GenerateStream;
+pub use stream::{GenerateStream, RESUMES_METADATA};
 pub use types::{
     Completion, FinishReason, Finished, GenerateEvent, HealthStatus, ModelInfo, ShardInfo, Timings,
     TokenLogprob, Tokenized, TopLogprob, Usage,

@@ -35,6 +35,11 @@ use crate::{Error, LifecycleEvent, worker::transport};
 /// How long messages already in flight may still arrive after the worker was reported dead.
 const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(200);
 
+/// Trailing metadata of a relayed stream that ended with [`Error::WorkerDied`]: the resumes
+/// the relay (a `mlx-sidecar serve` daemon) already made, so that a caller resuming it
+/// again counts them toward the same limit instead of starting over.
+pub const RESUMES_METADATA: &str = "mlx-sidecar-resumes";
+
 /// The events of one generation: zero or more [`GenerateEvent::Token`]s, then one
 /// [`GenerateEvent::Finished`]; or an error, after which the stream ends.
 ///
@@ -247,6 +252,10 @@ impl State {
             .max_tokens
             .and_then(|m| usize::try_from(m).ok())
             .is_some_and(|m| self.delivered_ids.len() >= m);
+        if let Error::WorkerDied { resumes, .. } = &died {
+            // A relay may have resumed it already (see RESUMES_METADATA).
+            self.resumes = self.resumes.max(*resumes);
+        }
         if complete || self.resumes >= self.max_resumes || Instant::now() >= self.deadline_at {
             return Err(died);
         }
@@ -333,7 +342,17 @@ impl State {
             || status.code() == tonic::Code::Unavailable
         {
             tracing::debug!(code = ?status.code(), message = status.message(), "generation cut short: connection or engine failed");
-            self.worker_died(Some(format!("{:?}: {}", status.code(), status.message())))
+            let relayed = status
+                .metadata()
+                .get(RESUMES_METADATA)
+                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                .unwrap_or(0);
+            let mut died =
+                self.worker_died(Some(format!("{:?}: {}", status.code(), status.message())));
+            if let Error::WorkerDied { resumes, .. } = &mut died {
+                *resumes = (*resumes).max(relayed);
+            }
+            died
         } else {
             Error::from(status)
         }
