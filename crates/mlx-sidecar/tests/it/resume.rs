@@ -263,11 +263,11 @@ async fn a_batch_of_streams_resumes_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_worker_found_by_the_probes_is_resumed_from() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let config = support::config(support::tiny_worker(), sandbox.path()).with_health(
-        Duration::from_millis(250),
-        Duration::from_millis(400),
-        3,
-    );
+    // A short grace: the stopped worker gets SIGTERM and SIGCONT once its probes fail, and
+    // must not finish the stream while it drains (else nothing is resumed).
+    let config = support::config(support::tiny_worker(), sandbox.path())
+        .with_health(Duration::from_millis(250), Duration::from_millis(400), 3)
+        .with_shutdown_grace(Duration::from_millis(300));
     let supervisor = Supervisor::spawn(config).await.expect("spawn");
     supervisor.wait_ready(READY).await.expect("ready");
     // Long enough that the worker is still generating when it is stopped.
