@@ -44,6 +44,23 @@ fn check_level(path: &str, level: &Value, concurrency: u64) {
     }
 }
 
+/// The tiny workload of these tests: 12-token prompts, `max_tokens` each, two requests a
+/// level, a 2-token warm-up.
+fn small_workload(max_tokens: &str) -> [&str; 10] {
+    [
+        "--prompt-tokens",
+        "12",
+        "--max-tokens",
+        max_tokens,
+        "--rounds",
+        "1",
+        "--min-requests",
+        "2",
+        "--warmup-tokens",
+        "2",
+    ]
+}
+
 /// Runs `mlx-sidecar bench ARGS` on the tiny model in `scratch`, within [`DEADLINE`].
 fn run_bench(scratch: &std::path::Path, args: &[&str]) -> std::process::Output {
     let model = tiny_model().display().to_string();
@@ -102,30 +119,23 @@ fn bench_measures_three_paths_and_the_transport_ceiling() {
     let out = run_bench(
         scratch.path(),
         &[
-            "--concurrency",
-            "1,2",
-            "--prompt-tokens",
-            "12",
-            "--max-tokens",
-            &max_tokens,
-            "--rounds",
-            "1",
-            "--min-requests",
-            "2",
-            "--warmup-tokens",
-            "2",
-            "--transport-ceiling",
-            "--ceiling-concurrency",
-            "1,2",
-            "--ceiling-tokens",
-            "40",
-            "--ceiling-unary-calls",
-            "20",
-            "--json",
-            &json_arg,
-            "--chart",
-            &chart_arg,
-        ],
+            &["--concurrency", "1,2"][..],
+            &small_workload(&max_tokens),
+            &[
+                "--transport-ceiling",
+                "--ceiling-concurrency",
+                "1,2",
+                "--ceiling-tokens",
+                "40",
+                "--ceiling-unary-calls",
+                "20",
+                "--json",
+                &json_arg,
+                "--chart",
+                &chart_arg,
+            ][..],
+        ]
+        .concat(),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -401,23 +411,11 @@ fn bench_with_the_test_model_runs_it_on_every_path() {
         scratch.path(),
         &["--test-model"],
         &[
-            "--paths",
-            "sidecar,inprocess",
-            "--concurrency",
-            "1",
-            "--prompt-tokens",
-            "12",
-            "--max-tokens",
-            &max_tokens,
-            "--rounds",
-            "1",
-            "--min-requests",
-            "2",
-            "--warmup-tokens",
-            "2",
-            "--json",
-            &json_arg,
-        ],
+            &["--paths", "sidecar,inprocess", "--concurrency", "1"][..],
+            &small_workload(&max_tokens),
+            &["--json", &json_arg],
+        ]
+        .concat(),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
