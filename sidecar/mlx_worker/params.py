@@ -53,6 +53,8 @@ class GenerateParams:
     logprobs: bool = False
     top_logprobs: int = 0
     continuation: Continuation | None = None
+    # Only fill the prefix cache with the prompt (GenerateRequest.prefill_only).
+    prefill_only: bool = False
 
     @property
     def delivered_ids(self) -> tuple[int, ...]:

@@ -240,6 +240,7 @@ def validate_generate(request: pb.GenerateRequest, limits: ModelLimits) -> Gener
         top_logprobs=lp.top_n,
         continuation=continuation,
         grammar=grammar,
+        prefill_only=request.prefill_only,
     )
 
 

@@ -2,7 +2,9 @@
 
 Greedy output must be token for token the same; ``cached_prompt_tokens`` counts what was reused;
 requests sharing a prefix sent together prefill it once; the bounds evict; a reused cache,
-mutated, leaves the stored entry as it was.
+mutated, leaves the stored entry as it was; a prefill-only request (a standby's shadow of a
+stream) fills the cache without output, so that a continuation prefills only its delivered
+tokens.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mlx_worker.engine.prefix_cache import (
 )
 from mlx_worker.errors import RequestFailure
 from mlx_worker.faults import Faults
-from mlx_worker.params import GenerateParams, SamplingSettings
+from mlx_worker.params import Continuation, GenerateParams, SamplingSettings
 from mlx_worker.streams import ResponseStream
 from mlx_worker.timings import RequestClock, now
 
@@ -43,12 +45,23 @@ class Result:
     usage: pb.Usage
 
 
-def _params(request_id: str, prompt: list[int], max_tokens: int) -> GenerateParams:
+def _params(
+    request_id: str,
+    prompt: list[int],
+    max_tokens: int,
+    delivered: list[int] | None = None,
+    prefill_only: bool = False,
+) -> GenerateParams:
+    continuation = None
+    if delivered:
+        continuation = Continuation(tuple(delivered), delivered_text_bytes=0, resume_count=1)
     return GenerateParams(
         request_id=request_id,
         prompt_ids=list(prompt),
         max_tokens=max_tokens,
         sampling=SamplingSettings(),
+        continuation=continuation,
+        prefill_only=prefill_only,
     )
 
 
@@ -64,9 +77,12 @@ async def _collect(stream: ResponseStream) -> Result:
                 return Result(ids, item.finished.usage)
 
 
-def _run(eng: Engine, request_id: str, prompt: list[int], max_tokens: int) -> Awaitable[Result]:
+def _run(
+    eng: Engine, request_id: str, prompt: list[int], max_tokens: int, **extra: Any
+) -> Awaitable[Result]:
     stream = ResponseStream()
-    eng.submit(_params(request_id, prompt, max_tokens), stream, RequestClock(arrival=now()))
+    params = _params(request_id, prompt, max_tokens, **extra)
+    eng.submit(params, stream, RequestClock(arrival=now()))
     return asyncio.ensure_future(_collect(stream))
 
 
@@ -180,6 +196,71 @@ def test_a_reused_cache_does_not_leak_into_other_requests(tiny_model_dir: Path) 
     plain = asyncio.run(_with_engine(tiny_model_dir, _branches, solo="off", prefix_cache_entries=0))
     assert [r.ids for r in cached] == [r.ids for r in plain]
     assert all(r.usage.cached_prompt_tokens > len(SYSTEM) for r in cached)
+
+
+PROMPT = SYSTEM + TURNS[0]
+DELIVERED = 5  # tokens a cut stream had delivered
+
+
+def test_a_shadowed_stream_resumes_from_the_cache_with_the_same_tokens(
+    tiny_model_dir: Path,
+) -> None:
+    # The reference runs on one engine; the shadow and the continuation on another, as the
+    # standby that takes over the cut stream sees them.
+    (reference,) = asyncio.run(
+        _with_engine(
+            tiny_model_dir,
+            lambda eng: asyncio.gather(_run(eng, "reference", PROMPT, 12)),
+            prefix_cache_entries=0,
+        )
+    )
+    delivered = reference.ids[:DELIVERED]
+
+    async def standby(eng: Engine) -> list[Result]:
+        shadow = await _run(eng, "shadow", PROMPT, 12, delivered=delivered, prefill_only=True)
+        resumed = await _run(eng, "resumed", PROMPT, 12, delivered=delivered)
+        return [shadow, resumed]
+
+    shadow, resumed = asyncio.run(_with_engine(tiny_model_dir, standby))
+    assert shadow.ids == []
+    assert shadow.usage.completion_tokens == DELIVERED  # the delivered ones: none new
+    assert resumed.ids == reference.ids[DELIVERED:]
+    # The prompt and the delivered tokens but the last (fed to get the next logits) are cached.
+    assert resumed.usage.cached_prompt_tokens == len(PROMPT)
+
+
+def test_shadows_sent_together_all_finish_and_are_reused(tiny_model_dir: Path) -> None:
+    # Beside a request already running; each is stored.
+    prompts = [SYSTEM + turn for turn in TURNS[:4]]
+
+    async def body(eng: Engine) -> list[Result]:
+        running = _run(eng, "running", PROMPT, 24)
+        shadows = [
+            _run(eng, f"shadow-{i}", prompt, 8, prefill_only=True)
+            for i, prompt in enumerate(prompts)
+        ]
+        done = await asyncio.gather(running, *shadows)
+        again = [await _run(eng, f"again-{i}", prompt, 4) for i, prompt in enumerate(prompts)]
+        return [*done, *again]
+
+    results = asyncio.run(_with_engine(tiny_model_dir, body))
+    shadows, again = results[1:5], results[5:]
+    assert all(r.ids == [] for r in shadows)
+    assert [r.usage.cached_prompt_tokens for r in again] == [len(p) - 1 for p in prompts]
+
+
+def test_prefill_only_needs_the_prefix_cache(tiny_model_dir: Path) -> None:
+    async def body(eng: Engine) -> RequestFailure:
+        stream = ResponseStream()
+        params = _params("shadow", PROMPT, 4, prefill_only=True)
+        eng.submit(params, stream, RequestClock(arrival=now()))
+        (item,) = await stream.take()
+        assert isinstance(item, RequestFailure)
+        return item
+
+    failure = asyncio.run(_with_engine(tiny_model_dir, body, prefix_cache_entries=0))
+    assert failure.code.name == "FAILED_PRECONDITION"
+    assert "prefix cache" in failure.message
 
 
 # ---- the cache on its own, with real KV caches -------------------------------------------

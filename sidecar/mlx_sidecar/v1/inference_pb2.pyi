@@ -112,7 +112,7 @@ class LogprobsOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., top_n: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "sampling", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "request_id", "continuation", "max_resumes", "response_format")
+    __slots__ = ("prompt", "sampling", "max_tokens", "stop", "stop_token_ids", "ignore_eos", "logprobs", "request_id", "continuation", "max_resumes", "response_format", "prefill_only")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class GenerateRequest(_message.Message):
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     MAX_RESUMES_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_ONLY_FIELD_NUMBER: _ClassVar[int]
     prompt: Prompt
     sampling: SamplingParams
     max_tokens: int
@@ -135,7 +136,8 @@ class GenerateRequest(_message.Message):
     continuation: Continuation
     max_resumes: int
     response_format: ResponseFormat
-    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[_Union[LogprobsOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., max_resumes: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+    prefill_only: bool
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[_Union[LogprobsOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., continuation: _Optional[_Union[Continuation, _Mapping]] = ..., max_resumes: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., prefill_only: _Optional[bool] = ...) -> None: ...
 
 class Continuation(_message.Message):
     __slots__ = ("delivered_token_ids", "delivered_text_bytes", "resume_count")

@@ -13,7 +13,8 @@ cache. Requests bound for the batch wait in ``_waiting`` until the next step, so
 sent together are seen together: of those sharing a long prefix, one prefills it (its prompt
 split at the prefix's end) and the others wait until it is stored, then start from it.
 Continuations (streams cut by a worker's death) are inserted ahead of new requests, so that
-mlx-lm's first-in-first-out prefill takes them first.
+mlx-lm's first-in-first-out prefill takes them first; prefill-only requests (a standby's
+shadows) come last.
 
 Each step's tokens go to the requests' :class:`~mlx_worker.responses.RequestState` and what
 they build to the :class:`~.output.OutputHandOff`. An error in one request fails that request
@@ -46,13 +47,16 @@ from .startup import Started, new_batch_generator
 log = logging.getLogger("mlx_worker.engine")
 
 
-def continuations_first(
+def admission_order(
     waiting: list[tuple[Job, Hit | None]],
 ) -> list[tuple[Job, Hit | None]]:
-    """``waiting`` with continuations (streams cut by a worker's death, their callers
-    mid-stream) ahead of new requests, so that the batch prefills them first; otherwise in
-    arrival order."""
-    return sorted(waiting, key=lambda item: item[0].params.continuation is None)
+    """``waiting`` in the order the batch takes them: continuations (streams cut by a
+    worker's death, their callers mid-stream), then new requests, then prefill-only ones (a
+    standby's shadows, which nobody waits on); otherwise in arrival order."""
+    return sorted(
+        waiting,
+        key=lambda item: (item[0].params.prefill_only, item[0].params.continuation is None),
+    )
 
 
 class Placement(enum.Enum):
@@ -93,7 +97,20 @@ class Decoder:
 
     def start(self, job: Job) -> None:
         """Starts a request: alone if the engine is idle, else in the batch (handing the solo
-        sequence over first, if one runs)."""
+        sequence over first, if one runs). A prefill-only request always goes to the batch,
+        whose finished caches are stored."""
+        if job.params.prefill_only:
+            if self._prefix is None:
+                failure = RequestFailure(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "prefill_only: this worker's prefix cache is off",
+                )
+                self._output.send_failure(job.stream, failure)
+                return
+            if self._solo is not None:
+                self._hand_over_solo()
+            self._waiting.append((job, None))
+            return
         hit = self._lookup(self._prefilled_ids(job)) if self._may_run_alone() else None
         if hit is not None and self._runs_alone(job, hit):
             self._start_solo(job, hit)
@@ -238,19 +255,33 @@ class Decoder:
         if request.replaying:
             _replayed(request, response)
             return
+        if request.job.params.prefill_only:
+            self._prefilled(request, response)
+            return
         grammar = request.job.params.grammar
         complete = grammar is not None and grammar.observe(response.token)
         finish = request.on_token(response.token, response.finish_reason, logprob, at, complete)
         if finish is not None:
-            if response.finish_reason is None:
-                self._remove(request, "finished")  # a stop string: the batch doesn't know
-            else:
-                self._forget(request)  # the batch has dropped it already
-                self._store(
-                    getattr(response, "all_tokens", None), getattr(response, "prompt_cache", None)
-                )
+            self._finished(request, response)
             request.finish(finish)
         self._output.emit(request, urgent=finish is not None or request.generated == 1)
+
+    def _prefilled(self, request: RequestState, response: Any) -> None:
+        """A prefill-only request's prompt is in the cache (its first token is dropped): it
+        is stored, and the request finishes without output."""
+        self._finished(request, response)
+        request.finish(Finish(pb.FINISH_REASON_LENGTH))
+        self._output.emit(request, urgent=True)
+
+    def _finished(self, request: RequestState, response: Any) -> None:
+        """A request ends at ``response``: out of the books and the batch, its cache stored."""
+        if response.finish_reason is None:
+            self._remove(request, "finished")  # ended here (a stop string): the batch doesn't know
+        else:
+            self._forget(request)  # the batch has dropped it already
+            self._store(
+                getattr(response, "all_tokens", None), getattr(response, "prompt_cache", None)
+            )
 
     # ---- placement -------------------------------------------------------------------
 
@@ -268,7 +299,7 @@ class Decoder:
         """Inserts the waiting requests into the batch, continuations first, each from its
         longest cached prefix; one of several sharing a longer prefix prefills it for the
         others, which wait."""
-        waiting = continuations_first(self._waiting)
+        waiting = admission_order(self._waiting)
         self._waiting = []
         prompts = [self._prefilled_ids(job) for job, _ in waiting]
         for i, (job, hit) in enumerate(waiting):

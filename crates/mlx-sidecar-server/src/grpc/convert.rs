@@ -5,7 +5,8 @@
 //! the relay's own resumes; a caller's `continuation` goes on to the worker, and the
 //! relay's resumes count on from it), and a value the library cannot represent (a
 //! negative count) is refused with the worker's own `INVALID_ARGUMENT` wording rather
-//! than dropped. `response_format` is not carried yet: the library has no such option.
+//! than dropped. `prefill_only` is refused: it fills one worker's own prefix cache (the
+//! supervisor's shadows send it to a standby's socket).
 
 use mlx_sidecar::{
     ChatMessage, Error, FinishReason, Finished, GenerateEvent, GenerateRequest, ModelInfo,
@@ -104,6 +105,13 @@ pub(crate) fn generate_request(request: pb::GenerateRequest) -> Result<GenerateR
             (false, 0) => {}
             (false, _) => return Err(invalid("logprobs.top_n", "needs logprobs.enabled")),
         }
+    }
+    if request.prefill_only == Some(true) {
+        // It fills one worker's own prefix cache: the supervisor's shadows send it there.
+        return Err(invalid(
+            "prefill_only",
+            "is for a worker's own socket, not the daemon",
+        ));
     }
     if let Some(format) = request.response_format {
         out = match format.format {
@@ -359,6 +367,7 @@ mod tests {
                     r#"{"type":"object"}"#.into(),
                 )),
             }),
+            prefill_only: None,
         }
     }
 
@@ -438,6 +447,9 @@ mod tests {
             .expect_err("response_format without a format");
         assert_eq!(c, tonic::Code::InvalidArgument);
         assert!(m.starts_with("response_format:"), "{m}");
+        let (c, m) = code(|r| r.prefill_only = Some(true)).expect_err("prefill_only");
+        assert_eq!(c, tonic::Code::InvalidArgument);
+        assert!(m.starts_with("prefill_only:"), "{m}");
         let (c, _) = code(|r| r.prompt = None).expect_err("no prompt");
         assert_eq!(c, tonic::Code::InvalidArgument);
         code(|r| {

@@ -464,6 +464,7 @@ impl GenerateRequest {
             continuation: self.continuation.as_ref().map(Into::into),
             max_resumes: self.max_resumes,
             response_format: self.response_format.as_ref().map(ResponseFormat::to_proto),
+            prefill_only: None,
         }
     }
 }
