@@ -233,8 +233,16 @@ pub struct SupervisorConfig {
     /// Linux, where the supervisor may raise a priority back (root, `CAP_SYS_NICE` or
     /// `RLIMIT_NICE`), the standby starts at nice +10, so that its start-up yields the CPU
     /// to the streams the promoted worker resumes, and gets the supervisor's priority back
-    /// when promoted. Cannot be combined with `socket_path`.
+    /// once ready (with `shadow_prefill`) or when promoted. Cannot be combined with
+    /// `socket_path`.
     pub standby: bool,
+    /// With `standby`: shadow each stream on the idle standby (default on). As a stream
+    /// starts, and again when a new standby becomes ready, the standby computes the
+    /// stream's prompt and the tokens delivered so far into its prefix cache
+    /// (`GenerateRequest.prefill_only`), at its low priority; a stream resumed there after
+    /// the active worker died then prefills only the tokens delivered since. Costs the
+    /// standby's CPU (or GPU) time for each prompt, and its prefix cache's memory.
+    pub shadow_prefill: bool,
     /// How many replicas to run (default 1): each is a worker of its own, with its own
     /// socket, restart policy, health probes (and standby, with `standby`), all loading
     /// the same model. Each call goes to the ready replica with the fewest calls in flight;
@@ -262,6 +270,7 @@ impl SupervisorConfig {
             socket_path: None,
             log_tail_lines: 50,
             standby: false,
+            shadow_prefill: true,
             replicas: 1,
             replica_devices: Vec::new(),
         }
@@ -314,6 +323,12 @@ impl SupervisorConfig {
     /// Sets [`SupervisorConfig::standby`].
     pub fn with_standby(mut self, standby: bool) -> Self {
         self.standby = standby;
+        self
+    }
+
+    /// Sets [`SupervisorConfig::shadow_prefill`].
+    pub fn with_shadow_prefill(mut self, shadow: bool) -> Self {
+        self.shadow_prefill = shadow;
         self
     }
 

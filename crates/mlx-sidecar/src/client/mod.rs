@@ -20,7 +20,8 @@
 //!
 //! The parts: `request` (what callers send: [`GenerateRequest`], [`TokenizeRequest`] and
 //! their wire form), `types` (what comes back, from the wire messages), `stream` (one
-//! generation's events and how a dying worker ends them), `endpoint` (the addresses
+//! generation's events and how a dying worker ends them), `shadow` (a stream's prompt
+//! prefilled ahead on the standby it would resume on), `endpoint` (the addresses
 //! [`Client::connect`] takes), `auth` (the API key's metadata); the connection itself and
 //! the supervisor's published worker come from [`crate::worker`].
 
@@ -28,6 +29,7 @@ mod auth;
 mod daemon_status;
 mod endpoint;
 mod request;
+mod shadow;
 mod stream;
 mod types;
 
@@ -98,6 +100,9 @@ pub struct Client {
     /// Streams resumed on another worker, shared by the clones of this client (and, for a
     /// supervised client, by every client of the same supervisor).
     resumes: Arc<AtomicU64>,
+    /// Shadow prefills the standbys completed for these streams (see `shadow`), shared
+    /// like `resumes`.
+    shadow_prefills: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +167,13 @@ impl Conn {
         })
     }
 
+    /// The view of this call's replica, when its streams shadow their prompts on its
+    /// standby (see `shadow`).
+    pub(crate) fn shadow_view(&self) -> Option<watch::Receiver<WorkerView>> {
+        let (view, _) = self.watch.as_ref()?;
+        view.borrow().shadow_prefill.then(|| view.clone())
+    }
+
     /// This call's worker (its replica and generation), when a supervisor runs it.
     pub(crate) fn generation(&self) -> Option<WorkerId> {
         self.watch.as_ref().map(|(_, id)| *id)
@@ -184,9 +196,11 @@ impl Client {
         replicas: Replicas,
         events: broadcast::Sender<LifecycleEvent>,
         resumes: Arc<AtomicU64>,
+        shadow_prefills: Arc<AtomicU64>,
     ) -> Self {
         Client {
             resumes,
+            shadow_prefills,
             ..Client::with_source(Source::Supervised { replicas, events })
         }
     }
@@ -198,6 +212,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             generate_timeout: DEFAULT_GENERATE_TIMEOUT,
             resumes: Arc::new(AtomicU64::new(0)),
+            shadow_prefills: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -207,6 +222,19 @@ impl Client {
     /// client of that supervisor.
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
+    }
+
+    /// How many times a standby finished prefilling a stream's prompt (and the tokens
+    /// delivered by then) into its prefix cache, so that the stream would resume there
+    /// without computing them again (see [`crate::SupervisorConfig::shadow_prefill`]).
+    /// Counted like [`Client::resumes`].
+    pub fn shadow_prefills(&self) -> u64 {
+        self.shadow_prefills.load(Ordering::Relaxed)
+    }
+
+    /// The counter a stream's shadow adds its completed prefills to.
+    pub(crate) fn shadow_counter(&self) -> Arc<AtomicU64> {
+        self.shadow_prefills.clone()
     }
 
     /// A client of whatever serves the `mlx_sidecar.v1.Inference` service at `endpoint`,

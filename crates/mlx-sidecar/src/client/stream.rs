@@ -26,6 +26,7 @@ use tonic::Streaming;
 use super::{
     Client, Conn, Started,
     request::GenerateRequest,
+    shadow::Shadow,
     types::{Completion, GenerateEvent},
 };
 use mlx_sidecar_proto::v1::{self as pb, GenerateResponse, generate_response::Event};
@@ -84,6 +85,9 @@ struct State {
     /// Resumes so far (counting on from a caller's own continuation).
     resumes: u32,
     max_resumes: u32,
+    /// The prompt and delivered tokens shadowed on the standby this stream would resume
+    /// on (supervised streams that may still be resumed, with a standby).
+    shadow: Option<Shadow>,
     done: bool,
 }
 
@@ -104,7 +108,7 @@ impl GenerateStream {
             attempts,
             ..
         } = started;
-        let state = State {
+        let mut state = State {
             client,
             request: proto,
             conn,
@@ -120,8 +124,10 @@ impl GenerateStream {
             prior_text_bytes: prior.map_or(0, |c| c.delivered_text_bytes),
             resumes: prior.map_or(0, |c| c.resume_count),
             max_resumes: request.resume_limit(),
+            shadow: None,
             done: false,
         };
+        state.shadow_on_standby();
         let inner = futures_util::stream::unfold(state, |mut state| async move {
             let item = state.next_item().await?;
             Some((item, state))
@@ -212,6 +218,9 @@ impl State {
                 self.partial_text.push_str(&chunk.text);
                 self.tokens_received += chunk.token_ids.len();
                 self.delivered_ids.extend_from_slice(&chunk.token_ids);
+                if let Some(shadow) = &self.shadow {
+                    shadow.delivered(&chunk.token_ids);
+                }
                 Ok(GenerateEvent::Token {
                     text: chunk.text,
                     token_ids: chunk.token_ids,
@@ -238,7 +247,28 @@ impl State {
         if item.is_err() {
             self.done = true;
         }
+        if self.done {
+            self.shadow = None; // cancels a shadow still prefilling
+        }
         Some(item)
+    }
+
+    /// Starts shadowing this stream on its replica's standby, when it has one and the
+    /// stream may still be resumed (see `shadow`).
+    fn shadow_on_standby(&mut self) {
+        self.shadow = None;
+        if self.resumes >= self.max_resumes {
+            return;
+        }
+        if let Some(view) = self.conn.shadow_view() {
+            self.shadow = Some(Shadow::start(
+                view,
+                &self.request,
+                &self.delivered_ids,
+                self.deadline_at,
+                self.client.shadow_counter(),
+            ));
+        }
     }
 
     /// Sends the request with a continuation to the next ready worker after `died`, and
@@ -299,6 +329,7 @@ impl State {
         self.resumes = resume_count;
         self.conn = started.conn;
         self.streaming = started.streaming;
+        self.shadow_on_standby();
         self.client.note_resumed(LifecycleEvent::Resumed {
             pid: self.conn.worker_pid(),
             request_id: self.request.request_id.clone(),

@@ -68,6 +68,8 @@ pub struct Supervisor {
     events: broadcast::Sender<LifecycleEvent>,
     /// Streams resumed by this supervisor's clients (shared with them).
     resumes: Arc<AtomicU64>,
+    /// Shadow prefills the standbys completed for those clients' streams.
+    shadow_prefills: Arc<AtomicU64>,
 }
 
 /// One replica as [`Supervisor::replicas`] reports it.
@@ -166,6 +168,7 @@ impl Supervisor {
             pool,
             events,
             resumes: Arc::new(AtomicU64::new(0)),
+            shadow_prefills: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -188,7 +191,12 @@ impl Supervisor {
     /// A client that always talks to a current worker (cheap; clone freely): each call goes
     /// to the ready replica with the fewest calls in flight.
     pub fn client(&self) -> Client {
-        Client::supervised(self.pool.clone(), self.events.clone(), self.resumes.clone())
+        Client::supervised(
+            self.pool.clone(),
+            self.events.clone(),
+            self.resumes.clone(),
+            self.shadow_prefills.clone(),
+        )
     }
 
     /// How many generation streams of this supervisor's clients were resumed on another

@@ -1,7 +1,8 @@
 //! The standby worker's CPU priority. A standby loads the model at a lower priority (nice
 //! +10 over the supervisor's own), so that on a small CPU the next standby's start-up right
-//! after a takeover does not slow the streams the promoted worker resumes; once promoted, a
-//! standby's threads get the supervisor's priority back (`restore`).
+//! after a takeover does not slow the streams the promoted worker resumes; once promoted (or,
+//! with shadow prefill, once ready: see `standby`), a standby's threads get the supervisor's
+//! priority back (`restore`).
 //!
 //! Raising a priority back needs root, `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it;
 //! where none holds, a promoted worker would keep the low priority for good, so the standby

@@ -57,7 +57,10 @@ impl Replica {
         let socket_path = socket.path().to_path_buf();
         let socket_dir = socket.dir();
         let cleanup = socket.cleanup_target();
-        let (view_tx, view_rx) = watch::channel(WorkerView::initial(socket_path.clone()));
+        let (view_tx, view_rx) = watch::channel(WorkerView {
+            shadow_prefill: config.standby && config.shadow_prefill,
+            ..WorkerView::initial(socket_path.clone())
+        });
         let (control_tx, control_rx) = mpsc::channel(8);
         let (first_tx, first_rx) = oneshot::channel();
         let slot: SharedSlot = Arc::new(std::sync::Mutex::new(ProcessSlot::default()));

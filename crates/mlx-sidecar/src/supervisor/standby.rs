@@ -38,7 +38,7 @@ use super::{
 use crate::{
     Error,
     config::SupervisorConfig,
-    worker::{ExitStatusInfo, WorkerView},
+    worker::{ExitStatusInfo, WorkerView, transport},
 };
 
 /// Messages from the owner task to the keeper.
@@ -195,6 +195,10 @@ impl Keeper {
                 Wake::Probe(Ok(())) => {
                     let now = Instant::now();
                     worker.ready_at = Some(now);
+                    // Before the announcement: whoever hears it finds the priority set.
+                    if self.config.shadow_prefill {
+                        self.offer_for_shadows(&mut worker);
+                    }
                     self.emit(LifecycleEvent::StandbyReady {
                         pid: worker.pid,
                         load_time: now.duration_since(worker.spawned_at),
@@ -243,7 +247,7 @@ impl Keeper {
 
     /// The standby ended: start another after its backoff delay, or give up on standbys.
     fn crashed(&mut self, worker: &Worker, status: ExitStatusInfo) -> Phase {
-        self.view.send_modify(|v| v.standby_pid = None);
+        self.forget_standby();
         let served_for = worker.ready_at.map(|t| t.elapsed());
         self.restart(
             served_for,
@@ -303,7 +307,7 @@ impl Keeper {
     fn command(&mut self, command: Option<Command>, held: Option<(Worker, bool)>) -> Phase {
         match command {
             Some(Command::Take { reply }) => {
-                self.view.send_modify(|v| v.standby_pid = None);
+                self.forget_standby();
                 let handover = held.map(|(worker, ready)| Handover { worker, ready });
                 match reply.send(handover) {
                     Ok(()) | Err(None) => Phase::Idle,
@@ -342,11 +346,36 @@ impl Keeper {
             let status = worker.terminate(self.config.shutdown_grace).await;
             tracing::info!(pid = worker.pid, %status, "standby worker stopped");
         }
-        self.view.send_modify(|v| v.standby_pid = None);
+        self.forget_standby();
         if let Some(reply) = reply {
             let _ = reply.send(());
         }
         Phase::Done
+    }
+
+    /// The standby serves: streams may shadow their prompts on it (see
+    /// `client::shadow`). Its start-up ran at the low priority; its shadows run at the
+    /// normal one, since at the low one a busy CPU leaves them no time (measured:
+    /// CHAOS.md, "Shadow prefill on the standby").
+    fn offer_for_shadows(&self, worker: &mut Worker) {
+        if worker.lowered {
+            match priority::restore(worker.pid) {
+                Ok(()) => worker.lowered = false,
+                Err(e) => {
+                    tracing::warn!(pid = worker.pid, error = %e, "cannot restore the standby's CPU priority");
+                }
+            }
+        }
+        let channel = transport::uds_channel(worker.socket.clone());
+        self.view.send_modify(|v| v.standby_channel = Some(channel));
+    }
+
+    /// No standby any more (crashed, handed over or stopped): clients stop shadowing.
+    fn forget_standby(&self) {
+        self.view.send_modify(|v| {
+            v.standby_pid = None;
+            v.standby_channel = None;
+        });
     }
 
     /// Broadcasts `event` and logs it.

@@ -119,6 +119,12 @@ pub(crate) struct WorkerView {
     pub(crate) socket: PathBuf,
     /// The standby worker's process id, while one runs.
     pub(crate) standby_pid: Option<u32>,
+    /// A channel to the standby while it serves (idle), when streams shadow their prompts
+    /// there (`SupervisorConfig::shadow_prefill`).
+    pub(crate) standby_channel: Option<Channel>,
+    /// Whether streams shadow their prompts on this replica's standbys (a standby is
+    /// configured, with `SupervisorConfig::shadow_prefill`).
+    pub(crate) shadow_prefill: bool,
 }
 
 impl WorkerView {
@@ -133,6 +139,8 @@ impl WorkerView {
             gave_up: None,
             socket,
             standby_pid: None,
+            standby_channel: None,
+            shadow_prefill: false,
         }
     }
 

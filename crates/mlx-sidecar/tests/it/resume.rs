@@ -1,7 +1,8 @@
 //! Streams resumed on the next worker after their worker dies (issue 15): the worker is
 //! killed at chosen points (right after the first token, mid-stream, twice, inside a batch,
 //! hung and found by the health probes, its engine crashed at a chosen step by fault
-//! injection, with a standby taking over) and every resumed
+//! injection, with a standby taking over, with and without the stream shadowed on the
+//! standby) and every resumed
 //! stream must give, token id by token id, what an uninterrupted run of the same request
 //! gives; the resume limit and the opt-out end the stream with `WorkerDied`. The points of
 //! `resume_points` use the helpers here: during prefill, with a stop string half matched
@@ -322,6 +323,54 @@ async fn the_standby_takes_the_stream_over() {
     assert_eq!(pid, Some(standby), "the former standby continued it");
     eprintln!("FIGURE resume on the standby: stall {stall:?}");
     supervisor.shutdown().await.expect("shutdown");
+}
+
+/// Shadow prefill: the idle standby computed the stream's prompt ahead, so the stream it
+/// resumes reuses it (the whole prompt cached) and goes on with the reference's tokens;
+/// with shadowing off the standby computes the prompt again (nothing cached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_resumes_a_shadowed_stream_from_its_cache() {
+    for shadow in [true, false] {
+        let sandbox = tempfile::tempdir().expect("tempdir");
+        let config = support::config(support::tiny_worker(), sandbox.path())
+            .with_standby(true)
+            .with_shadow_prefill(shadow);
+        let supervisor = Supervisor::spawn(config).await.expect("spawn");
+        let mut events = supervisor.subscribe();
+        supervisor.wait_ready(READY).await.expect("ready");
+        support::wait_event(&mut events, READY, |e| {
+            matches!(e, LifecycleEvent::StandbyReady { .. })
+        })
+        .await;
+        // Long enough (seconds on the tiny model) for the kill to come mid-stream.
+        let request = long("A story told on two workers", 1500);
+        let want = reference(&supervisor, request.clone()).await;
+        let client = supervisor.client();
+        let shadowed_before = client.shadow_prefills();
+        let mut stream = client.generate(request).await.expect("generate");
+        let mut got = Received::default();
+        read_until(&mut stream, &mut got, |r| !r.ids.is_empty()).await;
+        if shadow {
+            support::wait_until(READY, "the stream's shadow prefill", || async {
+                client.shadow_prefills() > shadowed_before
+            })
+            .await;
+        }
+        let pid = supervisor.worker_pid().expect("a worker");
+        support::signal(pid, Signal::SIGKILL);
+        read_until(&mut stream, &mut got, |r| {
+            r.finished.is_some() || r.error.is_some()
+        })
+        .await;
+        assert_same_stream(&got, &want, 1, &format!("shadow {shadow}"));
+        let usage = &got.finished.as_ref().expect("finished").usage;
+        let cached = if shadow { usage.prompt_tokens } else { 0 };
+        assert_eq!(usage.cached_prompt_tokens, cached, "shadow {shadow}");
+        if !shadow {
+            assert_eq!(client.shadow_prefills(), 0);
+        }
+        supervisor.shutdown().await.expect("shutdown");
+    }
 }
 
 /// Past the limit the stream ends with `WorkerDied` holding what was streamed and the

@@ -21,8 +21,11 @@ use crate::support::{self, READY};
 /// the standby's pid.
 async fn settled_standby_supervisor(
     sandbox: &Path,
+    shadow_prefill: bool,
 ) -> (Supervisor, broadcast::Receiver<LifecycleEvent>, u32) {
-    let config = support::config(support::tiny_worker(), sandbox).with_standby(true);
+    let config = support::config(support::tiny_worker(), sandbox)
+        .with_standby(true)
+        .with_shadow_prefill(shadow_prefill);
     let supervisor = Supervisor::spawn(config).await.expect("spawn");
     let mut events = supervisor.subscribe();
     supervisor.wait_ready(READY).await.expect("ready");
@@ -114,13 +117,13 @@ async fn first_restart_after_serving_is_immediate_then_backs_off() {
 /// With a standby: two distinct live workers once settled; SIGKILL of the active one makes
 /// the standby serve at once (the same process: calls go to the former standby's pid), and
 /// a new standby comes; SIGKILL of the standby replaces it without disturbing calls to the
-/// active worker; shutdown leaves no process, socket file or directory. The standby runs at
-/// nice +10 where its priority can be given back (here: as root), and every thread of the
-/// promoted worker has the supervisor's priority.
+/// active worker; shutdown leaves no process, socket file or directory. Without shadow
+/// prefill the ready standby stays at nice +10 where its priority can be given back (here:
+/// as root), and every thread of the promoted worker has the supervisor's priority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_at_once_and_is_replaced() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let (supervisor, mut events, standby) = settled_standby_supervisor(sandbox.path()).await;
+    let (supervisor, mut events, standby) = settled_standby_supervisor(sandbox.path(), false).await;
     let client = supervisor.client();
     let active = supervisor.worker_pid().expect("active pid");
     assert_eq!(supervisor.standby_pid(), Some(standby));
@@ -249,11 +252,18 @@ async fn standby_takes_over_at_once_and_is_replaced() {
 
 /// A stream on the active worker when it is killed, with resuming off, ends with `WorkerDied` and the
 /// text already streamed; the next call is served by the promoted standby. Dropping the
-/// supervisor kills both workers and removes the directory.
+/// supervisor kills both workers and removes the directory. With shadow prefill (the
+/// default) the ready standby already runs at the supervisor's priority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_cut_by_a_kill_keeps_its_text_and_the_standby_serves_the_next_call() {
     let sandbox = tempfile::tempdir().expect("tempdir");
-    let (supervisor, _events, standby) = settled_standby_supervisor(sandbox.path()).await;
+    let (supervisor, _events, standby) = settled_standby_supervisor(sandbox.path(), true).await;
+    let base = thread_nices(std::process::id())[0];
+    let standby_nices = thread_nices(standby);
+    assert!(
+        standby_nices.iter().all(|&n| n == base),
+        "the shadowing standby's threads: {standby_nices:?}, ours {base}"
+    );
     let client = supervisor.client();
     let active = supervisor.worker_pid().expect("pid");
     let dir = supervisor.socket_dir();
