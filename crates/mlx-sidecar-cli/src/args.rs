@@ -84,6 +84,13 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, env = "MLX_SIDECAR_STANDBY")]
     pub(crate) standby: bool,
 
+    /// With --standby: do not shadow each stream's prompt on the idle standby.
+    ///
+    /// By default the standby computes every stream's prompt into its prefix cache, at its low
+    /// priority, so that a stream it resumes prefills only the tokens delivered since.
+    #[arg(long, global = true, env = "MLX_SIDECAR_NO_SHADOW_PREFILL")]
+    pub(crate) no_shadow_prefill: bool,
+
     /// Split the model over N worker processes with mx.distributed (tensor parallel).
     ///
     /// The worker is rank 0 and starts the others; the group lives, dies and restarts as one

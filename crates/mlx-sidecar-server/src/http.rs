@@ -75,6 +75,9 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     state.metrics().set_replicas(&state.replicas());
+    state
+        .metrics()
+        .set_shadow_prefills(state.client().shadow_prefills());
     let (content_type, text) = if open_metrics {
         (Metrics::CONTENT_TYPE, state.metrics().encode())
     } else {

@@ -26,6 +26,7 @@
 //! | `mlx_sidecar_replica_requests_in_flight` | gauge | replica | requests on that replica |
 //! | `mlx_sidecar_replica_restarts_total` | counter | replica | workers started in its place after the first |
 //! | `mlx_sidecar_stream_resumes_total` | counter | | streams resumed on the next worker |
+//! | `mlx_sidecar_shadow_prefills_total` | counter | | streams' prompts a standby prefilled ahead (`serve --standby`) |
 //! | `mlx_sidecar_shard_ranks` | gauge | backend | processes of a sharded model's group (0 until a hostfile is read) |
 //! | `mlx_sidecar_shard_rank_pid` | gauge | rank | each rank's process id while the group runs |
 //!
@@ -214,6 +215,7 @@ struct Inner {
     replica_in_flight: Family<ReplicaLabels, Gauge>,
     replica_restarts: Family<ReplicaLabels, Counter>,
     resumes: Counter,
+    shadow_prefills: Counter,
     shard_ranks: Family<ShardLabels, Gauge>,
     shard_rank_pid: Family<RankLabels, Gauge>,
 }
@@ -247,6 +249,7 @@ impl Metrics {
             replica_in_flight: Family::default(),
             replica_restarts: Family::default(),
             resumes: Counter::default(),
+            shadow_prefills: Counter::default(),
             shard_ranks: Family::default(),
             shard_rank_pid: Family::default(),
             registry: Registry::default(),
@@ -340,6 +343,11 @@ impl Metrics {
             "stream_resumes",
             "Generation streams resumed on the next worker after their worker died",
             inner.resumes.clone(),
+        );
+        r.register(
+            "shadow_prefills",
+            "Streams' prompts (and tokens delivered so far) a standby prefilled ahead",
+            inner.shadow_prefills.clone(),
         );
         r.register(
             "shard_ranks",
@@ -508,6 +516,14 @@ impl Metrics {
             if behind > 0 {
                 restarts.inc_by(behind);
             }
+        }
+    }
+
+    /// Catches the shadow prefill counter up with the supervisor's clients' count.
+    pub(crate) fn set_shadow_prefills(&self, total: u64) {
+        let behind = total.saturating_sub(self.inner.shadow_prefills.get());
+        if behind > 0 {
+            self.inner.shadow_prefills.inc_by(behind);
         }
     }
 

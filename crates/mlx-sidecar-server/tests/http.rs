@@ -933,6 +933,7 @@ async fn a_generation_the_worker_cancels_is_an_openai_error_not_a_finish_reason(
     own.stop().await.expect("clean stop");
 }
 
+/// Also: a request served while the standby is ready is shadowed there, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_restarts_are_counted_by_cause() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -942,6 +943,17 @@ async fn standby_restarts_are_counted_by_cause() {
     let base = own.base().await;
     wait_until(support::READY, "the standby to be ready", || async {
         sample(&metrics_text(&base).await, "mlx_sidecar_standby_ready") == 1.0
+    })
+    .await;
+    let request = json!({"prompt": "Shadowed on the standby", "max_tokens": 1000,
+                         "ignore_eos": true, "temperature": 0});
+    let (status, _, text) = post(format!("{base}/v1/completions"), &request).await;
+    assert_eq!(status, 200, "{text}");
+    wait_until(support::READY, "the request's shadow prefill", || async {
+        sample(
+            &metrics_text(&base).await,
+            "mlx_sidecar_shadow_prefills_total",
+        ) >= 1.0
     })
     .await;
     let standby = own.status().await.standby_pid.expect("standby pid");

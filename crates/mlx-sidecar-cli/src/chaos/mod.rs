@@ -106,6 +106,7 @@ pub(crate) async fn run(
             immediate_first_restart: !args.no_immediate_restart,
         })
         .with_standby(global.standby)
+        .with_shadow_prefill(!global.no_shadow_prefill)
         .with_replicas(usize::from(args.workers));
     let socket_parent = global.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
     config = config.with_socket_dir(&socket_parent);
