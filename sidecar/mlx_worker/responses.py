@@ -155,6 +155,7 @@ class RequestState:
                 completion_tokens=self.completion_tokens,
                 cached_prompt_tokens=min(self.cached_tokens, len(params.prompt_ids)),
                 resumes=resumes,
+                cached_delivered_tokens=max(self.cached_tokens - len(params.prompt_ids), 0),
             ),
             timings=timings,
             matched_stop=finish.matched_stop or "",

@@ -227,6 +227,38 @@ def test_a_shadowed_stream_resumes_from_the_cache_with_the_same_tokens(
     assert resumed.ids == reference.ids[DELIVERED:]
     # The prompt and the delivered tokens but the last (fed to get the next logits) are cached.
     assert resumed.usage.cached_prompt_tokens == len(PROMPT)
+    assert resumed.usage.cached_delivered_tokens == DELIVERED - 1
+
+
+def test_a_followed_shadow_prefills_only_the_tokens_since_the_last(
+    tiny_model_dir: Path,
+) -> None:
+    # The library's shadow_follow: the standby shadows the stream again as tokens are
+    # delivered; a stream resumed later than the last shadow prefills only the rest.
+    (reference,) = asyncio.run(
+        _with_engine(
+            tiny_model_dir,
+            lambda eng: asyncio.gather(_run(eng, "reference", PROMPT, 12)),
+            prefix_cache_entries=0,
+        )
+    )
+    ids = reference.ids
+
+    async def standby(eng: Engine) -> list[Result]:
+        first = await _run(eng, "shadow", PROMPT, 12, prefill_only=True)
+        follow = await _run(eng, "follow", PROMPT, 12, delivered=ids[:5], prefill_only=True)
+        resumed = await _run(eng, "resumed", PROMPT, 12, delivered=ids[:8])
+        return [first, follow, resumed]
+
+    first, follow, resumed = asyncio.run(_with_engine(tiny_model_dir, standby))
+    assert first.ids == follow.ids == []
+    assert follow.usage.cached_prompt_tokens == len(PROMPT)
+    # The batch may have fed a shadow's first sampled token before it ended (it is then in
+    # the entry, keyed by it): the greedy reference's next token.
+    assert follow.usage.cached_delivered_tokens <= 1
+    assert resumed.ids == ids[8:]
+    assert resumed.usage.cached_prompt_tokens == len(PROMPT)
+    assert 5 <= resumed.usage.cached_delivered_tokens <= 6  # the follow's; the rest prefilled
 
 
 def test_shadows_sent_together_all_finish_and_are_reused(tiny_model_dir: Path) -> None:

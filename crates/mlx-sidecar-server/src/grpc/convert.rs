@@ -213,6 +213,7 @@ fn finished(f: Finished) -> pb::GenerateFinished {
             completion_tokens: f.usage.completion_tokens,
             cached_prompt_tokens: f.usage.cached_prompt_tokens,
             resumes: f.usage.resumes,
+            cached_delivered_tokens: f.usage.cached_delivered_tokens,
         }),
         timings: Some(pb::Timings {
             queue_wait_ms: t.queue_wait_ms,

@@ -72,6 +72,9 @@ pub struct Usage {
     pub cached_prompt_tokens: u32,
     /// How many times the stream was resumed on another worker after a worker died.
     pub resumes: u32,
+    /// Of a resumed stream's delivered tokens, how many the last worker found in its
+    /// prefix cache (shadowed on the standby) and did not prefill again.
+    pub cached_delivered_tokens: u32,
 }
 
 /// Where a request's time went, measured in the worker (milliseconds).
@@ -123,6 +126,7 @@ impl From<pb::GenerateFinished> for Finished {
             completion_tokens: u.completion_tokens,
             cached_prompt_tokens: u.cached_prompt_tokens,
             resumes: u.resumes,
+            cached_delivered_tokens: u.cached_delivered_tokens,
         });
         let timings = f.timings.map_or_else(Timings::default, |t| Timings {
             queue_wait_ms: t.queue_wait_ms,
