@@ -230,11 +230,11 @@ def test_a_shadowed_stream_resumes_from_the_cache_with_the_same_tokens(
     assert resumed.usage.cached_delivered_tokens == DELIVERED - 1
 
 
-def test_a_followed_shadow_prefills_only_the_tokens_since_the_last(
+def test_a_second_shadow_prefills_only_the_tokens_since_the_first(
     tiny_model_dir: Path,
 ) -> None:
-    # The library's shadow_follow: the standby shadows the stream again as tokens are
-    # delivered; a stream resumed later than the last shadow prefills only the rest.
+    # A stream shadowed again with more tokens delivered: the second shadow extends the
+    # first's entry, and a stream resumed later than it prefills only the rest.
     (reference,) = asyncio.run(
         _with_engine(
             tiny_model_dir,

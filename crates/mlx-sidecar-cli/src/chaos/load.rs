@@ -130,6 +130,11 @@ pub(crate) struct ResumedSegment {
     pub(crate) queue_wait_ms: f64,
     /// Prefill of the prompt and the delivered tokens, until the first new token.
     pub(crate) prefill_ms: f64,
+    /// The prompt's tokens, and how many of them, and of the delivered tokens, that worker
+    /// found in its prefix cache (shadowed on it while it was the standby).
+    pub(crate) prompt_tokens: u32,
+    pub(crate) cached_prompt_tokens: u32,
+    pub(crate) cached_delivered_tokens: u32,
 }
 
 /// Runs client `id` until `stop` is set or the request budget in `issued` is spent.
@@ -284,6 +289,9 @@ async fn run_stream(
                     progress.resumed_segment = Some(ResumedSegment {
                         queue_wait_ms: finished.timings.queue_wait_ms,
                         prefill_ms: finished.timings.prefill_ms,
+                        prompt_tokens: finished.usage.prompt_tokens,
+                        cached_prompt_tokens: finished.usage.cached_prompt_tokens,
+                        cached_delivered_tokens: finished.usage.cached_delivered_tokens,
                     });
                 }
                 let reported = finished.usage.completion_tokens;

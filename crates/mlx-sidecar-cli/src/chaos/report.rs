@@ -111,6 +111,18 @@ pub(crate) struct Requests {
     /// and its prefill (the prompt and the delivered tokens), parts of the stall.
     pub(crate) resume_queue_wait_ms: Stats,
     pub(crate) resume_prefill_ms: Stats,
+    /// What those last workers found in their prefix caches.
+    pub(crate) resume_cached: ResumeCached,
+}
+
+/// Over the resumed streams that finished: the KV their last worker found computed (a
+/// standby's shadows), summed.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct ResumeCached {
+    pub(crate) streams: usize,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) cached_prompt_tokens: u64,
+    pub(crate) cached_delivered_tokens: u64,
 }
 
 /// The same load without faults: how often streams differ from their reference when
@@ -347,6 +359,16 @@ pub(crate) fn build(
                     .iter()
                     .filter_map(|r| Some(r.resumed_segment?.prefill_ms / 1e3)),
             ),
+            resume_cached: requests.iter().filter_map(|r| r.resumed_segment).fold(
+                ResumeCached::default(),
+                |mut sum, s| {
+                    sum.streams += 1;
+                    sum.prompt_tokens += u64::from(s.prompt_tokens);
+                    sum.cached_prompt_tokens += u64::from(s.cached_prompt_tokens);
+                    sum.cached_delivered_tokens += u64::from(s.cached_delivered_tokens);
+                    sum
+                },
+            ),
         },
         faults: Faults {
             injected: faults.len(),
@@ -517,6 +539,12 @@ pub(crate) fn render(r: &Report) -> String {
         ] {
             let _ = writeln!(out, "{}", stats_row(name, stats));
         }
+        let c = &q.resume_cached;
+        let _ = writeln!(
+            out,
+            "  found cached there: {} of {} prompt tokens, {} delivered tokens ({} streams)",
+            c.cached_prompt_tokens, c.prompt_tokens, c.cached_delivered_tokens, c.streams
+        );
     }
     if r.restart_breakdown_ms.values().any(|s| s.n > 0) {
         let _ = writeln!(out, "\nafter SIGKILL, where the time to serve again goes");
@@ -572,6 +600,7 @@ pub(crate) fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chaos::load::ResumedSegment;
 
     fn record(outcome: Outcome, attempts: u32) -> RequestRecord {
         RequestRecord {
@@ -740,6 +769,40 @@ mod tests {
         assert!(text.contains("MISMATCHED"), "{text}");
         assert!(text.contains("25.00%") && text.contains("50.00%"), "{text}");
         assert!(text.contains("FAIL: 0 lost, 1 mismatched"), "{text}");
+    }
+
+    #[test]
+    fn the_resumed_streams_cached_tokens_are_summed_and_shown() {
+        let resumed = |cached_prompt, cached_delivered| RequestRecord {
+            resumes: 1,
+            resumed_segment: Some(ResumedSegment {
+                queue_wait_ms: 5.0,
+                prefill_ms: 300.0,
+                prompt_tokens: 32,
+                cached_prompt_tokens: cached_prompt,
+                cached_delivered_tokens: cached_delivered,
+            }),
+            ..record(Outcome::Completed, 1)
+        };
+        let r = build(
+            settings(),
+            &[resumed(32, 6), resumed(0, 0), record(Outcome::Completed, 1)],
+            &[],
+            Vec::new(),
+            &Marks::default(),
+            FinalState::default(),
+        );
+        let c = &r.requests.resume_cached;
+        assert_eq!(c.streams, 2);
+        assert_eq!((c.prompt_tokens, c.cached_prompt_tokens), (64, 32));
+        assert_eq!(c.cached_delivered_tokens, 6);
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "found cached there: 32 of 64 prompt tokens, 6 delivered tokens (2 streams)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
