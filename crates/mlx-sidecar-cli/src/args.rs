@@ -91,20 +91,6 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, env = "MLX_SIDECAR_NO_SHADOW_PREFILL")]
     pub(crate) no_shadow_prefill: bool,
 
-    /// With --standby: shadow a stream again each time N more tokens have been delivered.
-    ///
-    /// A stream the standby resumes then prefills fewer than about N tokens; the standby
-    /// prefills every token generated once more (0, the default: shadow only as a stream
-    /// starts and when a new standby is ready).
-    #[arg(
-        long,
-        global = true,
-        env = "MLX_SIDECAR_SHADOW_FOLLOW",
-        value_name = "N",
-        default_value_t = 0
-    )]
-    pub(crate) shadow_follow: u32,
-
     /// Split the model over N worker processes with mx.distributed (tensor parallel).
     ///
     /// The worker is rank 0 and starts the others; the group lives, dies and restarts as one

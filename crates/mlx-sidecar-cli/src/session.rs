@@ -138,8 +138,7 @@ pub(crate) async fn supervisor_config(
     let mut config = SupervisorConfig::new(worker_command(&env, global))
         .with_startup_timeout(timeout)
         .with_standby(global.standby)
-        .with_shadow_prefill(!global.no_shadow_prefill)
-        .with_shadow_follow(global.shadow_follow);
+        .with_shadow_prefill(!global.no_shadow_prefill);
     if let Some(dir) = &global.socket_dir {
         config = config.with_socket_dir(dir);
     }

@@ -5,7 +5,7 @@
 //! shutdown grace), the [`RestartPolicy`] and where the worker's socket lives. Every field
 //! has a default fit for production; tests shorten the timings with the `with_*` methods.
 
-use std::{num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use crate::shard::ShardGroup;
 
@@ -239,17 +239,10 @@ pub struct SupervisorConfig {
     /// With `standby`: shadow each stream on the idle standby (default on). As a stream
     /// starts, and again when a new standby becomes ready, the standby computes the
     /// stream's prompt and the tokens delivered so far into its prefix cache
-    /// (`GenerateRequest.prefill_only`); a stream resumed there after the active worker
-    /// died then prefills only the tokens delivered since. Costs the standby's CPU (or
-    /// GPU) time for each prompt, and its prefix cache's memory.
+    /// (`GenerateRequest.prefill_only`), at its low priority; a stream resumed there after
+    /// the active worker died then prefills only the tokens delivered since. Costs the
+    /// standby's CPU (or GPU) time for each prompt, and its prefix cache's memory.
     pub shadow_prefill: bool,
-    /// With `shadow_prefill`: shadow a stream again each time this many more tokens have
-    /// been delivered since its last shadow finished, so that a stream resumed on the
-    /// standby prefills fewer than about this many tokens. `None` (the default): only as
-    /// the stream starts and when a new standby is ready. Costs the standby a prefill of
-    /// every token generated, in chunks of this size: small on a GPU, a share of the
-    /// throughput on a CPU the workers share.
-    pub shadow_follow: Option<NonZeroU32>,
     /// How many replicas to run (default 1): each is a worker of its own, with its own
     /// socket, restart policy, health probes (and standby, with `standby`), all loading
     /// the same model. Each call goes to the ready replica with the fewest calls in flight;
@@ -278,7 +271,6 @@ impl SupervisorConfig {
             log_tail_lines: 50,
             standby: false,
             shadow_prefill: true,
-            shadow_follow: None,
             replicas: 1,
             replica_devices: Vec::new(),
         }
@@ -337,12 +329,6 @@ impl SupervisorConfig {
     /// Sets [`SupervisorConfig::shadow_prefill`].
     pub fn with_shadow_prefill(mut self, shadow: bool) -> Self {
         self.shadow_prefill = shadow;
-        self
-    }
-
-    /// Sets [`SupervisorConfig::shadow_follow`] (0: off).
-    pub fn with_shadow_follow(mut self, tokens: u32) -> Self {
-        self.shadow_follow = NonZeroU32::new(tokens);
         self
     }
 

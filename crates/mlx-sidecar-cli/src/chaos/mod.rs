@@ -107,7 +107,6 @@ pub(crate) async fn run(
         })
         .with_standby(global.standby)
         .with_shadow_prefill(!global.no_shadow_prefill)
-        .with_shadow_follow(global.shadow_follow)
         .with_replicas(usize::from(args.workers));
     let socket_parent = global.socket_dir.clone().unwrap_or_else(std::env::temp_dir);
     config = config.with_socket_dir(&socket_parent);

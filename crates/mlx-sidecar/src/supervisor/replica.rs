@@ -59,7 +59,6 @@ impl Replica {
         let cleanup = socket.cleanup_target();
         let (view_tx, view_rx) = watch::channel(WorkerView {
             shadow_prefill: config.standby && config.shadow_prefill,
-            shadow_follow: config.shadow_follow,
             ..WorkerView::initial(socket_path.clone())
         });
         let (control_tx, control_rx) = mpsc::channel(8);

@@ -2,9 +2,7 @@
 //! [`WorkerView`] carried by a `watch` channel (one tonic channel per worker generation),
 //! the public [`WorkerState`], and how the last worker process ended ([`ExitStatusInfo`]).
 
-use std::{
-    fmt, num::NonZeroU32, os::unix::process::ExitStatusExt, path::PathBuf, process::ExitStatus,
-};
+use std::{fmt, os::unix::process::ExitStatusExt, path::PathBuf, process::ExitStatus};
 
 use tonic::transport::Channel;
 
@@ -127,9 +125,6 @@ pub(crate) struct WorkerView {
     /// Whether streams shadow their prompts on this replica's standbys (a standby is
     /// configured, with `SupervisorConfig::shadow_prefill`).
     pub(crate) shadow_prefill: bool,
-    /// How many more delivered tokens make a stream shadow again
-    /// (`SupervisorConfig::shadow_follow`).
-    pub(crate) shadow_follow: Option<NonZeroU32>,
 }
 
 impl WorkerView {
@@ -146,7 +141,6 @@ impl WorkerView {
             standby_pid: None,
             standby_channel: None,
             shadow_prefill: false,
-            shadow_follow: None,
         }
     }
 
