@@ -34,7 +34,8 @@
 //!   [`mlx_sidecar::Client`], so they share its semantics: a call waits for a ready worker
 //!   within its deadline, a worker that dies before the first token is retried on the
 //!   next one without the caller noticing, and dropping a stream (a caller that went
-//!   away) cancels the generation in the worker.
+//!   away) cancels the generation in the worker. Its errors reach remote callers through
+//!   `remote_error`, which keeps the worker's log lines in the daemon's own log.
 //!
 //! Beside the request path, one `AppState` is shared by everything: the client, the
 //! metrics (`metrics`: a Prometheus registry per daemon; both fronts record each request
@@ -74,6 +75,7 @@ mod listen;
 mod metrics;
 mod mux;
 mod openai;
+mod remote_error;
 mod state;
 mod worker;
 

@@ -827,6 +827,11 @@ async fn health_and_ready_stay_down_after_the_supervisor_gives_up() {
         .await
         .expect("send");
     assert_eq!(response.status().as_u16(), 503);
+    // The worker's log lines stay in the daemon's log; callers are told where they are.
+    let body: serde_json::Value = response.json().await.expect("an OpenAI error body");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("in the daemon's log"), "{body}");
+    assert!(!message.contains("last log:"), "{body}");
     let client = Client::connect_uds(&daemon.socket)
         .await
         .expect("client")
@@ -837,6 +842,8 @@ async fn health_and_ready_stay_down_after_the_supervisor_gives_up() {
     };
     assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
     assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("in the daemon's log"), "{error}");
+    assert!(!error.to_string().contains("last log:"), "{error}");
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "refused at once, not retried: {:?}",

@@ -312,7 +312,9 @@ pub(crate) fn status(error: Error) -> Status {
                 .insert(mlx_sidecar::RESUMES_METADATA, resumes.into());
             status
         }
-        gave_up @ Error::GaveUp { .. } => Status::failed_precondition(gave_up.to_string()),
+        gave_up @ Error::GaveUp { .. } => {
+            Status::failed_precondition(crate::remote_error::remote_message(&gave_up))
+        }
         other => Status::new(other.code(), other.to_string()),
     }
 }
@@ -473,9 +475,15 @@ mod tests {
         assert_eq!(status(Error::Stopped).code(), tonic::Code::Cancelled);
         let gave_up = Error::GaveUp {
             reason: "too many crashes".into(),
-            last_status: None,
-            last_log: Vec::new(),
+            last_status: Some("exit code 1".into()),
+            last_log: vec!["Traceback: /home/someone/model.gguf".into()],
         };
-        assert_eq!(status(gave_up).code(), tonic::Code::FailedPrecondition);
+        let s = status(gave_up);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            s.message(),
+            "supervisor gave up on the worker: too many crashes; last exit: exit code 1 \
+             (the worker's last log lines are in the daemon's log)"
+        );
     }
 }

@@ -178,7 +178,7 @@ impl ApiError {
         let code = error.code();
         let message = match error {
             mlx_sidecar::Error::Rpc { message, .. } => message.clone(),
-            other => other.to_string(),
+            other => crate::remote_error::remote_message(other),
         };
         Self::from_status(code, &message, endpoint, retry_after)
     }
