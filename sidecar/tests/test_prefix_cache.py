@@ -202,18 +202,24 @@ PROMPT = SYSTEM + TURNS[0]
 DELIVERED = 5  # tokens a cut stream had delivered
 
 
-def test_a_shadowed_stream_resumes_from_the_cache_with_the_same_tokens(
-    tiny_model_dir: Path,
-) -> None:
-    # The reference runs on one engine; the shadow and the continuation on another, as the
-    # standby that takes over the cut stream sees them.
+def _reference(model_dir: Path) -> Result:
+    """PROMPT's uninterrupted run (12 tokens), on an engine of its own without a cache."""
     (reference,) = asyncio.run(
         _with_engine(
-            tiny_model_dir,
+            model_dir,
             lambda eng: asyncio.gather(_run(eng, "reference", PROMPT, 12)),
             prefix_cache_entries=0,
         )
     )
+    return reference
+
+
+def test_a_shadowed_stream_resumes_from_the_cache_with_the_same_tokens(
+    tiny_model_dir: Path,
+) -> None:
+    # The shadow and the continuation run on an engine of their own, as the standby that
+    # takes over the cut stream sees them.
+    reference = _reference(tiny_model_dir)
     delivered = reference.ids[:DELIVERED]
 
     async def standby(eng: Engine) -> list[Result]:
@@ -235,13 +241,7 @@ def test_a_second_shadow_prefills_only_the_tokens_since_the_first(
 ) -> None:
     # A stream shadowed again with more tokens delivered: the second shadow extends the
     # first's entry, and a stream resumed later than it prefills only the rest.
-    (reference,) = asyncio.run(
-        _with_engine(
-            tiny_model_dir,
-            lambda eng: asyncio.gather(_run(eng, "reference", PROMPT, 12)),
-            prefix_cache_entries=0,
-        )
-    )
+    reference = _reference(tiny_model_dir)
     ids = reference.ids
 
     async def standby(eng: Engine) -> list[Result]:
