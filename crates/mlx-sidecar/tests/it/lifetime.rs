@@ -61,9 +61,16 @@ async fn child_holds_a_supervisor() {
         supervisor.worker_pid().expect("pid"),
         supervisor.socket_dir().display()
     );
-    // Parked until the parent kills this process (bounded, in case it never does).
+    // Parked until the parent kills this process (bounded, in case it never does); the
+    // supervisor's events (a health probe's, say) do not end the wait.
     let mut events = supervisor.subscribe();
-    let _ = tokio::time::timeout(Duration::from_secs(120), events.recv()).await;
+    let parked = async {
+        while !matches!(
+            events.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(120), parked).await;
     panic!("not killed by the parent test");
 }
 
