@@ -239,9 +239,10 @@ pub struct SupervisorConfig {
     /// With `standby`: shadow each stream on the idle standby (default on). As a stream
     /// starts, and again when a new standby becomes ready, the standby computes the
     /// stream's prompt and the tokens delivered so far into its prefix cache
-    /// (`GenerateRequest.prefill_only`), at its low priority; a stream resumed there after
-    /// the active worker died then prefills only the tokens delivered since. Costs the
-    /// standby's CPU (or GPU) time for each prompt, and its prefix cache's memory.
+    /// (`GenerateRequest.prefill_only`), at the normal priority once it is ready; a stream
+    /// resumed there after the active worker died then prefills only the tokens delivered
+    /// since. Costs the standby's CPU (or GPU) time for each prompt, and its prefix cache's
+    /// memory.
     pub shadow_prefill: bool,
     /// How many replicas to run (default 1): each is a worker of its own, with its own
     /// socket, restart policy, health probes (and standby, with `standby`), all loading
