@@ -16,14 +16,13 @@ pub(crate) fn remote_message(error: &Error) -> String {
             last_status,
             ..
         } => {
-            let status = last_status
-                .as_deref()
-                .map(|s| format!("; last exit: {s}"))
-                .unwrap_or_default();
-            format!(
-                "supervisor gave up on the worker: {reason}{status} (the worker's last log \
-                 lines are in the daemon's log)"
-            )
+            // The library's own wording, without the lines.
+            let told = Error::GaveUp {
+                reason: reason.clone(),
+                last_status: last_status.clone(),
+                last_log: Vec::new(),
+            };
+            format!("{told} (the worker's last log lines are in the daemon's log)")
         }
         other => other.to_string(),
     }

@@ -15,6 +15,8 @@ use mlx_sidecar::{
 use mlx_sidecar_proto::v1 as pb;
 use tonic::Status;
 
+use crate::remote_error::remote_message;
+
 /// Most alternatives per position the worker reports (its `MAX_TOP_LOGPROBS`).
 const MAX_TOP_LOGPROBS: i32 = 20;
 
@@ -312,10 +314,8 @@ pub(crate) fn status(error: Error) -> Status {
                 .insert(mlx_sidecar::RESUMES_METADATA, resumes.into());
             status
         }
-        gave_up @ Error::GaveUp { .. } => {
-            Status::failed_precondition(crate::remote_error::remote_message(&gave_up))
-        }
-        other => Status::new(other.code(), other.to_string()),
+        gave_up @ Error::GaveUp { .. } => Status::failed_precondition(remote_message(&gave_up)),
+        other => Status::new(other.code(), remote_message(&other)),
     }
 }
 

@@ -97,12 +97,18 @@ pub struct Client {
     bearer: Option<BearerToken>,
     timeout: Duration,
     generate_timeout: Duration,
-    /// Streams resumed on another worker, shared by the clones of this client (and, for a
+    /// What these streams counted, shared by the clones of this client (and, for a
     /// supervised client, by every client of the same supervisor).
-    resumes: Arc<AtomicU64>,
-    /// Shadow prefills the standbys completed for these streams (see `shadow`), shared
-    /// like `resumes`.
-    shadow_prefills: Arc<AtomicU64>,
+    counts: Arc<StreamCounts>,
+}
+
+/// What a client's streams count (see [`Client::resumes`], [`Client::shadow_prefills`]).
+#[derive(Debug, Default)]
+pub(crate) struct StreamCounts {
+    /// Streams resumed on another worker.
+    pub(crate) resumes: AtomicU64,
+    /// Shadow prefills the standbys completed for these streams (see `shadow`).
+    pub(crate) shadow_prefills: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -195,12 +201,10 @@ impl Client {
     pub(crate) fn supervised(
         replicas: Replicas,
         events: broadcast::Sender<LifecycleEvent>,
-        resumes: Arc<AtomicU64>,
-        shadow_prefills: Arc<AtomicU64>,
+        counts: Arc<StreamCounts>,
     ) -> Self {
         Client {
-            resumes,
-            shadow_prefills,
+            counts,
             ..Client::with_source(Source::Supervised { replicas, events })
         }
     }
@@ -211,8 +215,7 @@ impl Client {
             bearer: None,
             timeout: DEFAULT_TIMEOUT,
             generate_timeout: DEFAULT_GENERATE_TIMEOUT,
-            resumes: Arc::new(AtomicU64::new(0)),
-            shadow_prefills: Arc::new(AtomicU64::new(0)),
+            counts: Arc::default(),
         }
     }
 
@@ -221,7 +224,7 @@ impl Client {
     /// of this client; for a client from [`crate::Supervisor::client`], across every
     /// client of that supervisor.
     pub fn resumes(&self) -> u64 {
-        self.resumes.load(Ordering::Relaxed)
+        self.counts.resumes.load(Ordering::Relaxed)
     }
 
     /// How many times a standby finished prefilling a stream's prompt (and the tokens
@@ -229,12 +232,12 @@ impl Client {
     /// without computing them again (see [`crate::SupervisorConfig::shadow_prefill`]).
     /// Counted like [`Client::resumes`].
     pub fn shadow_prefills(&self) -> u64 {
-        self.shadow_prefills.load(Ordering::Relaxed)
+        self.counts.shadow_prefills.load(Ordering::Relaxed)
     }
 
-    /// The counter a stream's shadow adds its completed prefills to.
-    pub(crate) fn shadow_counter(&self) -> Arc<AtomicU64> {
-        self.shadow_prefills.clone()
+    /// The counts a stream's shadow adds its completed prefills to.
+    pub(crate) fn counts(&self) -> Arc<StreamCounts> {
+        self.counts.clone()
     }
 
     /// A client of whatever serves the `mlx_sidecar.v1.Inference` service at `endpoint`,
@@ -394,7 +397,7 @@ impl Client {
     /// Counts a resumed stream, logs it and, for a supervised client, broadcasts it to the
     /// supervisor's subscribers.
     pub(crate) fn note_resumed(&self, event: LifecycleEvent) {
-        self.resumes.fetch_add(1, Ordering::Relaxed);
+        self.counts.resumes.fetch_add(1, Ordering::Relaxed);
         if let LifecycleEvent::Resumed {
             pid,
             request_id,

@@ -12,16 +12,14 @@
 //! continuations it must serve. Every failure is only logged: a shadow is an
 //! optimisation, never a condition of the stream.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex, atomic::Ordering};
 
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tonic::transport::Channel;
 
 use mlx_sidecar_proto::v1::{self as pb, inference_client::InferenceClient};
 
+use super::StreamCounts;
 use crate::worker::WorkerView;
 
 /// The shadow task of one stream; dropping it stops the task (and cancels its call).
@@ -39,18 +37,18 @@ impl Drop for Shadow {
 impl Shadow {
     /// Starts shadowing `request` (with `delivered`, the tokens its caller has) on the
     /// standbys `view` publishes, until `deadline_at`, counting completed prefills in
-    /// `completed`.
+    /// `counts`.
     pub(crate) fn start(
         view: watch::Receiver<WorkerView>,
         request: &pb::GenerateRequest,
         delivered: &[u32],
         deadline_at: Instant,
-        completed: Arc<AtomicU64>,
+        counts: Arc<StreamCounts>,
     ) -> Self {
         let delivered = Arc::new(Mutex::new(delivered.to_vec()));
         let request = shadow_request(request);
         let shared = delivered.clone();
-        let task = tokio::spawn(run(view, request, shared, deadline_at, completed));
+        let task = tokio::spawn(run(view, request, shared, deadline_at, counts));
         Shadow { delivered, task }
     }
 
@@ -82,7 +80,7 @@ async fn run(
     request: pb::GenerateRequest,
     delivered: Arc<Mutex<Vec<u32>>>,
     deadline_at: Instant,
-    completed: Arc<AtomicU64>,
+    counts: Arc<StreamCounts>,
 ) {
     let mut shadowed: Option<u32> = None;
     loop {
@@ -107,7 +105,7 @@ async fn run(
         tokio::select! {
             result = call => match result {
                 Ok(()) => {
-                    completed.fetch_add(1, Ordering::Relaxed);
+                    counts.shadow_prefills.fetch_add(1, Ordering::Relaxed);
                     tracing::trace!(pid, request_id = %request.request_id, "shadow prefilled on the standby");
                 }
                 Err(status) => tracing::debug!(pid, code = ?status.code(), message = status.message(), "shadow prefill failed"),

@@ -266,7 +266,7 @@ impl State {
                 &self.request,
                 &self.delivered_ids,
                 self.deadline_at,
-                self.client.shadow_counter(),
+                self.client.counts(),
             ));
         }
     }

@@ -36,10 +36,7 @@ mod standby;
 
 use std::{
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -49,6 +46,7 @@ pub use events::{LifecycleEvent, StartupTimes};
 
 use crate::{
     Client, Error,
+    client::StreamCounts,
     config::SupervisorConfig,
     worker::{ExitStatusInfo, Member, Replicas, WorkerState, WorkerView, pool_state},
 };
@@ -66,10 +64,8 @@ pub struct Supervisor {
     /// The replicas' views and in-flight counters, shared with every client.
     pool: Replicas,
     events: broadcast::Sender<LifecycleEvent>,
-    /// Streams resumed by this supervisor's clients (shared with them).
-    resumes: Arc<AtomicU64>,
-    /// Shadow prefills the standbys completed for those clients' streams.
-    shadow_prefills: Arc<AtomicU64>,
+    /// What this supervisor's clients' streams counted (shared with them).
+    counts: Arc<StreamCounts>,
 }
 
 /// One replica as [`Supervisor::replicas`] reports it.
@@ -167,8 +163,7 @@ impl Supervisor {
             replicas,
             pool,
             events,
-            resumes: Arc::new(AtomicU64::new(0)),
-            shadow_prefills: Arc::new(AtomicU64::new(0)),
+            counts: Arc::default(),
         })
     }
 
@@ -191,18 +186,13 @@ impl Supervisor {
     /// A client that always talks to a current worker (cheap; clone freely): each call goes
     /// to the ready replica with the fewest calls in flight.
     pub fn client(&self) -> Client {
-        Client::supervised(
-            self.pool.clone(),
-            self.events.clone(),
-            self.resumes.clone(),
-            self.shadow_prefills.clone(),
-        )
+        Client::supervised(self.pool.clone(), self.events.clone(), self.counts.clone())
     }
 
     /// How many generation streams of this supervisor's clients were resumed on another
     /// worker after the one serving them died (see [`crate::GenerateRequest::max_resumes`]).
     pub fn resumes(&self) -> u64 {
-        self.resumes.load(Ordering::Relaxed)
+        self.counts.resumes.load(Ordering::Relaxed)
     }
 
     /// Lifecycle events of every replica from now on. A receiver that falls more than 256
