@@ -188,7 +188,11 @@ def new_batch_generator(config: WorkerConfig, loaded: Any, plan: PrefillPlan) ->
 def _warm_up(
     config: WorkerConfig, loaded: Any, plan: PrefillPlan, batch: Any, solo_enabled: bool
 ) -> None:
-    """One tiny generation, greedy and sampled, in the batch and (if on) on the solo path."""
+    """Runs each path a request takes once, with as few forward passes as that allows: a
+    greedy and a sampled sequence of one token in the batch (two passes), and a greedy one
+    on the solo path (one pass). The first use of a compiled sampler or kernel happens here;
+    every further pass would only delay readiness (a restart's continuations wait on it).
+    Figures: BENCHMARKS.md, "A leaner warm-up"."""
     from mlx_lm.generate import StopSequences
 
     from ..sampling import make_request_processors, make_request_sampler
@@ -200,7 +204,7 @@ def _warm_up(
     sampled = SamplingSettings(temperature=0.7, top_p=0.9, top_k=5, min_p=0.01, seed=0)
     greedy = SamplingSettings()
     uids = batch.insert(
-        [[first, first], [first, first]],
+        [[first], [first]],
         max_tokens=[1, 1],
         samplers=[make_request_sampler(s, vocab) for s in (greedy, sampled)],
         logits_processors=[make_request_processors(s) for s in (greedy, sampled)],
@@ -217,17 +221,16 @@ def _warm_up(
     else:
         raise RuntimeError("warm-up generation did not finish")
     if solo_enabled:
-        for settings in (greedy, sampled):
-            solo = SoloSequence(
-                loaded.model,
-                [first, first],
-                2,
-                make_request_sampler(settings, vocab),
-                make_request_processors(settings),
-                frozenset(),
-            )
-            while solo.next().finish_reason is None:
-                pass
+        solo = SoloSequence(
+            loaded.model,
+            [first],
+            1,
+            make_request_sampler(greedy, vocab),
+            make_request_processors(greedy),
+            frozenset(),
+        )
+        while solo.next().finish_reason is None:
+            pass
 
 
 def _warm_up_gpu_kernels(config: WorkerConfig, loaded: Any, plan: PrefillPlan) -> None:
