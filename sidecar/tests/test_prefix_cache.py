@@ -252,13 +252,32 @@ def test_a_second_shadow_prefills_only_the_tokens_since_the_first(
 
     first, follow, resumed = asyncio.run(_with_engine(tiny_model_dir, standby))
     assert first.ids == follow.ids == []
+    # A shadow stores exactly its tokens: the first the prompt, the follow the prompt and
+    # the five delivered ones.
     assert follow.usage.cached_prompt_tokens == len(PROMPT)
-    # The batch may have fed a shadow's first sampled token before it ended (it is then in
-    # the entry, keyed by it): the greedy reference's next token.
-    assert follow.usage.cached_delivered_tokens <= 1
+    assert follow.usage.cached_delivered_tokens == 0
     assert resumed.ids == ids[8:]
     assert resumed.usage.cached_prompt_tokens == len(PROMPT)
-    assert 5 <= resumed.usage.cached_delivered_tokens <= 6  # the follow's; the rest prefilled
+    assert resumed.usage.cached_delivered_tokens == 5  # the follow's; the rest prefilled
+
+
+def test_a_shadow_ends_with_its_prefill_step(tiny_model_dir: Path) -> None:
+    # No decode step follows a shadow's prefill (nothing is generated for it), and a shadow
+    # whose tokens are all cached computes nothing.
+    async def standby(eng: Engine) -> tuple[Result, Result, int, int]:
+        start = eng.steps
+        first = await _run(eng, "shadow", PROMPT, 12, prefill_only=True)
+        first_steps = eng.steps - start
+        start = eng.steps
+        again = await _run(eng, "again", PROMPT, 12, prefill_only=True)
+        return first, again, first_steps, eng.steps - start
+
+    first, again, first_steps, again_steps = asyncio.run(_with_engine(tiny_model_dir, standby))
+    assert first.ids == again.ids == []
+    assert first_steps == 1  # the prompt fits one prefill chunk
+    assert again_steps == 1  # the step that admits it finishes it
+    assert first.usage.cached_prompt_tokens == 0
+    assert again.usage.cached_prompt_tokens == len(PROMPT)
 
 
 def test_shadows_sent_together_all_finish_and_are_reused(tiny_model_dir: Path) -> None:

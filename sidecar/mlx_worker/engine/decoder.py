@@ -14,7 +14,10 @@ sent together are seen together: of those sharing a long prefix, one prefills it
 split at the prefix's end) and the others wait until it is stored, then start from it.
 Continuations (streams cut by a worker's death) are inserted ahead of new requests, so that
 mlx-lm's first-in-first-out prefill takes them first; prefill-only requests (a standby's
-shadows) come last.
+shadows) come last, and leave the batch as soon as their tokens are prefilled: each is
+inserted with a stand-in token after them, which the batch holds back to feed at the first
+decode step and so never computes; at the end of the tokens before it, the request's cache is
+stored and the request finishes, without the two steps a first token would take.
 
 Each step's tokens go to the requests' :class:`~mlx_worker.responses.RequestState` and what
 they build to the :class:`~.output.OutputHandOff`. An error in one request fails that request
@@ -86,6 +89,9 @@ class Decoder:
         # Requests bound for the batch, inserted at the next step (with the hit found when
         # they arrived, if any).
         self._waiting: list[tuple[Job, Hit | None]] = []
+        # Prefill-only requests in the batch with a stand-in token (uids): they end when the
+        # tokens before it are prefilled.
+        self._ending_before_stand_in: set[int] = set()
         self.hand_overs = 0  # solo sequences moved into the batch so far
 
     @property
@@ -185,6 +191,8 @@ class Decoder:
                     and not response.end_of_prompt
                 ):
                     self._store_shared_prefix(response.uid)
+                if response.uid in self._ending_before_stand_in and _before_last_token(response):
+                    self._prefilled_before_stand_in(request)
         if not generated:
             return
         logprobs = self._batch_logprobs(generated)
@@ -267,9 +275,17 @@ class Decoder:
         self._output.emit(request, urgent=finish is not None or request.generated == 1)
 
     def _prefilled(self, request: RequestState, response: Any) -> None:
-        """A prefill-only request's prompt is in the cache (its first token is dropped): it
-        is stored, and the request finishes without output."""
+        """A prefill-only request without a stand-in (its delivered tokens were replayed)
+        reached its first new token, which is dropped: its cache is stored, and the request
+        finishes without output."""
         self._finished(request, response)
+        request.finish(Finish(pb.FINISH_REASON_LENGTH))
+        self._output.emit(request, urgent=True)
+
+    def _prefilled_before_stand_in(self, request: RequestState) -> None:
+        """A prefill-only request's tokens are prefilled (only its stand-in is left): out of
+        the batch with its cache stored (the tokens, not the stand-in), finished."""
+        self._remove(request, "finished")
         request.finish(Finish(pb.FINISH_REASON_LENGTH))
         self._output.emit(request, urgent=True)
 
@@ -301,7 +317,7 @@ class Decoder:
         others, which wait."""
         waiting = admission_order(self._waiting)
         self._waiting = []
-        prompts = [self._prefilled_ids(job) for job, _ in waiting]
+        prompts = [self._inserted_ids(job) for job, _ in waiting]
         for i, (job, hit) in enumerate(waiting):
             prompt = prompts[i]
             if hit is None:
@@ -326,6 +342,9 @@ class Decoder:
             sampler = make_request_sampler(params.sampling, self._vocab_size)
             point = start_point(params, sampler, self._method)
             prompt = point.prompt_ids
+            stand_in = self._has_stand_in(job)
+            if stand_in:
+                prompt = [*prompt, prompt[-1]]
             options: dict[str, Any] = {
                 "max_tokens": [point.max_tokens],
                 "samplers": [point.sampler],
@@ -337,6 +356,11 @@ class Decoder:
             if hit.cache is not None:
                 options.update(caches=[hit.cache], all_tokens=[prompt[: hit.tokens]])
             request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH)
+            if stand_in and hit.tokens == len(prompt) - 1:  # all of it cached already
+                request.cached_tokens = hit.tokens
+                request.finish(Finish(pb.FINISH_REASON_LENGTH))
+                self._output.emit(request, urgent=True)
+                return
             if split:
                 segments = [prompt[hit.tokens : split], prompt[split:]]
                 (request.uid,) = self._batch.insert_segments([segments], **options)
@@ -348,6 +372,8 @@ class Decoder:
         request.cached_tokens = hit.tokens
         request.replaying = point.replayed
         self._book(request)
+        if stand_in:
+            self._ending_before_stand_in.add(request.uid)
         if split:
             self._shared.pending[request.uid] = SharedPrefix(tokens=prompt[:split], uid=request.uid)
 
@@ -459,6 +485,20 @@ class Decoder:
 
     # ---- books -----------------------------------------------------------------------
 
+    def _has_stand_in(self, job: Job) -> bool:
+        """Whether a request is inserted with a stand-in token after its own: a prefill-only
+        one whose prefill takes all its tokens (with "replay", a continuation's delivered
+        tokens are decoded, so it runs to its first new token instead)."""
+        params = job.params
+        return params.prefill_only and (self._method != "replay" or not params.delivered_ids)
+
+    def _inserted_ids(self, job: Job) -> list[int]:
+        """The tokens a request is inserted with: what the prefix cache is looked up with
+        (a prefill-only request's stand-in included, so that all its own tokens may be found
+        cached)."""
+        ids = self._prefilled_ids(job)
+        return [*ids, ids[-1]] if self._has_stand_in(job) else ids
+
     def _prefilled_ids(self, job: Job) -> list[int]:
         """The tokens a request's prefill takes (a continuation's delivered ones too, when
         prefilled): what the prefix cache is looked up with."""
@@ -490,6 +530,7 @@ class Decoder:
                 self._solo, self._solo_request = None, None
         elif request.uid is not None:
             self._in_batch.pop(request.uid, None)
+            self._ending_before_stand_in.discard(request.uid)
             self._shared.pending.pop(request.uid, None)  # its waiters start on their own
 
     def _remove(self, request: RequestState, reason: str) -> None:
@@ -544,6 +585,13 @@ class Decoder:
             "request failed", extra={"fields": {"request_id": request.job.params.request_id}}
         )
         self._fail(request, RequestFailure(grpc.StatusCode.INTERNAL, f"internal: {error}"))
+
+
+def _before_last_token(response: Any) -> bool:
+    """Whether a prompt response ends the segment before the last token (which the batch
+    holds back, to feed at the first decode step)."""
+    done, total = response.progress
+    return response.end_of_segment and not response.end_of_prompt and done == total - 1
 
 
 def _wants_logprob(request: RequestState, response: Any) -> bool:
