@@ -111,6 +111,9 @@ class SyntheticBatchGenerator:
             self._running.pop(uid, None)
         self._waiting = deque(s for s in self._waiting if s.uid not in gone)
 
+    def start_generating(self, held: Any = ()) -> None:
+        """Nothing to move: a synthetic sequence generates from its first step."""
+
     def next(self) -> tuple[list[_PromptResponse], list[_Response]]:
         started = []
         while self._waiting and len(self._running) < self._batch_size:

@@ -300,6 +300,19 @@ def test_shadows_sent_together_all_finish_and_are_reused(tiny_model_dir: Path) -
     assert [r.usage.cached_prompt_tokens for r in again] == [len(p) - 1 for p in prompts]
 
 
+def test_a_prompt_starts_generating_in_the_step_that_prefills_it(tiny_model_dir: Path) -> None:
+    # In the batch (solo off), a one-token request's prompt is prefilled in the first step,
+    # which also feeds its last token; the second hands out that token (eager_batch.py).
+    async def body(eng: Engine) -> tuple[Result, int]:
+        start = eng.steps
+        result = await _run(eng, "one", PROMPT, 1)
+        return result, eng.steps - start
+
+    result, steps = asyncio.run(_with_engine(tiny_model_dir, body, solo="off"))
+    assert len(result.ids) == 1
+    assert steps == 2  # mlx-lm alone: 3, the last prompt token fed a step later
+
+
 def test_prefill_only_needs_the_prefix_cache(tiny_model_dir: Path) -> None:
     async def body(eng: Engine) -> RequestFailure:
         stream = ResponseStream()

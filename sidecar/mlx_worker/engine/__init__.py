@@ -5,7 +5,8 @@ The event loop talks to it through :class:`Engine` (``submit``, ``cancel``, ``ca
 
 - :mod:`.startup` imports MLX and mlx-lm, loads the model and warms it up (every path a
   request can take, and on a GPU every kernel size a step can need), then hands the
-  ``BatchGenerator`` and the prefill plan to the decoder;
+  ``BatchGenerator`` (mlx-lm's, as :mod:`.eager_batch` extends it) and the prefill plan to
+  the decoder;
 - :mod:`.loop` takes the queued commands, lingering briefly when woken from idle so that
   requests sent together start together (:mod:`.gather`), runs one decoder step, and beats the
   heartbeat the health watchdog reads;

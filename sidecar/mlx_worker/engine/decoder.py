@@ -172,12 +172,7 @@ class Decoder:
         try:
             prompted, generated = self._batch.next()
         except Exception:
-            log.exception("engine step failed; failing its requests and resetting the batch")
-            self.fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
-            with contextlib.suppress(Exception):
-                self._batch.close()
-            self._batch = new_batch_generator(self._config, self._loaded, self._plan)
-            self._shared.pending.clear()
+            self._step_failed()
             return
         stepped_at = now()
         in_batch = self._in_batch
@@ -193,6 +188,12 @@ class Decoder:
                     self._store_shared_prefix(response.uid)
                 if response.uid in self._ending_before_stand_in and _before_last_token(response):
                     self._prefilled_before_stand_in(request)
+        if prompted:
+            try:  # prompts now left with their last token start generating (eager_batch.py)
+                self._batch.start_generating(held=self._ending_before_stand_in)
+            except Exception:
+                self._step_failed()
+                return
         if not generated:
             return
         logprobs = self._batch_logprobs(generated)
@@ -206,6 +207,17 @@ class Decoder:
                 if response.finish_reason is None:  # still in the batch
                     self._batch.remove([response.uid])
                 self._fail_request(request, e)
+
+    def _step_failed(self) -> None:
+        """A whole batch step failed (call it while handling the error): its requests fail
+        with INTERNAL and a new ``BatchGenerator`` replaces this one."""
+        log.exception("engine step failed; failing its requests and resetting the batch")
+        self.fail_all(grpc.StatusCode.INTERNAL, "the engine step failed (see worker log)")
+        with contextlib.suppress(Exception):
+            self._batch.close()
+        self._batch = new_batch_generator(self._config, self._loaded, self._plan)
+        self._shared.pending.clear()
+        self._ending_before_stand_in.clear()
 
     def _solo_step(self) -> None:
         request = self._solo_request

@@ -171,13 +171,13 @@ def start_up(config: WorkerConfig, faults: Faults) -> Started:
 
 def new_batch_generator(config: WorkerConfig, loaded: Any, plan: PrefillPlan) -> Any:
     """A ``BatchGenerator`` for the model (in benchmark mode, the synthetic stand-in)."""
-    from mlx_lm.generate import BatchGenerator
+    from .eager_batch import EagerBatchGenerator
 
     if config.synthetic is not None:  # benchmark mode: made-up tokens, the model never runs
         from ..synthetic import start_synthetic
 
         return start_synthetic(config.synthetic, config.max_batch)
-    return BatchGenerator(
+    return EagerBatchGenerator(
         loaded.model,
         completion_batch_size=config.max_batch,
         prefill_batch_size=plan.batch_size,
