@@ -291,13 +291,16 @@ class Decoder:
         reached its first new token, which is dropped: its cache is stored, and the request
         finishes without output."""
         self._finished(request, response)
-        request.finish(Finish(pb.FINISH_REASON_LENGTH))
-        self._output.emit(request, urgent=True)
+        self._end_prefill_only(request)
 
     def _prefilled_before_stand_in(self, request: RequestState) -> None:
         """A prefill-only request's tokens are prefilled (only its stand-in is left): out of
         the batch with its cache stored (the tokens, not the stand-in), finished."""
         self._remove(request, "finished")
+        self._end_prefill_only(request)
+
+    def _end_prefill_only(self, request: RequestState) -> None:
+        """A prefill-only request's tokens are cached: it finishes without output."""
         request.finish(Finish(pb.FINISH_REASON_LENGTH))
         self._output.emit(request, urgent=True)
 
@@ -340,23 +343,20 @@ class Decoder:
                     self._waiting.append((job, None))  # looked up again once it is stored
                     continue
                 split = SharedPrefixes.split_point(prompt, hit.tokens, prompts[i + 1 :])
-            self._start_in_batch(job, hit, split)
+            self._start_in_batch(job, prompt, hit, split)
 
-    def _start_in_batch(self, job: Job, hit: Hit | None = None, split: int = 0) -> None:
-        """Inserts a request into the batch, from ``hit``'s cache if any; ``split`` > 0: its
-        prompt's first ``split`` tokens are stored as a shared prefix once prefilled."""
+    def _start_in_batch(self, job: Job, prompt: list[int], hit: Hit, split: int = 0) -> None:
+        """Inserts a request into the batch with ``prompt`` (its ``_inserted_ids``), from
+        ``hit``'s cache if any; ``split`` > 0: the prompt's first ``split`` tokens are stored
+        as a shared prefix once prefilled."""
         from ..sampling import make_request_processors, make_request_sampler
         from .grammar_mask import grammar_processors
 
         params = job.params
-        hit = hit or Hit()
+        stand_in = self._has_stand_in(job)
         try:
             sampler = make_request_sampler(params.sampling, self._vocab_size)
             point = start_point(params, sampler, self._method)
-            prompt = point.prompt_ids
-            stand_in = self._has_stand_in(job)
-            if stand_in:
-                prompt = [*prompt, prompt[-1]]
             options: dict[str, Any] = {
                 "max_tokens": [point.max_tokens],
                 "samplers": [point.sampler],
@@ -370,8 +370,7 @@ class Decoder:
             request = RequestState.start(job, self._loaded.tokenizer, Placement.BATCH)
             if stand_in and hit.tokens == len(prompt) - 1:  # all of it cached already
                 request.cached_tokens = hit.tokens
-                request.finish(Finish(pb.FINISH_REASON_LENGTH))
-                self._output.emit(request, urgent=True)
+                self._end_prefill_only(request)
                 return
             if split:
                 segments = [prompt[hit.tokens : split], prompt[split:]]
