@@ -12,6 +12,7 @@ Never on unless the variable is set. A comma-separated list of::
     sigkill_after_steps=N       the worker SIGKILLs itself when step N+1 begins
     sigkill_at_hand_over        the worker SIGKILLs itself once a request running alone has
                                 been moved into the batch (a second request came)
+    model_info_delay=SECS       every ModelInfo call waits SECS before it answers
 
 MLX_WORKER_FAULTS_FILE=PATH adds the faults written in that file (same syntax; newlines
 separate entries too), read once at start-up when the file exists: a test or the ``chaos``
@@ -42,6 +43,7 @@ class Faults:
     engine_crash_after_steps: int | None = None
     sigkill_after_steps: int | None = None
     sigkill_at_hand_over: bool = False
+    model_info_delay: float = 0.0
 
     @property
     def any(self) -> bool:
@@ -56,6 +58,7 @@ _VALUED = {
     "engine_stall_after_steps",
     "engine_crash_after_steps",
     "sigkill_after_steps",
+    "model_info_delay",
 }
 
 
@@ -97,7 +100,7 @@ def load_faults(environ: Mapping[str, str]) -> Faults:
 
 def _parse_value(name: str, text: str) -> float | int:
     try:
-        if name == "startup_delay":
+        if name in ("startup_delay", "model_info_delay"):
             seconds = float(text)
             if not math.isfinite(seconds) or seconds < 0:
                 raise ValueError

@@ -73,7 +73,7 @@ class Worker:
             on_failed=self._on_load_failed,
             on_died=self._on_engine_died,
         )
-        self._servicer = InferenceServicer(config, self._engine)
+        self._servicer = InferenceServicer(config, self._engine, faults.model_info_delay)
         self._server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1024)]
         )

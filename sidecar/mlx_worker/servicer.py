@@ -131,9 +131,11 @@ def _merge(items: list[Any]) -> list[Any]:
 class InferenceServicer(pb_grpc.InferenceServicer):
     """Serves the loaded model; answers UNAVAILABLE until it is ready and while draining."""
 
-    def __init__(self, config: WorkerConfig, engine: Engine) -> None:
+    def __init__(self, config: WorkerConfig, engine: Engine, model_info_delay: float = 0.0) -> None:
         self._config = config
         self._engine = engine
+        # Test-only fault injection (``model_info_delay``): seconds ModelInfo waits.
+        self._model_info_delay = model_info_delay
         self._limits: ModelLimits | None = None
         self._info: pb.ModelInfoResponse | None = None
         self.draining = False
@@ -264,6 +266,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._available()
         except RequestFailure as e:
             await context.abort(e.code, e.message)
+        if self._model_info_delay:
+            await asyncio.sleep(self._model_info_delay)
         import mlx.core as mx
 
         info = pb.ModelInfoResponse()

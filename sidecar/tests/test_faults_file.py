@@ -43,3 +43,9 @@ def test_sigkill_faults_parse() -> None:
     assert faults == Faults(sigkill_after_steps=2, sigkill_at_hand_over=True)
     with pytest.raises(ValueError, match="sigkill_at_hand_over takes no value"):
         load_faults({ENV_VAR: "sigkill_at_hand_over=1"})
+
+
+def test_delays_take_seconds_and_refuse_negative_ones() -> None:
+    assert load_faults({ENV_VAR: "model_info_delay=0.5"}) == Faults(model_info_delay=0.5)
+    with pytest.raises(ValueError, match="model_info_delay"):
+        load_faults({ENV_VAR: "model_info_delay=-1"})

@@ -10,8 +10,9 @@
 //!
 //! Each event only says *that* something changed; the state, pids and standby come from the
 //! supervisor itself (its view is updated before the event is sent), so a lagging receiver
-//! that missed events still ends up right. When a worker becomes ready its model is asked
-//! for before health says `SERVING`, so a caller who saw `SERVING` finds the model id set.
+//! that missed events still ends up right. The daemon counts itself ready only once it
+//! knows the model (asked for when a worker becomes ready, retried a few times), so a caller
+//! who saw `/ready` 200, `SERVING` or `READY=1` finds requests served, not answered 503.
 //!
 //! A restart is counted when the supervisor announces it (`Restarting`, or `Promoted` when
 //! the standby takes over), with the cause of the crash before it: `unhealthy` when the
@@ -39,6 +40,12 @@ use crate::{
 
 /// Deadline of the model-info call made after each worker becomes ready.
 const MODEL_INFO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times the model-info call is made before the daemon waits for the next event.
+const MODEL_INFO_ATTEMPTS: u32 = 4;
+
+/// The pause before the second model-info call; it doubles after each failure.
+const MODEL_INFO_FIRST_RETRY: Duration = Duration::from_millis(250);
 
 /// The standby worker, as the daemon sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +96,16 @@ impl WorkerView {
         }
     }
 
-    /// Whether requests can go to a worker now.
-    pub(crate) fn is_ready(&self) -> bool {
+    /// Whether a worker runs and has loaded its model (it may not yet have described it).
+    fn is_running(&self) -> bool {
         matches!(self.state, WorkerState::Ready | WorkerState::Unhealthy) && self.pid.is_some()
+    }
+
+    /// Whether requests can be served now: a worker runs and the daemon knows its model,
+    /// which every request is checked against. `/ready`, the health service and systemd's
+    /// READY=1 all follow this, so that none of them announces a daemon that answers 503.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.is_running() && self.model.is_some()
     }
 }
 
@@ -223,14 +237,18 @@ impl Follower {
             v.pid = pid;
             v.standby_pid = standby_pid;
         });
-        // Before the first event, a ready worker needs its model described too.
-        let (ready, standby_ready, has_model) = {
+        // Before the first event, a running worker needs its model described too.
+        let (running, has_model) = {
             let v = self.view.borrow();
-            (v.is_ready(), v.standby == Standby::Ready, v.model.is_some())
+            (v.is_running(), v.model.is_some())
         };
-        if ready && (fetch_model || !has_model) {
+        if running && (fetch_model || !has_model) {
             self.fetch_model_info().await;
         }
+        let (ready, standby_ready) = {
+            let v = self.view.borrow();
+            (v.is_ready(), v.standby == Standby::Ready)
+        };
         let replicas = supervisor.replicas();
         let running: Vec<u32> = replicas.iter().filter_map(|r| r.pid).chain(pid).collect();
         let shard = current_shard(
@@ -252,14 +270,24 @@ impl Follower {
         }
     }
 
-    /// Asks the new worker for its model and stores the answer.
+    /// Asks the new worker for its model and stores the answer, trying a few times: until
+    /// the first answer the daemon does not count itself ready.
     async fn fetch_model_info(&self) {
         let client = self.client.clone().with_timeout(MODEL_INFO_TIMEOUT);
-        match client.model_info().await {
-            Ok(info) => {
-                self.view.send_modify(|v| v.model = Some(info));
+        let mut pause = MODEL_INFO_FIRST_RETRY;
+        for attempt in 1..=MODEL_INFO_ATTEMPTS {
+            match client.model_info().await {
+                Ok(info) => {
+                    self.view.send_modify(|v| v.model = Some(info));
+                    return;
+                }
+                Err(e) if attempt < MODEL_INFO_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "cannot read the worker's model info yet");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the worker's model info"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the worker's model info"),
         }
     }
 }

@@ -9,12 +9,14 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use mlx_sidecar_proto::v1 as pb;
 use mlx_sidecar_testkit::wait_until;
 use serde_json::{Value, json};
 use support::{
     Daemon, config, config_for, http, metrics_text, sample, shared as daemon, sse_data,
     tiny_worker_with, with_tcp,
 };
+use tonic_health::pb::health_check_response::ServingStatus;
 
 async fn post(url: String, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
     let response = http().post(url).json(body).send().await.expect("send");
@@ -480,6 +482,48 @@ async fn metrics_count_served_requests() {
         ),
         0.0
     );
+}
+
+/// `/ready` 200 (and health `SERVING`) means requests are served: while the new worker's
+/// model description is held back (a fault), the worker runs but the daemon is not ready;
+/// a request sent the moment `/ready` turns 200 is answered, not refused with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_the_moment_ready_turns_200_is_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = tiny_worker_with(&[]).with_env("MLX_WORKER_FAULTS", "model_info_delay=5");
+    let own = Daemon::start_without_waiting(with_tcp(config_for(worker, dir.path())));
+    own.wait_status().await;
+    let base = own.base().await;
+    let ready = || async {
+        http()
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    wait_until(support::READY, "the worker to run", || async {
+        own.status().await.worker_state() == pb::WorkerState::Ready
+    })
+    .await;
+    // The daemon is still asking the worker for its model (5 s).
+    assert_eq!(ready().await, 503);
+    assert_ne!(own.health().await, Some(ServingStatus::Serving));
+    let status = own.status().await;
+    assert_eq!(status.model_id, "", "{status:?}");
+
+    wait_until(support::READY, "GET /ready to answer 200", || async {
+        ready().await == 200
+    })
+    .await;
+    let (code, _, text) = post(
+        format!("{base}/v1/completions"),
+        &json!({"prompt": "Hello", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(own.health().await, Some(ServingStatus::Serving));
+    own.stop().await.expect("clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
