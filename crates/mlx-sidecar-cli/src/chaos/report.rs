@@ -107,6 +107,9 @@ pub(crate) struct Requests {
     /// Per resume: from noticing the worker's death to the continuation's first message
     /// (the `Resumed` events' stall).
     pub(crate) resume_stall_ms: Stats,
+    /// Per resume: from the last token before the seam to the first after it (the
+    /// `Resumed` events' gap: the stall plus the time the dying worker took to go).
+    pub(crate) seam_gap_ms: Stats,
     /// Per resumed stream that finished, at its last worker: the continuation's queue wait
     /// and its prefill (the prompt and the delivered tokens), parts of the stall.
     pub(crate) resume_queue_wait_ms: Stats,
@@ -349,6 +352,10 @@ pub(crate) fn build(
                 mlx_sidecar::LifecycleEvent::Resumed { stall, .. } => Some(stall.as_secs_f64()),
                 _ => None,
             })),
+            seam_gap_ms: Stats::of_secs(marks.events.iter().filter_map(|(_, e)| match e {
+                mlx_sidecar::LifecycleEvent::Resumed { gap, .. } => Some(gap.as_secs_f64()),
+                _ => None,
+            })),
             resume_queue_wait_ms: Stats::of_secs(
                 requests
                     .iter()
@@ -516,6 +523,14 @@ pub(crate) fn render(r: &Report) -> String {
         stats_row(
             "time to first token (all requests)",
             &q.time_to_first_token_ms
+        )
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        stats_row(
+            "seam gap (last token before to first token after)",
+            &q.seam_gap_ms
         )
     );
     let _ = writeln!(

@@ -404,9 +404,10 @@ impl Client {
             resume_count,
             delivered_tokens,
             stall,
+            gap,
         } = &event
         {
-            tracing::info!(?pid, %request_id, resume_count, delivered_tokens, ?stall, "stream resumed on the next worker");
+            tracing::info!(?pid, %request_id, resume_count, delivered_tokens, ?stall, ?gap, "stream resumed on the next worker");
         }
         if let Source::Supervised { events, .. } = &self.source {
             // No subscriber is fine.

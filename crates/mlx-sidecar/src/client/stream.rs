@@ -82,6 +82,8 @@ struct State {
     delivered_ids: Vec<u32>,
     /// Text bytes a caller's own continuation had delivered before this stream began.
     prior_text_bytes: u32,
+    /// When the last chunk was handed out (the start of a seam's gap).
+    last_chunk_at: Option<Instant>,
     /// Resumes so far (counting on from a caller's own continuation).
     resumes: u32,
     max_resumes: u32,
@@ -122,6 +124,7 @@ impl GenerateStream {
                 .map(|c| c.delivered_token_ids.clone())
                 .unwrap_or_default(),
             prior_text_bytes: prior.map_or(0, |c| c.delivered_text_bytes),
+            last_chunk_at: None,
             resumes: prior.map_or(0, |c| c.resume_count),
             max_resumes: request.resume_limit(),
             shadow: None,
@@ -218,6 +221,7 @@ impl State {
                 self.partial_text.push_str(&chunk.text);
                 self.tokens_received += chunk.token_ids.len();
                 self.delivered_ids.extend_from_slice(&chunk.token_ids);
+                self.last_chunk_at = Some(Instant::now());
                 if let Some(shadow) = &self.shadow {
                     shadow.delivered(&chunk.token_ids);
                 }
@@ -330,12 +334,14 @@ impl State {
         self.conn = started.conn;
         self.streaming = started.streaming;
         self.shadow_on_standby();
+        let stall = noticed.elapsed();
         self.client.note_resumed(LifecycleEvent::Resumed {
             pid: self.conn.worker_pid(),
             request_id: self.request.request_id.clone(),
             resume_count,
             delivered_tokens: self.delivered_ids.len(),
-            stall: noticed.elapsed(),
+            stall,
+            gap: self.last_chunk_at.map_or(stall, |t| t.elapsed().max(stall)),
         });
         Ok(started.first)
     }

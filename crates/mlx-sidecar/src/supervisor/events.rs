@@ -120,6 +120,10 @@ pub enum LifecycleEvent {
         delivered_tokens: usize,
         /// From noticing the death to the continuation's first message.
         stall: Duration,
+        /// From the last message the caller received before the seam to the
+        /// continuation's first: the pause the caller sees, the time the dying worker
+        /// took to go (and so to be noticed) included. At least `stall`.
+        gap: Duration,
     },
 }
 

@@ -179,6 +179,7 @@ async fn greedy_stream_resumes_mid_stream_with_the_same_tokens() {
         delivered_tokens,
         pid,
         stall,
+        gap,
         ..
     } = resumed
     else {
@@ -186,10 +187,14 @@ async fn greedy_stream_resumes_mid_stream_with_the_same_tokens() {
     };
     assert_eq!(resume_count, 1);
     assert!((40..300).contains(&delivered_tokens), "{delivered_tokens}");
+    // The gap runs from the last token before the kill, so it holds the whole stall.
+    assert!(gap >= stall, "gap {gap:?} stall {stall:?}");
     assert_eq!(pid, supervisor.worker_pid());
     assert_eq!(client.resumes(), 1);
     assert_eq!(supervisor.resumes(), 1);
-    eprintln!("FIGURE resume greedy: seam after {delivered_tokens} tokens, stall {stall:?}");
+    eprintln!(
+        "FIGURE resume greedy: seam after {delivered_tokens} tokens, stall {stall:?}, gap {gap:?}"
+    );
     supervisor.shutdown().await.expect("shutdown");
 }
 
