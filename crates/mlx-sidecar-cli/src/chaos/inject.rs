@@ -312,12 +312,12 @@ impl Injector {
                     }
                 }
                 if let Some(ready) = r.ready {
-                    r.serving = tl.first_token_after(ready);
+                    r.serving = tl.first_output_after(ready);
                 }
             } else if r.kind == FaultKind::Stop {
                 // A stop shorter than the health threshold: service resumes in place.
                 if let Some(resumed) = r.resumed {
-                    r.serving = tl.first_token_after(resumed);
+                    r.serving = tl.first_output_after(resumed);
                 }
             }
             if r.serving.is_some() {

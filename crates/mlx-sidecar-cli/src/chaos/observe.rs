@@ -76,6 +76,19 @@ impl Timeline {
             .reduce(f64::min)
     }
 
+    /// The first output any caller got after `since`: a request's first token, or a
+    /// resumed stream's first token after its seam (its `Resumed` event).
+    pub(crate) fn first_output_after(&self, since: f64) -> Option<f64> {
+        let resumed = self
+            .find_event(since, |e| matches!(e, LifecycleEvent::Resumed { .. }))
+            .map(|(t, _)| t)
+            .filter(|t| *t > since);
+        self.first_token_after(since)
+            .into_iter()
+            .chain(resumed)
+            .reduce(f64::min)
+    }
+
     /// For progress lines: requests that got a first token, and worker crashes, so far.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let marks = self.marks();
@@ -104,5 +117,36 @@ impl Timeline {
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn resumed() -> LifecycleEvent {
+        LifecycleEvent::Resumed {
+            pid: Some(7),
+            request_id: String::new(),
+            resume_count: 1,
+            delivered_tokens: 3,
+            stall: Duration::from_millis(400),
+            gap: Duration::from_millis(450),
+        }
+    }
+
+    #[test]
+    fn a_resumed_streams_token_counts_as_serving_again() {
+        let timeline = Timeline::new();
+        timeline.first_token(1.0);
+        timeline.first_token(5.0);
+        timeline.marks().events.push((3.0, resumed()));
+        // The continuation's first token (at 3.0) came before any new request's (5.0).
+        assert_eq!(timeline.first_output_after(2.0), Some(3.0));
+        assert_eq!(timeline.first_output_after(3.0), Some(5.0));
+        assert_eq!(timeline.first_output_after(0.5), Some(1.0));
+        assert_eq!(timeline.first_output_after(6.0), None);
     }
 }
