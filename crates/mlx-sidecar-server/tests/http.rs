@@ -25,6 +25,16 @@ async fn post(url: String, body: &Value) -> (u16, reqwest::header::HeaderMap, St
     (status, headers, response.text().await.expect("body"))
 }
 
+/// The status `GET /ready` answers (0 when nothing answers).
+async fn ready_status(base: &str) -> u16 {
+    http()
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -494,14 +504,7 @@ async fn a_request_sent_the_moment_ready_turns_200_is_served() {
     let own = Daemon::start_without_waiting(with_tcp(config_for(worker, dir.path())));
     own.wait_status().await;
     let base = own.base().await;
-    let ready = || async {
-        http()
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
+    let ready = || ready_status(&base);
     wait_until(support::READY, "the worker to run", || async {
         own.status().await.worker_state() == pb::WorkerState::Ready
     })
@@ -633,14 +636,7 @@ async fn worker_metrics_and_readiness_follow_a_worker_kill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let own = Daemon::start(with_tcp(config(dir.path()))).await;
     let base = own.base().await;
-    let ready = || async {
-        http()
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
+    let ready = || ready_status(&base);
     assert_eq!(ready().await, 200);
     let text = metrics_text(&base).await;
     assert_eq!(sample(&text, "mlx_sidecar_worker_up"), 1.0);
